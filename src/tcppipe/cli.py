@@ -1,0 +1,315 @@
+"""The three commands: tcppipe, tcppiped, keep_tcppipe_alive.
+
+Rule 1: one exit point per program. ``*_main(argv) -> int`` catches
+TcppipeError, says its message in one line on stderr and in syslog, and
+returns its exit status. An unexpected exception goes to syslog with its
+traceback; stderr gets one line. Nothing else in the package exits.
+
+Rule 2: ``-h`` is the host, as in the seed; help is ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import logging.handlers
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from tcppipe import __version__
+from tcppipe.client import ClientOptions, run_client
+from tcppipe.daemon import Detacher
+from tcppipe.errors import EXIT_CONFIG, EXIT_FAILURE, AlreadyRunning, BadConfig, TcppipeError, UsageError
+from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
+from tcppipe.origin import open_origin
+from tcppipe.server import ServerOptions, read_config, run_server
+from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
+
+DEFAULT_PORT = 6514
+DEFAULT_CONFIG = "/etc/tcppipe.conf"
+DEFAULT_PID_FILE = "/var/run/tcppiped.pid"
+DEFAULT_SYSLOG = "/dev/log"
+KEEPALIVE_FLAG = "tcppipe.keepalive"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as UsageError instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value > 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 86400 seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number")
+    return int(text)
+
+
+def _default_state_dir() -> str:
+    return os.environ.get("TCPPIPE_STATE_DIR") or "/var/run"
+
+
+def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog,
+        add_help=False,
+        description="Send a growing file to tcppiped on HOST, every byte exactly once, in real time.",
+        epilog="Exit status: 0 ok (or -I found a pid), 1 -I found none or internal error, 2 usage, "
+        "3 refused by the server, 4 server unreachable, 6 already running, 7 origin unreadable.",
+    )
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-f", dest="file", required=True, metavar="FILE", help="origin file (must exist)")
+    p.add_argument("-h", dest="host", required=True, metavar="HOST", help="host running tcppiped")
+    p.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT, metavar="PORT", help="server port (6514)")
+    p.add_argument(
+        "-t",
+        dest="interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="upper bound on the delay between an append and its sending (1; fractions allowed)",
+    )
+    p.add_argument("-n", dest="full", action="store_true", help="ignore saved history: send the whole file")
+    p.add_argument(
+        "-I", dest="show_pid", action="store_true", help="print the pid of the running tcppipe with these -f -h -p"
+    )
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr too")
+    p.add_argument("--state-dir", default=None, metavar="DIR", help="status files ($TCPPIPE_STATE_DIR or /var/run)")
+    p.add_argument(
+        "--syslog-address", default=DEFAULT_SYSLOG, metavar="ADDR", help="unix socket path or HOST:PORT (/dev/log)"
+    )
+    p.add_argument("-b", dest="bind", default=None, metavar="ADDR", help="local address to connect from")
+    p.add_argument(
+        "--rotate-grace",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="keep reading a rotated-away file until it has been quiet this long (5)",
+    )
+    return p
+
+
+def server_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tcppiped",
+        add_help=False,
+        description="Receive the pipes defined in CONFIG and append each to its local file.",
+        epilog="Exit status: 0 ok, 1 internal error, 2 usage, 5 config errors or cannot listen, 6 already running.",
+    )
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument(
+        "-f", dest="config", default=DEFAULT_CONFIG, metavar="CONFIG", help="config file (/etc/tcppipe.conf)"
+    )
+    p.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT, metavar="PORT", help="port to listen on (6514)")
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr too")
+    p.add_argument("--pid-file", default=DEFAULT_PID_FILE, metavar="PATH", help="pid file (/var/run/tcppiped.pid)")
+    p.add_argument("--bind", default=None, metavar="ADDR", help="listen address (all)")
+    p.add_argument(
+        "--state-dir", default=None, metavar="DIR", help="server-side state ($TCPPIPE_STATE_DIR or /var/run)"
+    )
+    p.add_argument(
+        "--syslog-address", default=DEFAULT_SYSLOG, metavar="ADDR", help="unix socket path or HOST:PORT (/dev/log)"
+    )
+    p.add_argument("--check", action="store_true", help="validate CONFIG, print FILE:LINE: reason for each problem")
+    return p
+
+
+class _OneLine(logging.Formatter):
+    """stderr gets the message only; the traceback goes to syslog."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        return self.formatMessage(record)
+
+
+class _Program:
+    """Shared start-up and failure reporting of the two daemons."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.log = logging.getLogger("tcppipe")
+        self.foreground = True
+        self.detacher: Detacher | None = None
+
+    def start_logging(self, syslog_address: str, foreground: bool) -> None:
+        self.foreground = foreground
+        self.log = setup_logging(self.tag, syslog_address, foreground)
+        for handler in self.log.handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.setFormatter(_OneLine(f"{self.tag}: %(message)s"))
+
+    def detach(self) -> int | None:
+        """Fork unless in the foreground; the parent's exit status, or None in the worker."""
+        if self.foreground:
+            return None
+        self.detacher = Detacher()
+        code = self.detacher.fork()
+        if code is None:
+            refresh_ident(self.tag)
+        return code
+
+    def ready(self) -> None:
+        if self.detacher is not None and self.detacher.pending:
+            self.detacher.report(0)
+            drop_stderr_handlers()
+
+    def fail(self, exc: TcppipeError) -> int:
+        for line in exc.message.splitlines():
+            self._syslog(logging.ERROR, line)
+        if self.detacher is not None and self.detacher.pending:
+            self.detacher.report(exc.exit_code, "\n".join(f"{self.tag}: {m}" for m in exc.message.splitlines()))
+        elif self.detacher is None:
+            for line in exc.message.splitlines():
+                print(f"{self.tag}: {line}", file=sys.stderr)
+        return exc.exit_code
+
+    def crash(self, exc: BaseException) -> int:
+        self._syslog(logging.CRITICAL, f"internal error: {exc!r}", exc)
+        message = f"internal error: {type(exc).__name__}: {exc} (details in syslog)"
+        if self.detacher is not None and self.detacher.pending:
+            self.detacher.report(EXIT_FAILURE, f"{self.tag}: {message}")
+        elif self.detacher is None:
+            print(f"{self.tag}: {message}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    def _syslog(self, level: int, message: str, exc: BaseException | None = None) -> None:
+        record = self.log.makeRecord(self.log.name, level, __file__, 0, message, (), None)
+        if exc is not None:
+            record.exc_info = (type(exc), exc, exc.__traceback__)
+        for handler in self.log.handlers:
+            if isinstance(handler, logging.handlers.SysLogHandler):
+                handler.handle(record)
+
+
+def client_main(argv: Sequence[str] | None = None) -> int:
+    """tcppipe."""
+    program = _Program("tcppipe")
+    lock: HeldLock | None = None
+    try:
+        args = client_parser().parse_args(argv)
+        key = PipeKey.from_options(args.file, args.host, args.port)
+        state_dir = args.state_dir or _default_state_dir()
+        if args.show_pid:
+            pid = holder_pid(key.lock_path(state_dir))
+            if pid is None:
+                return 1
+            print(pid)
+            return 0
+        program.start_logging(args.syslog_address, args.foreground)
+        os.close(open_origin(key.path))
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
+        code = program.detach()
+        if code is not None:
+            return code
+        try:
+            lock = HeldLock.acquire(key.lock_path(state_dir))
+        except OSError as exc:
+            raise UsageError(f"cannot lock {key.lock_path(state_dir)}: {exc.strerror}") from None
+        if lock is None:
+            pid = holder_pid(key.lock_path(state_dir))
+            raise AlreadyRunning(f"already running for {key.path} to {key.host} port {key.port} (pid {pid})")
+        opts = ClientOptions(key, args.interval, args.full, args.bind, state_dir, args.rotate_grace)
+        asyncio.run(run_client(opts, program.log, program.ready))
+        program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)
+        return 0
+    except TcppipeError as exc:
+        return program.fail(exc)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        return program.crash(exc)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def server_main(argv: Sequence[str] | None = None) -> int:
+    """tcppiped."""
+    program = _Program("tcppiped")
+    pid_lock: HeldLock | None = None
+    try:
+        args = server_parser().parse_args(argv)
+        config_path = os.path.abspath(args.config)
+        if args.check:
+            entries, errors = read_config(config_path)
+            for error in errors:
+                print(error)
+            if errors:
+                return EXIT_CONFIG
+            print(f"{config_path}: {len(entries)} pipes, no errors")
+            return 0
+        program.start_logging(args.syslog_address, args.foreground)
+        entries, errors = read_config(config_path)
+        if errors:
+            raise BadConfig("\n".join(str(e) for e in errors))
+        state_dir = args.state_dir or _default_state_dir()
+        code = program.detach()
+        if code is not None:
+            return code
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+            pid_lock = HeldLock.acquire(os.path.abspath(args.pid_file))
+        except OSError as exc:
+            raise UsageError(f"cannot use pid file {args.pid_file}: {exc.strerror}") from None
+        if pid_lock is None:
+            raise AlreadyRunning(f"already running with pid {holder_pid(args.pid_file)} (pid file {args.pid_file})")
+        opts = ServerOptions(config_path, args.port, args.bind, state_dir)
+        try:
+            asyncio.run(run_server(opts, program.log, program.ready))
+        except OSError as exc:
+            where = f"{args.bind or '*'} port {args.port}"
+            raise BadConfig(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        program.log.info("stopped")
+        return 0
+    except TcppipeError as exc:
+        return program.fail(exc)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        return program.crash(exc)
+    finally:
+        if pid_lock is not None:
+            pid_lock.release(remove=True)
+
+
+def keepalive_main(argv: Sequence[str] | None = None) -> int:
+    """keep_tcppipe_alive: start tcppipe with these options unless it runs or the flag file is absent."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = client_parser("keep_tcppipe_alive").parse_args(args_list)
+    except TcppipeError as exc:
+        print(f"keep_tcppipe_alive: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    state_dir = args.state_dir or _default_state_dir()
+    if not os.path.exists(os.path.join(state_dir, KEEPALIVE_FLAG)):
+        return 0
+    key = PipeKey.from_options(args.file, args.host, args.port)
+    try:
+        # Serialise racing cron runs: the second waits, then finds the first's pipe.
+        with exclusive(key.keepalive_lock_path(state_dir)):
+            if holder_pid(key.lock_path(state_dir)) is not None:
+                return 0
+            forwarded = [a for a in args_list if a != "-I"]
+            return subprocess.run([sys.executable, "-m", "tcppipe", *forwarded], check=False).returncode
+    except OSError as exc:
+        print(f"keep_tcppipe_alive: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,349 @@
+"""tcppipe's asyncio adapter: connect, handshake, send, reconnect.
+
+Rule 1: thin. What to send and where to resume is ``tailer.py``'s decision;
+the wire format is ``protocol.py``'s. This file moves bytes and waits.
+
+Rule 2: signal handlers only set flags and wake the send loop; the loop does
+the work, so repeated signals coalesce harmlessly.
+
+Rule 3: before the first READY every failure ends the program with its exit
+status; after it, a lost connection is retried forever with capped back-off,
+and only a REFUSE (the pipe was removed) ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from tcppipe import state
+from tcppipe.errors import ConnectionLost, Refused, Unreachable
+from tcppipe.origin import OriginGeneration
+from tcppipe.protocol import (
+    MAX_DATA_BYTES,
+    Ack,
+    Decoder,
+    Generation,
+    GenerationId,
+    Hello,
+    ProtocolError,
+    Ready,
+    Refuse,
+    data_header,
+    encode,
+)
+from tcppipe.sockets import close_writer, next_event, tune
+from tcppipe.state import PipeKey
+
+CONNECT_TIMEOUT_S: Final = 10.0
+HANDSHAKE_TIMEOUT_S: Final = 15.0
+STATUS_INTERVAL_S: Final = 1.0
+# Chunks sent per wake-up before looking at signals and rotation again.
+MAX_CHUNKS_PER_TICK: Final = 64
+
+
+class Backoff:
+    """Capped exponential back-off with jitter, reset by a successful handshake."""
+
+    def __init__(self, first_s: float = 0.2, cap_s: float = 10.0, rng: random.Random | None = None) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self._next = first_s
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        delay = self._next * self._rng.uniform(0.8, 1.0)
+        self._next = min(self._next * 2, self.cap_s)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.first_s
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    key: PipeKey
+    interval_s: float
+    full: bool
+    bind: str | None
+    state_dir: str
+    grace_s: float
+
+
+class Watcher:
+    """Wakes the send loop on inotify events for FILE, its directory and open generations."""
+
+    def __init__(self, path: str, wake: Callable[[], None], log: logging.LoggerAdapter[Any]) -> None:
+        self._wake = wake
+        self._inotify: Any = None
+        self._watched: set[int] = set()
+        try:
+            import inotify_simple
+
+            flags = inotify_simple.flags
+            self._file_mask = flags.MODIFY | flags.ATTRIB | flags.CLOSE_WRITE | flags.MOVE_SELF | flags.DELETE_SELF
+            self._dir_mask = flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE | flags.MODIFY
+            self._inotify = inotify_simple.INotify(nonblocking=True)
+            asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
+            self._inotify.add_watch(os.path.dirname(path) or "/", self._dir_mask)
+        except (ImportError, OSError) as exc:
+            log.warning("no file-change events (%s); polling every -t seconds", exc)
+            self.close()
+
+    def watch_file(self, gen: OriginGeneration) -> None:
+        """Follow ``gen``'s inode even after it is renamed out of the directory."""
+        if self._inotify is None or gen.ino in self._watched:
+            return
+        with contextlib.suppress(OSError):
+            self._inotify.add_watch(f"/proc/self/fd/{gen.fd}", self._file_mask)
+            self._watched.add(gen.ino)
+
+    def _on_readable(self) -> None:
+        with contextlib.suppress(OSError):
+            self._inotify.read(timeout=0)
+        self._wake()
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
+
+
+class Client:
+    def __init__(self, opts: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]) -> None:
+        from tcppipe.tailer import Tailer
+
+        self.opts = opts
+        key = opts.key
+        self.log = logging.LoggerAdapter(logger, {})
+        self.prefix = f"[{key.host}:{key.port} {key.path}]"
+        self.tailer = Tailer(key.path, opts.grace_s)
+        self.on_ready = on_ready
+        self.wake = asyncio.Event()
+        self.stopping = False
+        # Set at the first READY: from then on failures mean "reconnect", not "exit".
+        self.established = False
+        self.status_path = key.status_path(opts.state_dir)
+        self._status_saved_at = 0.0
+        self._status_last: dict[str, Any] | None = None
+        self._announced: list[OriginGeneration] = []
+
+    def say(self, level: int, message: str, *args: object) -> None:
+        self.log.log(level, f"{self.prefix} {message}", *args)
+
+    # -- signals -------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def request_hup(self) -> None:
+        self.tailer.hup_requested = True
+        self.wake.set()
+
+    # -- main loop -------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_hup)
+        self.tailer.open(time.monotonic())
+        watcher = Watcher(self.opts.key.path, self.wake.set, self.log)
+        try:
+            await self._connect_forever(watcher)
+        finally:
+            watcher.close()
+            self._save_status(force=True)
+            self.tailer.close()
+
+    async def _connect_forever(self, watcher: Watcher) -> None:
+        backoff = Backoff()
+        while not self.stopping:
+            first = not self.established
+            try:
+                reader, writer = await self._connect()
+            except OSError as exc:
+                reason = exc.strerror or str(exc) or type(exc).__name__
+                if first:
+                    key = self.opts.key
+                    raise Unreachable(f"cannot connect to {key.host} port {key.port}: {reason}") from None
+                delay = backoff.next_delay()
+                self.say(logging.WARNING, "cannot connect (%s); retrying in %.1f s", reason, delay)
+                await self._sleep(delay)
+                continue
+            try:
+                await self._session(reader, writer, watcher, first)
+            except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
+                if not self.established:
+                    raise Unreachable(f"connection to {self.opts.key.host} failed: {_describe(exc)}") from None
+                delay = backoff.next_delay()
+                self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", _describe(exc), delay)
+                await self._sleep(delay)
+                continue
+            finally:
+                await close_writer(writer)
+            backoff.reset()
+
+    async def _sleep(self, delay: float) -> None:
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                while not self.stopping:
+                    await self.wake.wait()
+                    self.wake.clear()
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        key = self.opts.key
+        local = (self.opts.bind, 0) if self.opts.bind else None
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            return await asyncio.open_connection(key.host, key.port, local_addr=local, limit=MAX_DATA_BYTES)
+
+    async def _session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watcher: Watcher, first: bool
+    ) -> None:
+        tune(writer)
+        decoder = Decoder()
+        writer.write(encode(Hello(self.opts.key.path)))
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            answer = await next_event(reader, decoder)
+        if isinstance(answer, Refuse):
+            raise Refused(f"server refused the pipe: {answer.reason}")
+        if not isinstance(answer, Ready):
+            raise ProtocolError(f"expected READY or REFUSE, got {type(answer).__name__}")
+        resumed = self.tailer.resume(
+            answer.record, answer.offset, self._fallback(first), time.monotonic(), first, self.opts.full and first
+        )
+        self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
+        if first:
+            self.established = True
+            self.on_ready()
+        self._announced = []
+        receiver = asyncio.create_task(self._receive(reader, decoder))
+        try:
+            await self._send(writer, watcher, receiver)
+        finally:
+            if not receiver.done():
+                receiver.cancel()
+            with contextlib.suppress(BaseException):
+                await receiver
+
+    def _fallback(self, first: bool) -> tuple[GenerationId, int] | None:
+        """What to resume from when the server has no record."""
+        if not first:
+            gen = self.tailer.sending
+            return gen.ident(), gen.acked
+        raw = state.read_json(self.status_path)
+        if raw is None:
+            return None
+        try:
+            ident = GenerationId.from_json(raw.get("generation"))
+        except ProtocolError:
+            return None
+        offset = raw.get("offset")
+        return (ident, offset) if isinstance(offset, int) and offset >= 0 else None
+
+    async def _receive(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
+        try:
+            while True:
+                event = await next_event(reader, decoder)
+                if isinstance(event, Ack) and 0 < event.generations <= len(self._announced):
+                    self.tailer.acknowledged(self._announced[event.generations - 1], event.offset)
+                elif isinstance(event, Refuse):
+                    raise Refused(f"server ended the pipe: {event.reason}")
+                else:
+                    raise ProtocolError(f"unexpected {type(event).__name__} from the server")
+        finally:
+            self.wake.set()
+
+    async def _send(self, writer: asyncio.StreamWriter, watcher: Watcher, receiver: asyncio.Task[None]) -> None:
+        tailer = self.tailer
+        interval = self.opts.interval_s
+        while not self.stopping:
+            self.wake.clear()
+            if receiver.done():
+                receiver.result()  # raises why it ended
+                raise ConnectionLost("server closed the connection")
+            now = time.monotonic()
+            tailer.poll_rotation(now)
+            for note in tailer.take_notices():
+                self.say(logging.INFO, "%s", note)
+            for gen in tailer.queue:
+                watcher.watch_file(gen)
+            busy = False
+            for _ in range(MAX_CHUNKS_PER_TICK):
+                chunk = tailer.next_chunk(now, MAX_DATA_BYTES)
+                if chunk is None:
+                    break
+                gen, data = chunk
+                if not self._announced or self._announced[-1] is not gen:
+                    writer.write(encode(Generation(gen.ident(), gen.position)))
+                    self._announced.append(gen)
+                writer.write(data_header(data))
+                writer.write(data)
+                tailer.advance(gen, len(data))
+                await writer.drain()
+                busy = True
+            for note in tailer.take_notices():
+                self.say(logging.INFO, "%s", note)
+            self._save_status()
+            if busy:
+                continue
+            timeout = interval
+            grace = tailer.next_wakeup(time.monotonic())
+            if grace is not None:
+                timeout = min(timeout, grace + 0.01)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+
+    def _save_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_saved_at < STATUS_INTERVAL_S:
+            return
+        if not self.tailer.queue:
+            return
+        gen = self.tailer.sending
+        try:
+            ident = gen.ident()
+        except OSError:
+            return
+        status = {
+            "pid": os.getpid(),
+            "file": self.opts.key.path,
+            "host": self.opts.key.host,
+            "port": self.opts.key.port,
+            "generation": ident.to_json(),
+            "offset": gen.acked,
+            "sent": gen.position,
+        }
+        self._status_saved_at = now
+        if status == self._status_last:
+            return
+        try:
+            state.write_json_atomically(self.status_path, status)
+            self._status_last = status
+        except OSError as exc:
+            self.say(logging.WARNING, "cannot write status file %s: %s", self.status_path, exc.strerror)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+async def run_client(opts: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]) -> None:
+    """Run one pipe until stopped (returns) or until it cannot go on (raises TcppipeError)."""
+    await Client(opts, logger, on_ready).run()

@@ -1,0 +1,60 @@
+"""The tcppipe error family; each error carries the exit status it ends with.
+
+Rule: lower layers raise these (or ProtocolError/OSError, mapped at the
+adapter's edge); only ``cli.py`` turns them into an exit status.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_UNREACHABLE = 4
+EXIT_CONFIG = 5
+EXIT_RUNNING = 6
+EXIT_ORIGIN = 7
+
+
+class TcppipeError(Exception):
+    """An error an operator sees as one line, ending the program with ``exit_code``."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(TcppipeError):
+    exit_code = EXIT_USAGE
+
+
+class Refused(TcppipeError):
+    """The server answered REFUSE."""
+
+    exit_code = EXIT_REFUSED
+
+
+class Unreachable(TcppipeError):
+    """No connection to the server at start."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+class BadConfig(TcppipeError):
+    exit_code = EXIT_CONFIG
+
+
+class AlreadyRunning(TcppipeError):
+    exit_code = EXIT_RUNNING
+
+
+class OriginError(TcppipeError):
+    """The origin file cannot be read."""
+
+    exit_code = EXIT_ORIGIN
+
+
+class ConnectionLost(Exception):
+    """The connection ended; the client reconnects, the server drops it."""

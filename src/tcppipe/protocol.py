@@ -1,0 +1,307 @@
+"""The tcppipe wire protocol, sans I/O: bytes in, events out.
+
+Rule 1: no I/O in this file, no asyncio, no sockets. The adapters in
+``client.py`` and ``server.py`` read, feed, act and write.
+
+Rule 2: every frame is ``type:u8 flags:u8 length:u32 crc32:u32`` followed by
+``length`` payload bytes, big-endian. The CRC covers the payload, so a frame
+damaged on the way is caught before a byte of it reaches a destination.
+
+Rule 3: control frames (everything but DATA) carry one JSON object; unknown
+keys are ignored, so later versions can add fields (status, verify,
+compression) without a new frame layout. ``flags`` is reserved for payload
+encodings and must be 0 until one is negotiated.
+
+Rule 4: the conversation is
+    client HELLO -> server READY | REFUSE
+    client GENERATION, DATA*, (GENERATION, DATA*)*  ...
+    server ACK*  (and ACK answers every GENERATION)
+A GENERATION frame says "the DATA that follows starts at byte ``start`` of the
+origin generation ``ident``"; the server derives its exactly-once record from
+it, so resuming, ``-n`` and rotation are all the same operation.
+
+Errors: ``ProtocolError`` is the peer's fault (bad bytes, wrong order).
+``ValueError`` from ``encode`` is ours.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+PROTOCOL_VERSION: Final = 1
+
+HEADER: Final = struct.Struct("!BBII")
+HEADER_BYTES: Final = HEADER.size
+# A DATA frame carries one read() of the origin; 1 MiB amortises the per-frame
+# Python work while keeping one frame's buffering small.
+MAX_DATA_BYTES: Final = 1024 * 1024
+# Control frames are small JSON objects; the limit stops a peer from making us
+# buffer megabytes before the handshake has proven anything.
+MAX_CONTROL_BYTES: Final = 64 * 1024
+MAX_PATH_BYTES: Final = 4096
+MAX_REASON_CHARS: Final = 1000
+# The fingerprint covers up to this many leading bytes of an origin generation.
+FINGERPRINT_BYTES: Final = 4096
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow."""
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    READY = 2
+    REFUSE = 3
+    GENERATION = 4
+    DATA = 5
+    ACK = 6
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationId:
+    """Identity of one origin generation: its inode plus a digest of its head.
+
+    ``fp_len`` leading bytes hash to ``fp_sha256``; a file that reuses the inode
+    but starts differently is a different generation.
+    """
+
+    dev: int
+    ino: int
+    fp_len: int
+    fp_sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dev": self.dev, "ino": self.ino, "fp_len": self.fp_len, "fp_sha256": self.fp_sha256}
+
+    @classmethod
+    def from_json(cls, value: object) -> GenerationId:
+        if not isinstance(value, dict):
+            raise ProtocolError("generation is not an object")
+        dev = _int_field(value, "dev")
+        ino = _int_field(value, "ino")
+        fp_len = _int_field(value, "fp_len")
+        fp = value.get("fp_sha256")
+        if not isinstance(fp, str) or len(fp) != 64 or not _is_hex(fp):
+            raise ProtocolError("generation fp_sha256 is not a sha256 hex digest")
+        if fp_len > FINGERPRINT_BYTES:
+            raise ProtocolError("generation fp_len too large")
+        return cls(dev, ino, fp_len, fp)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client: which origin file this connection carries."""
+
+    path: str
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Server: the pipe is open; ``record`` is the generation the destination
+    holds and ``offset`` how many of its bytes have landed (both None when the
+    server has no record for this pipe)."""
+
+    record: GenerationId | None
+    offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Server: no pipe for you, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """Client: the DATA that follows starts at byte ``start`` of ``ident``."""
+
+    ident: GenerationId
+    start: int
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Client: the next bytes of the current generation."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Server: ``generations`` GENERATION frames of this connection were
+    processed, and ``offset`` bytes of the latest have landed."""
+
+    generations: int
+    offset: int
+
+
+Event = Hello | Ready | Refuse | Generation | Data | Ack
+
+
+class NeedData(enum.Enum):
+    NEED_DATA = enum.auto()
+
+
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _int_field(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 2**64:
+        raise ProtocolError(f"field {key!r} is not a non-negative integer")
+    return value
+
+
+def _str_field(obj: dict[str, Any], key: str, limit: int) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or len(value) > limit:
+        raise ProtocolError(f"field {key!r} is not a string of at most {limit} characters")
+    return value
+
+
+def _frame(kind: FrameType, payload: bytes) -> bytes:
+    return HEADER.pack(kind, 0, len(payload), zlib.crc32(payload)) + payload
+
+
+def _control(kind: FrameType, body: dict[str, Any]) -> bytes:
+    payload = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    if len(payload) > MAX_CONTROL_BYTES:
+        raise ValueError(f"{kind.name} frame of {len(payload)} bytes is over the limit")
+    return _frame(kind, payload)
+
+
+def data_header(payload: bytes | memoryview) -> bytes:
+    """The header of a DATA frame, so the adapter can send the payload without copying it."""
+    if len(payload) > MAX_DATA_BYTES:
+        raise ValueError(f"DATA payload of {len(payload)} bytes is over the limit")
+    return HEADER.pack(FrameType.DATA, 0, len(payload), zlib.crc32(payload))
+
+
+def encode(event: Event) -> bytes:
+    """The wire bytes of one event."""
+    match event:
+        case Hello(path, features):
+            return _control(
+                FrameType.HELLO,
+                {"version": PROTOCOL_VERSION, "path": path, "features": list(features)},
+            )
+        case Ready(record, offset):
+            body: dict[str, Any] = {"offset": offset}
+            body["record"] = None if record is None else record.to_json()
+            return _control(FrameType.READY, body)
+        case Refuse(reason):
+            return _control(FrameType.REFUSE, {"reason": reason[:MAX_REASON_CHARS]})
+        case Generation(ident, start):
+            return _control(FrameType.GENERATION, {"ident": ident.to_json(), "start": start})
+        case Data(payload):
+            return data_header(payload) + payload
+        case Ack(generations, offset):
+            return _control(FrameType.ACK, {"generations": generations, "offset": offset})
+    raise ValueError(f"not an event: {event!r}")
+
+
+def _decode_control(kind: FrameType, payload: bytes) -> Event:
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{kind.name} frame is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{kind.name} frame is not a JSON object")
+    if kind is FrameType.HELLO:
+        if body.get("version") != PROTOCOL_VERSION:
+            raise ProtocolError(f"unsupported protocol version {body.get('version')!r}")
+        path = _str_field(body, "path", MAX_PATH_BYTES)
+        features = body.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise ProtocolError("field 'features' is not a list of strings")
+        return Hello(path, tuple(features))
+    if kind is FrameType.READY:
+        raw = body.get("record")
+        record = None if raw is None else GenerationId.from_json(raw)
+        offset = None if body.get("offset") is None else _int_field(body, "offset")
+        if (record is None) != (offset is None):
+            raise ProtocolError("READY has a record without an offset or the reverse")
+        return Ready(record, offset)
+    if kind is FrameType.REFUSE:
+        return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES))
+    if kind is FrameType.GENERATION:
+        return Generation(GenerationId.from_json(body.get("ident")), _int_field(body, "start"))
+    if kind is FrameType.ACK:
+        return Ack(_int_field(body, "generations"), _int_field(body, "offset"))
+    raise ProtocolError(f"unexpected frame type {kind.name}")  # pragma: no cover
+
+
+class Decoder:
+    """Turns a byte stream into events; ``feed(b"")`` marks the end of the stream."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._closed = False
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes; an empty ``data`` means the peer closed."""
+        if self._closed:
+            raise ProtocolError("data after end of stream")
+        if data:
+            self._buffer += data
+        else:
+            self._closed = True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as events."""
+        return len(self._buffer)
+
+    def next_event(self) -> Event | NeedData | None:
+        """The next complete event, NEED_DATA, or None at a clean end of stream."""
+        buf = self._buffer
+        if len(buf) < HEADER_BYTES:
+            return self._end_or_need(buf)
+        kind_value, flags, length, crc = HEADER.unpack_from(buf)
+        try:
+            kind = FrameType(kind_value)
+        except ValueError:
+            raise ProtocolError(f"unknown frame type {kind_value}") from None
+        if flags != 0:
+            raise ProtocolError(f"unsupported frame flags {flags:#x}")
+        limit = MAX_DATA_BYTES if kind is FrameType.DATA else MAX_CONTROL_BYTES
+        # Checked before buffering the payload: an oversized length is refused at once.
+        if length > limit:
+            raise ProtocolError(f"{kind.name} frame of {length} bytes is over the limit of {limit}")
+        end = HEADER_BYTES + length
+        if len(buf) < end:
+            return self._end_or_need(buf)
+        payload = bytes(buf[HEADER_BYTES:end])
+        del buf[:end]
+        if zlib.crc32(payload) != crc:
+            raise ProtocolError(f"{kind.name} frame checksum mismatch")
+        if kind is FrameType.DATA:
+            return Data(payload)
+        return _decode_control(kind, payload)
+
+    def _end_or_need(self, buf: bytearray) -> NeedData | None:
+        if not self._closed:
+            return NEED_DATA
+        if buf:
+            raise ProtocolError("peer closed mid-frame")
+        return None
+
+    def events(self) -> list[Event]:
+        """All complete events buffered now (convenience for adapters and tests)."""
+        out: list[Event] = []
+        while True:
+            event = self.next_event()
+            if isinstance(event, NeedData) or event is None:
+                return out
+            out.append(event)

@@ -1,0 +1,338 @@
+"""tcppiped's asyncio adapter: accept, handshake, append, reload, stop.
+
+Rule 1: thin. Who may send what where is ``config.py``'s decision; how bytes
+land and are counted is ``destination.py``'s; the wire is ``protocol.py``'s.
+
+Rule 2: one task per connection, tracked in a set; one pipe's failure never
+touches another (no shared TaskGroup). A pipe has at most one live
+connection: a newer one cancels the older and waits for it before it opens
+the destination, so two connections never write one file.
+
+Rule 3: signal handlers only set events; ``_serve_signals`` does the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tcppipe import config as configuration
+from tcppipe.config import ConfigError, Entry
+from tcppipe.destination import Destination, DestinationError
+from tcppipe.errors import BadConfig, ConnectionLost
+from tcppipe.protocol import Ack, Data, Decoder, Generation, Hello, NeedData, ProtocolError, Ready, Refuse, encode
+from tcppipe.sockets import READ_BYTES, close_writer, next_event, peer_name, tune
+
+HANDSHAKE_TIMEOUT_S: Final = 15.0
+RESOLVE_TIMEOUT_S: Final = 5.0
+TAKEOVER_TIMEOUT_S: Final = 10.0
+ACK_DELAY_S: Final = 0.05
+SHUTDOWN_TIMEOUT_S: Final = 10.0
+
+
+def read_config(path: str) -> tuple[list[Entry], list[ConfigError]]:
+    """Parse the config file at ``path``; an unreadable file is one error."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as exc:
+        return [], [ConfigError(path, 0, f"cannot read config: {exc.strerror}")]
+    return configuration.parse(text, path)
+
+
+class ConfigHolder:
+    """The config in force; re-read when the file changes, kept when the new one is wrong."""
+
+    def __init__(self, path: str, log: logging.Logger) -> None:
+        self.path = path
+        self.log = log
+        self.entries: list[Entry] = []
+        self._stamp: tuple[int, int, int] | None = None
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def load_initial(self) -> None:
+        stamp = self._file_stamp()
+        entries, errors = read_config(self.path)
+        if errors:
+            raise BadConfig("\n".join(str(e) for e in errors))
+        self.entries, self._stamp = entries, stamp
+
+    def reload(self, force: bool = False) -> bool:
+        """Re-read if forced or changed; False if the new text has errors (old one kept)."""
+        stamp = self._file_stamp()
+        if not force and stamp == self._stamp:
+            return True
+        self._stamp = stamp
+        entries, errors = read_config(self.path)
+        if errors:
+            for error in errors:
+                self.log.error("%s", error)
+            self.log.error("config %s has errors; the previous config stays in force", self.path)
+            return False
+        if entries != self.entries:
+            self.log.info("config %s loaded: %d pipes", self.path, len(entries))
+        self.entries = entries
+        return True
+
+    def current(self) -> list[Entry]:
+        self.reload()
+        return self.entries
+
+
+@dataclass
+class PipeSession:
+    entry: Entry
+    peer: str
+    task: asyncio.Task[Any]
+    dest: Destination | None = None
+
+
+@dataclass
+class ServerOptions:
+    config_path: str
+    port: int
+    bind: str | None
+    state_dir: str
+
+
+@dataclass
+class Server:
+    opts: ServerOptions
+    log: logging.Logger
+    config: ConfigHolder
+    sessions: dict[str, PipeSession] = field(default_factory=dict)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    hup: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- connection handling --------------------------------------------------
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        peer = peer_name(writer)
+        peer_ip = str(writer.get_extra_info("peername")[0])
+        session: PipeSession | None = None
+        try:
+            tune(writer)
+            decoder = Decoder()
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                hello = await next_event(reader, decoder)
+            if not isinstance(hello, Hello):
+                raise ProtocolError(f"expected HELLO, got {type(hello).__name__}")
+            entry = await self._authorize(peer_ip, hello.path)
+            if entry is None:
+                reason = f"no pipe is defined for host {peer_ip} and file {hello.path}"
+                await self._refuse(writer, peer, reason)
+                return
+            session = PipeSession(entry, peer, task)
+            await self._register(session)
+            try:
+                session.dest = Destination.open(entry.local, self.opts.state_dir)
+            except DestinationError as exc:
+                await self._refuse(writer, peer, str(exc))
+                return
+            record, offset = session.dest.answer()
+            writer.write(encode(Ready(record, offset)))
+            self.log.info(
+                "%s pipe %s -> %s READY at %s",
+                peer,
+                hello.path,
+                entry.local,
+                "no record" if offset is None else f"offset {offset}",
+            )
+            await self._stream(reader, writer, decoder, session.dest)
+            self.log.info("%s pipe %s closed by the client", peer, entry.local)
+        except TimeoutError:
+            self.log.warning("%s dropped: handshake not completed in %.0f s", peer, HANDSHAKE_TIMEOUT_S)
+        except ProtocolError as exc:
+            self.log.warning("%s dropped: protocol error: %s", peer, exc)
+        except ConnectionLost as exc:
+            self.log.info("%s connection lost: %s", peer, exc)
+        except DestinationError as exc:
+            self.log.error("%s dropped: %s", peer, exc)
+        except OSError as exc:
+            self.log.warning("%s dropped: %s", peer, exc.strerror or exc)
+        except asyncio.CancelledError:
+            # Only this server cancels connection tasks (takeover, reload,
+            # shutdown). Ending normally keeps 3.11's StreamReaderProtocol
+            # from logging a traceback for a cancelled handler.
+            self.log.info("%s connection closed by the server", peer)
+        finally:
+            if session is not None:
+                if self.sessions.get(session.entry.local) is session:
+                    del self.sessions[session.entry.local]
+                if session.dest is not None:
+                    session.dest.close()
+            await close_writer(writer)
+
+    async def _refuse(self, writer: asyncio.StreamWriter, peer: str, reason: str) -> None:
+        self.log.warning("%s REFUSE: %s", peer, reason)
+        writer.write(encode(Refuse(reason)))
+        with contextlib.suppress(OSError):
+            await writer.drain()
+
+    async def _authorize(self, peer_ip: str, path: str) -> Entry | None:
+        for entry in configuration.candidates(self.config.current(), path):
+            resolved: list[str] = []
+            if entry.address is None:
+                resolved = await self._resolve(entry.host)
+            if configuration.host_matches(entry, peer_ip, resolved):
+                return entry
+        return None
+
+    async def _resolve(self, host: str) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as exc:
+            self.log.warning("cannot resolve %s: %s", host, exc)
+            return []
+        return [str(info[4][0]) for info in infos]
+
+    async def _register(self, session: PipeSession) -> None:
+        """Make ``session`` the pipe's only connection, ending an older one first."""
+        local = session.entry.local
+        lock = self.locks.setdefault(local, asyncio.Lock())
+        async with lock:
+            old = self.sessions.get(local)
+            if old is not None and not old.task.done():
+                self.log.info("%s takes over pipe %s from %s", session.peer, local, old.peer)
+                old.task.cancel()
+                await asyncio.wait({old.task}, timeout=TAKEOVER_TIMEOUT_S)
+            self.sessions[local] = session
+
+    async def _stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder, dest: Destination
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        generations = 0
+        acked: tuple[int, int] | None = None
+        ack_timer: asyncio.TimerHandle | None = None
+
+        def send_ack() -> None:
+            nonlocal acked, ack_timer
+            ack_timer = None
+            landed = dest.landed()
+            if landed is None or writer.is_closing() or (generations, landed) == acked:
+                return
+            acked = (generations, landed)
+            writer.write(encode(Ack(generations, landed)))
+
+        try:
+            while True:
+                try:
+                    data = await reader.read(READ_BYTES)
+                except OSError as exc:
+                    raise ConnectionLost(exc.strerror or str(exc)) from None
+                decoder.feed(data)
+                # One event at a time: events before a bad frame are still written.
+                while True:
+                    event = decoder.next_event()
+                    if event is None or isinstance(event, NeedData):
+                        break
+                    if isinstance(event, Data):
+                        if generations == 0:
+                            raise ProtocolError("DATA before GENERATION")
+                        dest.write(event.payload)
+                    elif isinstance(event, Generation):
+                        dest.begin_generation(event.ident, event.start)
+                        generations += 1
+                        send_ack()
+                    else:
+                        raise ProtocolError(f"unexpected {type(event).__name__} while streaming")
+                if not data:
+                    return
+                if ack_timer is None:
+                    ack_timer = loop.call_later(ACK_DELAY_S, send_ack)
+        finally:
+            if ack_timer is not None:
+                ack_timer.cancel()
+
+    # -- signals ------------------------------------------------------------------
+
+    async def serve_signals(self) -> None:
+        """Do what SIGHUP asks, each time it is asked (coalesced)."""
+        while True:
+            await self.hup.wait()
+            self.hup.clear()
+            self.reload_and_reopen()
+
+    def reload_and_reopen(self) -> None:
+        self.log.info("SIGHUP: rereading %s and reopening destinations", self.config.path)
+        self.config.reload(force=True)
+        defined = {(e.host, e.remote, e.local) for e in self.config.entries}
+        for local, session in list(self.sessions.items()):
+            e = session.entry
+            if (e.host, e.remote, e.local) not in defined:
+                self.log.info("pipe %s:%s -> %s is no longer in the config: closed", e.host, e.remote, local)
+                session.task.cancel()
+                continue
+            if session.dest is None:
+                continue
+            try:
+                if session.dest.reopen():
+                    self.log.info("reopened destination %s", local)
+            except DestinationError as exc:
+                self.log.error("%s", exc)
+                session.task.cancel()
+
+    async def shutdown(self) -> None:
+        """Cancel every connection and wait until each has closed its destination."""
+        tasks = [t for t in self.tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
+
+
+async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any) -> None:
+    """Listen and serve until SIGTERM/SIGINT."""
+    holder = ConfigHolder(opts.config_path, log)
+    holder.load_initial()
+    server = Server(opts, log, holder)
+    loop = asyncio.get_running_loop()
+    listener = await asyncio.start_server(
+        server.handle, host=opts.bind, port=opts.port, reuse_address=True, limit=READ_BYTES, backlog=512
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.hup.set)
+    addresses = ", ".join(peer for peer in (_sockname(s) for s in listener.sockets))
+    log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
+    on_listening()
+    signals = asyncio.create_task(server.serve_signals())
+    try:
+        await server.stop.wait()
+        log.info("stopping")
+    finally:
+        listener.close()
+        signals.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await signals
+        await server.shutdown()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+                await listener.wait_closed()
+
+
+def _sockname(sock: Any) -> str:
+    name = sock.getsockname()
+    host = str(name[0])
+    return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
