@@ -46,6 +46,7 @@ from tcppipe.state import PipeKey
 CONNECT_TIMEOUT_S: Final = 10.0
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 STATUS_INTERVAL_S: Final = 1.0
+GOODBYE_TIMEOUT_S: Final = 5.0
 # Chunks sent per wake-up before looking at signals and rotation again.
 MAX_CHUNKS_PER_TICK: Final = 64
 
@@ -231,11 +232,21 @@ class Client:
         receiver = asyncio.create_task(self._receive(reader, decoder))
         try:
             await self._send(writer, watcher, receiver)
+            await self._say_goodbye(writer, receiver)
         finally:
             if not receiver.done():
                 receiver.cancel()
             with contextlib.suppress(BaseException):
                 await receiver
+
+    async def _say_goodbye(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
+        """Half-close and wait (bounded) for the server's final ACK, so the
+        status file records exactly what landed."""
+        with contextlib.suppress(OSError, RuntimeError):
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        await asyncio.wait({receiver}, timeout=GOODBYE_TIMEOUT_S)
 
     def _fallback(self, first: bool) -> tuple[GenerationId, int] | None:
         """What to resume from when the server has no record."""

@@ -12,6 +12,8 @@ import logging.handlers
 import os
 import socket
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def parse_syslog_address(text: str) -> str | tuple[str, int]:
@@ -35,6 +37,9 @@ class QuietSysLogHandler(logging.handlers.SysLogHandler):
 
     warned = False
     dropped = 0
+    # Set by SysLogHandler.__init__; typeshed does not declare them.
+    socket: Any
+    _connect_unixsocket: Callable[[Any], None]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -258,6 +258,7 @@ class Server:
                     else:
                         raise ProtocolError(f"unexpected {type(event).__name__} while streaming")
                 if not data:
+                    send_ack()  # the client's goodbye: tell it exactly what landed
                     return
                 if ack_timer is None:
                     ack_timer = loop.call_later(ACK_DELAY_S, send_ack)

@@ -163,9 +163,20 @@ class Pipes:
 
     def server_args(self, *extra: str, foreground: bool = True) -> list[str]:
         args = [
-            command("tcppiped"), "-f", str(self.config), "-p", str(self.port),
-            "--pid-file", str(self.pid_file), "--state-dir", str(self.server_state),
-            "--syslog-address", str(self.syslog.path), "--bind", "127.0.0.1", *extra,
+            command("tcppiped"),
+            "-f",
+            str(self.config),
+            "-p",
+            str(self.port),
+            "--pid-file",
+            str(self.pid_file),
+            "--state-dir",
+            str(self.server_state),
+            "--syslog-address",
+            str(self.syslog.path),
+            "--bind",
+            "127.0.0.1",
+            *extra,
         ]
         return [*args, "--foreground"] if foreground else args
 
@@ -179,8 +190,18 @@ class Pipes:
 
     def client_args(self, origin: Path, *extra: str, host: str = "127.0.0.1", foreground: bool = True) -> list[str]:
         args = [
-            command("tcppipe"), "-f", str(origin), "-h", host, "-p", str(self.port),
-            "--state-dir", str(self.client_state), "--syslog-address", str(self.syslog.path), *extra,
+            command("tcppipe"),
+            "-f",
+            str(origin),
+            "-h",
+            host,
+            "-p",
+            str(self.port),
+            "--state-dir",
+            str(self.client_state),
+            "--syslog-address",
+            str(self.syslog.path),
+            *extra,
         ]
         return [*args, "--foreground"] if foreground else args
 
@@ -188,7 +209,9 @@ class Pipes:
         return self.spawn(self.client_args(origin, *extra, host=host))
 
     def spawn(self, args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
+        )
         self.procs.append(proc)
         return proc
 
@@ -196,10 +219,20 @@ class Pipes:
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
     def client_pid(self, origin: Path, host: str = "127.0.0.1", port: int | None = None) -> int | None:
-        out = self.run([
-            command("tcppipe"), "-I", "-f", str(origin), "-h", host, "-p", str(port or self.port),
-            "--state-dir", str(self.client_state),
-        ])
+        out = self.run(
+            [
+                command("tcppipe"),
+                "-I",
+                "-f",
+                str(origin),
+                "-h",
+                host,
+                "-p",
+                str(port or self.port),
+                "--state-dir",
+                str(self.client_state),
+            ]
+        )
         return int(out.stdout) if out.returncode == 0 else None
 
     def adopt(self, pid: int) -> None:

@@ -63,15 +63,40 @@ def test_show_pid_matches_only_the_same_normalised_options(pipes: Pipes, monkeyp
     wait_until(lambda: pipes.client_pid(origin) is not None, what="client lock")
     assert pipes.client_pid(origin) == client.pid
     relative = subprocess.run(
-        [command("tcppipe"), "-I", "-f", "noc.log", "-h", "127.0.0.1", "-p", str(pipes.port),
-         "--state-dir", str(pipes.client_state)],
-        cwd=origin.parent, capture_output=True, text=True, check=False,
+        [
+            command("tcppipe"),
+            "-I",
+            "-f",
+            "noc.log",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pipes.port),
+            "--state-dir",
+            str(pipes.client_state),
+        ],
+        cwd=origin.parent,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert (relative.returncode, relative.stdout.strip()) == (0, str(client.pid))
     assert pipes.client_pid(origin, host="127.0.0.2") is None
     assert pipes.client_pid(origin, port=pipes.port + 1) is None
-    other = pipes.run([command("tcppipe"), "-I", "-f", str(origin), "-h", "127.0.0.2", "-p", str(pipes.port),
-                       "--state-dir", str(pipes.client_state)])
+    other = pipes.run(
+        [
+            command("tcppipe"),
+            "-I",
+            "-f",
+            str(origin),
+            "-h",
+            "127.0.0.2",
+            "-p",
+            str(pipes.port),
+            "--state-dir",
+            str(pipes.client_state),
+        ]
+    )
     assert (other.returncode, other.stdout) == (1, "")
 
 
@@ -99,10 +124,21 @@ def test_second_client_for_the_same_pipe_refuses_to_start(pipes: Pipes) -> None:
 
 
 def keepalive(pipes: Pipes, origin: Path) -> subprocess.CompletedProcess[str]:
-    return pipes.run([
-        command("keep_tcppipe_alive"), "-f", str(origin), "-h", "127.0.0.1", "-p", str(pipes.port),
-        "--state-dir", str(pipes.client_state), "--syslog-address", str(pipes.syslog.path),
-    ])
+    return pipes.run(
+        [
+            command("keep_tcppipe_alive"),
+            "-f",
+            str(origin),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pipes.port),
+            "--state-dir",
+            str(pipes.client_state),
+            "--syslog-address",
+            str(pipes.syslog.path),
+        ]
+    )
 
 
 def test_keepalive_does_nothing_without_the_flag_file(pipes: Pipes) -> None:
@@ -122,9 +158,24 @@ def test_keepalive_starts_one_client_and_never_a_second(pipes: Pipes) -> None:
     pipes.start_server()
     pipes.client_state.mkdir(exist_ok=True)
     (pipes.client_state / "tcppipe.keepalive").touch()
-    racers = [pipes.spawn([command("keep_tcppipe_alive"), "-f", str(origin), "-h", "127.0.0.1", "-p",
-                           str(pipes.port), "--state-dir", str(pipes.client_state),
-                           "--syslog-address", str(pipes.syslog.path)]) for _ in range(3)]
+    racers = [
+        pipes.spawn(
+            [
+                command("keep_tcppipe_alive"),
+                "-f",
+                str(origin),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(pipes.port),
+                "--state-dir",
+                str(pipes.client_state),
+                "--syslog-address",
+                str(pipes.syslog.path),
+            ]
+        )
+        for _ in range(3)
+    ]
     assert [r.wait(timeout=60) for r in racers] == [0, 0, 0]
     pid = pipes.client_pid(origin)
     assert pid is not None
@@ -149,8 +200,9 @@ def test_check_accepts_a_good_config(tmp_path: Path) -> None:
     """--check on a clean config prints a summary and exits 0."""
     conf = tmp_path / "good.conf"
     conf.write_text("# pipes\n\nfoo.example:/var/log/a | /srv/a\n[::1]:/var/log/b | /srv/b\n10.1.2.3:/x|/y\n")
-    result = subprocess.run([command("tcppiped"), "--check", "-f", str(conf)], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [command("tcppiped"), "--check", "-f", str(conf)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0
     assert "3 pipes, no errors" in result.stdout
 
@@ -159,8 +211,9 @@ def test_check_names_file_and_line_of_each_problem(tmp_path: Path) -> None:
     """--check prints FILE:LINE: reason for every problem and exits non-zero."""
     conf = tmp_path / "bad.conf"
     conf.write_text("ok:/a | /srv/a\nno separator here\nh:relative | /srv/b\nh2:/c | /srv/a\n")
-    result = subprocess.run([command("tcppiped"), "--check", "-f", str(conf)], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [command("tcppiped"), "--check", "-f", str(conf)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 5
     lines = result.stdout.splitlines()
     assert [line.split(": ", 1)[0] for line in lines] == [f"{conf}:2", f"{conf}:3", f"{conf}:4"]
@@ -180,4 +233,5 @@ def test_usage_error_is_one_line(pipes: Pipes) -> None:
     """A missing -h is a one-line usage error with exit status 2."""
     result = pipes.run([command("tcppipe"), "-f", "/etc/hostname"])
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "-h" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "-h" in result.stderr

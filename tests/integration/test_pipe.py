@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -47,13 +48,14 @@ def test_append_arrives_long_before_the_poll_interval(pipes: Pipes) -> None:
 
 def test_refuse_for_an_undefined_file_creates_nothing_and_logs_local5(pipes: Pipes) -> None:
     """A file with no entry is refused: non-zero exit, the reason on stderr, a LOCAL5 syslog line, no destination."""
-    defined, dest = pipes.pipe("defined.log")
+    _defined, dest = pipes.pipe("defined.log")
     undefined = pipes.tmp / "origin" / "other.log"
     undefined.write_bytes(b"secret\n")
     pipes.start_server()
     result = pipes.run(pipes.client_args(undefined, foreground=False))
     assert result.returncode == 3
-    assert "refused" in result.stderr and str(undefined) in result.stderr
+    assert "refused" in result.stderr
+    assert str(undefined) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     message = pipes.syslog.wait_for("REFUSE")
     local5_warning = 21 * 8 + 4
@@ -104,7 +106,8 @@ def test_refuse_when_destination_cannot_be_opened(pipes: Pipes) -> None:
     pipes.start_server()
     result = pipes.run(pipes.client_args(origin))
     assert result.returncode == 3
-    assert "cannot be opened" in result.stderr and "Not a directory" in result.stderr
+    assert "cannot be opened" in result.stderr
+    assert "Not a directory" in result.stderr
 
 
 def test_missing_parent_directories_are_created(pipes: Pipes) -> None:
@@ -132,7 +135,8 @@ def test_missing_origin_is_a_clear_error(pipes: Pipes) -> None:
     """A missing -f file is named in one line, exit status 7, no traceback."""
     result = pipes.run(pipes.client_args(pipes.tmp / "nope.log"))
     assert result.returncode == 7
-    assert "nope.log" in result.stderr and "No such file" in result.stderr
+    assert "nope.log" in result.stderr
+    assert "No such file" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -158,7 +162,7 @@ def test_twenty_pipes_at_once_are_all_exact(pipes: Pipes) -> None:
             with open(origin, "ab") as f:
                 f.write(f"pipe {i} round {round_}\n".encode() * 50)
     for origin, dest in pairs:
-        wait_until(lambda o=origin, d=dest: same_bytes(o, d), what=f"{origin.name} exact")
+        wait_until(functools.partial(same_bytes, origin, dest), what=f"{origin.name} exact")
 
 
 def test_garbage_connection_is_dropped_and_other_pipes_go_on(pipes: Pipes) -> None:

@@ -1,0 +1,168 @@
+"""Rotation on the origin host (with and without SIGHUP, rename and truncate) and on the destination host."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from tests.integration.conftest import Pipes, kill9, same_bytes, size, wait_until
+from tests.integration.test_restart import Writer, numbered_lines
+
+
+def concat(*paths: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in paths)
+
+
+def test_rename_then_sighup_sends_the_old_file_to_its_end_then_the_new(pipes: Pipes) -> None:
+    """mv log log.1; touch log; (late lines to log.1); kill -HUP: destination is log.1 then log."""
+    origin, dest = pipes.pipe("hup.log")
+    origin.write_bytes(numbered_lines(0, 100))
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "600")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    rotated = origin.with_name("hup.log.1")
+    origin.rename(rotated)
+    origin.write_bytes(b"")
+    with open(rotated, "ab") as f:
+        f.write(numbered_lines(100, 50))  # a writer that has not reopened yet
+    with open(origin, "ab") as f:
+        f.write(numbered_lines(150, 50))
+    client.send_signal(signal.SIGHUP)
+    expected = concat(rotated, origin)
+    wait_until(lambda: dest.read_bytes() == expected, what="old then new generation")
+    client.send_signal(signal.SIGHUP)  # a second HUP changes nothing
+    with open(origin, "ab") as f:
+        f.write(b"after the second hup\n")
+    wait_until(lambda: dest.read_bytes() == concat(rotated, origin), what="no resend after a repeated HUP")
+
+
+def test_rename_without_a_signal_waits_for_the_grace_period(pipes: Pipes) -> None:
+    """A rename-and-create is noticed alone; the old file is drained (late writes included) before the new one."""
+    origin, dest = pipes.pipe("quiet.log")
+    origin.write_bytes(numbered_lines(0, 100))
+    pipes.start_server()
+    pipes.start_client(origin, "--rotate-grace", "1")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    rotated = origin.with_name("quiet.log.1")
+    origin.rename(rotated)
+    origin.write_bytes(numbered_lines(1000, 10))
+    with open(rotated, "ab") as f:
+        for i in range(5):
+            f.write(numbered_lines(100 + i * 10, 10))
+            f.flush()
+            time.sleep(0.1)  # a slow writer still on the old file
+    wait_until(lambda: dest.read_bytes() == concat(rotated, origin), what="rotation without signal")
+
+
+def test_copytruncate_sends_the_file_again_from_its_first_byte(pipes: Pipes) -> None:
+    """Truncation is noticed alone: the new content follows the old in the destination."""
+    origin, dest = pipes.pipe("trunc.log")
+    first = numbered_lines(0, 500)
+    origin.write_bytes(first)
+    pipes.start_server()
+    pipes.start_client(origin)
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    with open(origin, "r+b") as f:
+        f.truncate(0)
+    wait_until(lambda: size(dest) == len(first), what="truncation does not resend")
+    second = b"after truncation\n" * 3
+    with open(origin, "ab") as f:
+        f.write(second)
+    wait_until(lambda: dest.read_bytes() == first + second, what="new content from byte 0")
+
+
+def test_kill9_in_the_middle_of_a_rotation_still_ends_exact(pipes: Pipes) -> None:
+    """kill -9 after the mv and before log.1 is drained: the restart finds log.1 by identity and finishes it."""
+    origin, dest = pipes.pipe("mid.log")
+    origin.write_bytes(numbered_lines(0, 100))
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "600")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    kill9(client)
+    rotated = origin.with_name("mid.log.1")
+    origin.rename(rotated)
+    with open(rotated, "ab") as f:
+        f.write(numbered_lines(100, 400))
+    origin.write_bytes(numbered_lines(10_000, 50))
+    client = pipes.start_client(origin, "--rotate-grace", "600")
+    wait_until(lambda: size(dest) >= size(rotated), what="old generation drained")
+    client.send_signal(signal.SIGHUP)
+    wait_until(lambda: dest.read_bytes() == concat(rotated, origin), what="exact across restart and rotation")
+
+
+def test_destination_rotation_with_sighup_keeps_exactly_once(pipes: Pipes) -> None:
+    """mv dest dest.1; HUP tcppiped: reopened by name; dest.1 + dest equals the origin, also after a restart."""
+    origin, dest = pipes.pipe("dest-rot.log")
+    origin.write_bytes(numbered_lines(0, 300))
+    server = pipes.start_server()
+    pipes.start_client(origin)
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    rotated = dest.with_name("dest-rot.log.1")
+    dest.rename(rotated)
+    server.send_signal(signal.SIGHUP)
+    pipes.syslog.wait_for("reopened destination")
+    with open(origin, "ab") as f:
+        f.write(numbered_lines(300, 300))
+    wait_until(lambda: concat(rotated, dest) == origin.read_bytes(), what="dest.1 + dest == origin")
+    kill9(server)
+    with open(origin, "ab") as f:
+        f.write(numbered_lines(600, 300))
+    pipes.start_server()
+    wait_until(lambda: concat(rotated, dest) == origin.read_bytes(), what="exact after restart following rotation")
+
+
+def test_sighup_closes_pipes_removed_from_the_config(pipes: Pipes) -> None:
+    """A pipe deleted from the config is closed on HUP; its client is refused on reconnect and exits 3; others go on."""
+    kept_origin, kept_dest = pipes.pipe("kept.log")
+    gone_origin, gone_dest = pipes.pipe("gone.log")
+    kept_origin.write_bytes(b"kept\n")
+    gone_origin.write_bytes(b"gone\n")
+    server = pipes.start_server()
+    kept = pipes.start_client(kept_origin)
+    gone = pipes.start_client(gone_origin)
+    wait_until(lambda: same_bytes(kept_origin, kept_dest) and same_bytes(gone_origin, gone_dest), what="both")
+    lines = [line for line in pipes.config.read_text().splitlines() if "gone.log" not in line]
+    pipes.config.write_text("\n".join(lines) + "\n")
+    server.send_signal(signal.SIGHUP)
+    assert gone.wait(timeout=30) == 3
+    assert kept.poll() is None
+    with open(kept_origin, "ab") as f:
+        f.write(b"still flowing\n")
+    wait_until(lambda: same_bytes(kept_origin, kept_dest), what="kept pipe untouched")
+
+
+def test_reload_with_errors_keeps_the_old_config(pipes: Pipes) -> None:
+    """A HUP with a broken config logs FILE:LINE and keeps serving the previous entries."""
+    origin, dest = pipes.pipe("stays.log")
+    origin.write_bytes(b"one\n")
+    server = pipes.start_server()
+    pipes.start_client(origin)
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    with open(pipes.config, "a") as f:
+        f.write("this line is broken\n")
+    server.send_signal(signal.SIGHUP)
+    pipes.syslog.wait_for(f"{pipes.config}:2:")
+    with open(origin, "ab") as f:
+        f.write(b"two\n")
+    wait_until(lambda: same_bytes(origin, dest), what="pipe still served")
+
+
+def test_second_connection_takes_over_the_pipe(pipes: Pipes) -> None:
+    """A new connection for a live pipe replaces the old one; the destination stays exact."""
+    origin, dest = pipes.pipe("takeover.log")
+    pipes.start_server()
+    writer = Writer(origin)
+    writer.start()
+    try:
+        first = pipes.start_client(origin)
+        wait_until(lambda: size(dest) > 1000, what="first streaming")
+        other_state = pipes.tmp / "other-state"
+        second = pipes.spawn([*pipes.client_args(origin)[:-1], "--state-dir", str(other_state), "--foreground"])
+        pipes.syslog.wait_for("takes over pipe")
+        wait_until(lambda: size(dest) > size(origin) // 2, what="second streaming")
+    finally:
+        writer.finish()
+    kill9(first)
+    wait_until(lambda: same_bytes(origin, dest), what="exact after takeover")
+    assert second.poll() is None

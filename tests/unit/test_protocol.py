@@ -1,0 +1,198 @@
+"""The wire codec: golden vectors both ways, any split, trailing bytes, and fuzzing."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcppipe.protocol import (
+    HEADER,
+    MAX_CONTROL_BYTES,
+    MAX_DATA_BYTES,
+    Ack,
+    Data,
+    Decoder,
+    Event,
+    FrameType,
+    Generation,
+    GenerationId,
+    Hello,
+    NeedData,
+    ProtocolError,
+    Ready,
+    Refuse,
+    encode,
+)
+
+IDENT = GenerationId(dev=2049, ino=1234567, fp_len=12, fp_sha256="ab" * 32)
+
+
+def control(kind: FrameType, body: bytes) -> bytes:
+    return struct.pack("!BBII", kind, 0, len(body), zlib.crc32(body)) + body
+
+
+GOLDEN: list[tuple[Event, bytes]] = [
+    (Hello("/var/log/messages"), control(FrameType.HELLO, b'{"features":[],"path":"/var/log/messages","version":1}')),
+    (Ready(None, None), control(FrameType.READY, b'{"offset":null,"record":null}')),
+    (
+        Ready(IDENT, 99),
+        control(
+            FrameType.READY,
+            b'{"offset":99,"record":{"dev":2049,"fp_len":12,"fp_sha256":"' + b"ab" * 32 + b'","ino":1234567}}',
+        ),
+    ),
+    (Refuse("no pipe"), control(FrameType.REFUSE, b'{"reason":"no pipe"}')),
+    (
+        Generation(IDENT, 5),
+        control(
+            FrameType.GENERATION,
+            b'{"ident":{"dev":2049,"fp_len":12,"fp_sha256":"' + b"ab" * 32 + b'","ino":1234567},"start":5}',
+        ),
+    ),
+    (Data(b"\x00\xffline\n"), control(FrameType.DATA, b"\x00\xffline\n")),
+    (Data(b""), control(FrameType.DATA, b"")),
+    (Ack(3, 1 << 40), control(FrameType.ACK, b'{"generations":3,"offset":1099511627776}')),
+]
+
+
+def decode_all(chunks: list[bytes], eof: bool = True) -> list[Event]:
+    decoder = Decoder()
+    events: list[Event] = []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        events.extend(decoder.events())
+    if eof:
+        decoder.feed(b"")
+        assert decoder.next_event() is None
+    return events
+
+
+@pytest.mark.parametrize(("event", "wire"), GOLDEN)
+def test_golden_encoding(event: Event, wire: bytes) -> None:
+    """Each event encodes to exactly its golden bytes."""
+    assert encode(event) == wire
+
+
+@pytest.mark.parametrize(("event", "wire"), GOLDEN)
+def test_golden_decoding_whole_bytewise_and_with_trailing_bytes(event: Event, wire: bytes) -> None:
+    """Golden bytes decode to the event fed whole, one byte at a time, and followed by more bytes."""
+    assert decode_all([wire]) == [event]
+    assert decode_all([wire[i : i + 1] for i in range(len(wire))]) == [event]
+    decoder = Decoder()
+    decoder.feed(wire + wire[:3])
+    assert decoder.next_event() == event
+    assert isinstance(decoder.next_event(), NeedData)
+    assert decoder.buffered == 3
+
+
+def test_eof_mid_frame_is_a_protocol_error() -> None:
+    """A stream that ends inside a frame is the peer's fault."""
+    decoder = Decoder()
+    decoder.feed(encode(Data(b"abc"))[:-1])
+    decoder.feed(b"")
+    with pytest.raises(ProtocolError, match="mid-frame"):
+        decoder.next_event()
+
+
+def test_checksum_mismatch_is_detected() -> None:
+    """One flipped payload bit fails the CRC check."""
+    wire = bytearray(encode(Data(b"hello world")))
+    wire[-1] ^= 0x01
+    decoder = Decoder()
+    decoder.feed(bytes(wire))
+    with pytest.raises(ProtocolError, match="checksum"):
+        decoder.next_event()
+
+
+@pytest.mark.parametrize(("kind", "limit"), [(FrameType.DATA, MAX_DATA_BYTES), (FrameType.HELLO, MAX_CONTROL_BYTES)])
+def test_oversized_frame_is_refused_from_its_header(kind: FrameType, limit: int) -> None:
+    """A length over the limit is refused as soon as the header is in, before any payload is buffered."""
+    decoder = Decoder()
+    decoder.feed(HEADER.pack(kind, 0, limit + 1, 0))
+    with pytest.raises(ProtocolError, match="over the limit"):
+        decoder.next_event()
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        HEADER.pack(99, 0, 0, 0),
+        HEADER.pack(FrameType.DATA, 1, 0, 0),
+        control(FrameType.HELLO, b"not json"),
+        control(FrameType.HELLO, b"[1]"),
+        control(FrameType.HELLO, b'{"version":2,"path":"/x"}'),
+        control(FrameType.HELLO, b'{"version":1,"path":7}'),
+        control(FrameType.READY, b'{"offset":1,"record":null}'),
+        control(FrameType.GENERATION, b'{"ident":{"dev":1,"ino":2,"fp_len":0,"fp_sha256":"zz"},"start":0}'),
+        control(FrameType.ACK, b'{"generations":-1,"offset":0}'),
+        control(FrameType.ACK, b'{"generations":true,"offset":0}'),
+    ],
+)
+def test_malformed_frames_are_protocol_errors(wire: bytes) -> None:
+    """Unknown types, flags, bad JSON and ill-typed fields raise ProtocolError, nothing else."""
+    decoder = Decoder()
+    decoder.feed(wire)
+    with pytest.raises(ProtocolError):
+        decoder.next_event()
+
+
+def test_feeding_after_eof_is_an_error() -> None:
+    """No bytes may follow the end of the stream."""
+    decoder = Decoder()
+    decoder.feed(b"")
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"x")
+
+
+def test_encode_refuses_an_oversized_payload() -> None:
+    """Our own oversized DATA is our bug, reported as ValueError."""
+    with pytest.raises(ValueError, match="over the limit"):
+        encode(Data(b"x" * (MAX_DATA_BYTES + 1)))
+
+
+idents = st.builds(
+    GenerationId,
+    dev=st.integers(0, 2**64 - 1),
+    ino=st.integers(0, 2**64 - 1),
+    fp_len=st.integers(0, 4096),
+    fp_sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
+)
+events = st.one_of(
+    st.builds(Hello, st.text(max_size=200), st.lists(st.text(max_size=10), max_size=3).map(tuple)),
+    st.builds(Ready, st.none(), st.none()),
+    st.builds(Ready, idents, st.integers(0, 2**63)),
+    st.builds(Refuse, st.text(max_size=300)),
+    st.builds(Generation, idents, st.integers(0, 2**63)),
+    st.builds(Data, st.binary(max_size=2000)),
+    st.builds(Ack, st.integers(0, 2**32), st.integers(0, 2**63)),
+)
+
+
+@given(st.lists(events, max_size=8), st.lists(st.integers(0, 20_000), max_size=10))
+def test_any_event_sequence_round_trips_however_split(seq: list[Event], cuts: list[int]) -> None:
+    """Every event sequence survives encoding and decoding at any split points."""
+    wire = b"".join(encode(e) for e in seq)
+    points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    chunks = [wire[a:b] for a, b in itertools.pairwise(points)]
+    assert decode_all(chunks) == seq
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=8))
+def test_any_bytes_yield_events_or_protocol_error(data: bytes, cuts: list[int]) -> None:
+    """Arbitrary bytes, split anywhere, give events, NEED_DATA or ProtocolError, and nothing else."""
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    decoder = Decoder()
+    try:
+        for a, b in itertools.pairwise(points):
+            decoder.feed(data[a:b])
+            decoder.events()
+        decoder.feed(b"")
+        decoder.events()
+    except ProtocolError:
+        pass

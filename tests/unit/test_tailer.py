@@ -1,0 +1,151 @@
+"""The tailer's decisions on real files: resume, rotation, truncation, grace, SIGHUP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tcppipe.origin import identify
+from tcppipe.tailer import Tailer
+
+GRACE_S = 5.0
+
+
+def drain(tailer: Tailer, now: float) -> bytes:
+    """Everything the tailer would send now, in order."""
+    out = b""
+    for _ in range(10_000):
+        chunk = tailer.next_chunk(now, 7)
+        if chunk is None:
+            return out
+        gen, data = chunk
+        tailer.advance(gen, len(data))
+        out += data
+    raise AssertionError("tailer never caught up")
+
+
+def test_resume_where_the_destination_stands(tmp_path: Path) -> None:
+    """A record for the current file resumes at the server's offset."""
+    log = tmp_path / "log"
+    log.write_bytes(b"0123456789")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    record = identify(tailer.current.fd)
+    resumed = tailer.resume(record, 4, None, 0.0, first=True)
+    assert resumed.position == 4
+    assert drain(tailer, 0.0) == b"456789"
+
+
+def test_resume_finds_the_rotated_generation_after_a_restart(tmp_path: Path) -> None:
+    """After log was renamed while tcppipe was down, its rest goes first, then the new log."""
+    log = tmp_path / "log"
+    log.write_bytes(b"old generation\n")
+    fd = os.open(log, os.O_RDONLY)
+    record = identify(fd)
+    os.close(fd)
+    log.rename(tmp_path / "log.1")
+    log.write_bytes(b"new generation\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    resumed = tailer.resume(record, 4, None, 0.0, first=True)
+    assert resumed.path == str(tmp_path / "log.1")
+    assert drain(tailer, 0.0) == b"generation\n"
+    assert drain(tailer, GRACE_S + 1) == b"new generation\n"
+
+
+def test_unknown_record_starts_the_current_file_from_its_first_byte(tmp_path: Path) -> None:
+    """A record naming a file that no longer exists means the current file goes whole."""
+    log = tmp_path / "log"
+    log.write_bytes(b"abc")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    gone = identify(tailer.current.fd)
+    from dataclasses import replace
+
+    resumed = tailer.resume(replace(gone, ino=gone.ino + 1), 2, None, 0.0, first=True)
+    assert resumed.position == 0
+    assert drain(tailer, 0.0) == b"abc"
+
+
+def test_status_fallback_and_full_resend(tmp_path: Path) -> None:
+    """With no server record the status offset is used; -n overrides everything."""
+    log = tmp_path / "log"
+    log.write_bytes(b"abcdef")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    ident = identify(tailer.current.fd)
+    assert tailer.resume(None, None, (ident, 3), 0.0, first=True).position == 3
+    assert tailer.resume(ident, 5, None, 0.0, first=True, full=True).position == 0
+
+
+def test_rename_rotation_drains_the_old_file_until_quiet(tmp_path: Path) -> None:
+    """Old generation first (including late writes), the new one only after the grace period."""
+    log = tmp_path / "log"
+    log.write_bytes(b"one\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, None, 0.0, first=True)
+    assert drain(tailer, 0.0) == b"one\n"
+    log.rename(tmp_path / "log.1")
+    log.write_bytes(b"three\n")
+    tailer.poll_rotation(1.0)
+    with open(tmp_path / "log.1", "ab") as late:
+        late.write(b"two\n")
+    assert drain(tailer, 1.0) == b"two\n"
+    assert tailer.next_wakeup(2.0) == GRACE_S - 1.0
+    assert drain(tailer, 1.0 + GRACE_S) == b"three\n"
+    assert len(tailer.queue) == 1
+
+
+def test_sighup_switches_without_waiting_and_a_second_one_resends_nothing(tmp_path: Path) -> None:
+    """SIGHUP after mv+touch: old file to its end, then the new one; a repeated HUP sends nothing."""
+    log = tmp_path / "log"
+    log.write_bytes(b"a\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, None, 0.0, first=True)
+    drain(tailer, 0.0)
+    log.rename(tmp_path / "log.1")
+    log.write_bytes(b"b\n")
+    with open(tmp_path / "log.1", "ab") as late:
+        late.write(b"late\n")
+    tailer.hup_requested = True
+    tailer.poll_rotation(0.1)
+    assert drain(tailer, 0.1) == b"late\nb\n"
+    tailer.hup_requested = True
+    tailer.poll_rotation(0.2)
+    assert drain(tailer, 0.2) == b""
+
+
+def test_truncation_restarts_from_the_first_byte(tmp_path: Path) -> None:
+    """A file cut below what was read is a new generation sent from byte 0."""
+    log = tmp_path / "log"
+    log.write_bytes(b"long first content\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, None, 0.0, first=True)
+    drain(tailer, 0.0)
+    log.write_bytes(b"new\n")
+    tailer.poll_rotation(1.0)
+    assert drain(tailer, 1.0) == b"new\n"
+
+
+def test_acknowledged_generation_closes_older_ones(tmp_path: Path) -> None:
+    """Once the server acknowledges the new generation, the retired one is closed."""
+    log = tmp_path / "log"
+    log.write_bytes(b"x\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, None, 0.0, first=True)
+    drain(tailer, 0.0)
+    old = tailer.current
+    log.rename(tmp_path / "log.1")
+    log.write_bytes(b"y\n")
+    tailer.hup_requested = True
+    tailer.poll_rotation(0.0)
+    drain(tailer, 0.0)
+    assert tailer.retired == [old]
+    assert not old.closed
+    tailer.acknowledged(tailer.current, 2)
+    assert old.closed
+    assert tailer.retired == []
