@@ -80,10 +80,12 @@ def access_log_lines(count: int, seed: int = 7) -> bytes:
     agents = ["curl/8.5.0", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0", "Go-http-client/2.0"]
     out = []
     for i in range(count):
+        client = f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}"
+        when = f"25/Nov/2026:10:{i // 60 % 60:02d}:{i % 60:02d} +0000"
+        request = f"GET {rng.choice(paths)}?q={rng.randrange(10**6)} HTTP/1.1"
+        status = rng.choice((200, 200, 304, 404))
         out.append(
-            f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)} - - [25/Nov/2026:10:{i // 60 % 60:02d}:"
-            f'{i % 60:02d} +0000] "GET {rng.choice(paths)}?q={rng.randrange(10**6)} HTTP/1.1" {rng.choice((200, 200, 304, 404))} '
-            f'{rng.randrange(100, 50000)} "-" "{rng.choice(agents)}"\n'
+            f'{client} - - [{when}] "{request}" {status} {rng.randrange(100, 50000)} "-" "{rng.choice(agents)}"\n'
         )
     return "".join(out).encode()
 
