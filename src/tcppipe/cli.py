@@ -26,6 +26,7 @@ from tcppipe.daemon import Detacher
 from tcppipe.errors import EXIT_CONFIG, EXIT_FAILURE, AlreadyRunning, BadConfig, TcppipeError, UsageError
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
 from tcppipe.origin import open_origin
+from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT_S
 from tcppipe.server import ServerOptions, read_config, run_server
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
 
@@ -50,6 +51,13 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0 or value > 86400:
         raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 86400 seconds")
+    return value
+
+
+def _heartbeat(text: str) -> float:
+    value = _positive_float(text)
+    if not MIN_HEARTBEAT_S <= value <= MAX_HEARTBEAT_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between {MIN_HEARTBEAT_S} and {MAX_HEARTBEAT_S} seconds")
     return value
 
 
@@ -94,6 +102,13 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
         "--syslog-address", default=DEFAULT_SYSLOG, metavar="ADDR", help="unix socket path or HOST:PORT (/dev/log)"
     )
     p.add_argument("-b", dest="bind", default=None, metavar="ADDR", help="local address to connect from")
+    p.add_argument(
+        "--heartbeat",
+        type=_heartbeat,
+        default=DEFAULT_HEARTBEAT_S,
+        metavar="SECONDS",
+        help="each side speaks at least this often; 3 silent intervals mean a dead peer (15)",
+    )
     p.add_argument(
         "--rotate-grace",
         type=_positive_float,
@@ -227,7 +242,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         if lock is None:
             pid = holder_pid(key.lock_path(state_dir))
             raise AlreadyRunning(f"already running for {key.path} to {key.host} port {key.port} (pid {pid})")
-        opts = ClientOptions(key, args.interval, args.full, args.bind, state_dir, args.rotate_grace)
+        opts = ClientOptions(key, args.interval, args.full, args.bind, state_dir, args.rotate_grace, args.heartbeat)
         asyncio.run(run_client(opts, program.log, program.ready))
         program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)
         return 0

@@ -28,12 +28,15 @@ from tcppipe import state
 from tcppipe.errors import ConnectionLost, Refused, Unreachable
 from tcppipe.origin import OriginGeneration
 from tcppipe.protocol import (
+    DEAD_AFTER_HEARTBEATS,
+    DEFAULT_HEARTBEAT_S,
     MAX_DATA_BYTES,
     Ack,
     Decoder,
     Generation,
     GenerationId,
     Hello,
+    Ping,
     ProtocolError,
     Ready,
     Refuse,
@@ -76,6 +79,7 @@ class ClientOptions:
     bind: str | None
     state_dir: str
     grace_s: float
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
 
 
 class Watcher:
@@ -214,7 +218,7 @@ class Client:
     ) -> None:
         tune(writer)
         decoder = Decoder()
-        writer.write(encode(Hello(self.opts.key.path)))
+        writer.write(encode(Hello(self.opts.key.path, heartbeat_s=self.opts.heartbeat_s)))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             answer = await next_event(reader, decoder)
         if isinstance(answer, Refuse):
@@ -229,6 +233,7 @@ class Client:
             self.established = True
             self.on_ready()
         self._announced = []
+        self.last_heard = time.monotonic()
         receiver = asyncio.create_task(self._receive(reader, decoder))
         try:
             await self._send(writer, watcher, receiver)
@@ -267,8 +272,10 @@ class Client:
         try:
             while True:
                 event = await next_event(reader, decoder)
-                if isinstance(event, Ack) and 0 < event.generations <= len(self._announced):
-                    self.tailer.acknowledged(self._announced[event.generations - 1], event.offset)
+                self.last_heard = time.monotonic()
+                if isinstance(event, Ack):
+                    if 0 < event.generations <= len(self._announced):
+                        self.tailer.acknowledged(self._announced[event.generations - 1], event.offset)
                 elif isinstance(event, Refuse):
                     raise Refused(f"server ended the pipe: {event.reason}")
                 else:
@@ -278,13 +285,17 @@ class Client:
 
     async def _send(self, writer: asyncio.StreamWriter, watcher: Watcher, receiver: asyncio.Task[None]) -> None:
         tailer = self.tailer
-        interval = self.opts.interval_s
+        heartbeat = self.opts.heartbeat_s
+        dead_after = heartbeat * DEAD_AFTER_HEARTBEATS
+        last_sent = time.monotonic()
         while not self.stopping:
             self.wake.clear()
             if receiver.done():
                 receiver.result()  # raises why it ended
                 raise ConnectionLost("server closed the connection")
             now = time.monotonic()
+            if now - self.last_heard > dead_after:
+                raise ConnectionLost(f"no word from the server for {now - self.last_heard:.1f} s")
             tailer.poll_rotation(now)
             for note in tailer.take_notices():
                 self.say(logging.INFO, "%s", note)
@@ -302,19 +313,25 @@ class Client:
                 writer.write(data_header(data))
                 writer.write(data)
                 tailer.advance(gen, len(data))
-                await writer.drain()
+                async with asyncio.timeout(dead_after):
+                    await writer.drain()
                 busy = True
             for note in tailer.take_notices():
                 self.say(logging.INFO, "%s", note)
             self._save_status()
+            now = time.monotonic()
             if busy:
+                last_sent = now
                 continue
-            timeout = interval
-            grace = tailer.next_wakeup(time.monotonic())
+            if now - last_sent >= heartbeat:
+                writer.write(encode(Ping()))
+                last_sent = now
+            timeout = min(self.opts.interval_s, heartbeat - (now - last_sent))
+            grace = tailer.next_wakeup(now)
             if grace is not None:
                 timeout = min(timeout, grace + 0.01)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(max(timeout, 0.001)):
                     await self.wake.wait()
 
     def _save_status(self, force: bool = False) -> None:

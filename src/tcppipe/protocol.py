@@ -14,8 +14,10 @@ encodings and must be 0 until one is negotiated.
 
 Rule 4: the conversation is
     client HELLO -> server READY | REFUSE
-    client GENERATION, DATA*, (GENERATION, DATA*)*  ...
-    server ACK*  (and ACK answers every GENERATION)
+    client GENERATION, DATA*, (GENERATION, DATA*)*  ... with PING when idle
+    server ACK*  (ACK answers every GENERATION, and is the server's heartbeat)
+Each side sends something at least every ``heartbeat_s`` (named in HELLO) and
+treats ``DEAD_AFTER_HEARTBEATS`` silent intervals as a dead peer.
 A GENERATION frame says "the DATA that follows starts at byte ``start`` of the
 origin generation ``ident``"; the server derives its exactly-once record from
 it, so resuming, ``-n`` and rotation are all the same operation.
@@ -47,6 +49,12 @@ MAX_PATH_BYTES: Final = 4096
 MAX_REASON_CHARS: Final = 1000
 # The fingerprint covers up to this many leading bytes of an origin generation.
 FINGERPRINT_BYTES: Final = 4096
+# Silence longer than DEAD_AFTER_HEARTBEATS heartbeats means the peer is gone
+# (a pulled cable): 3 x 15 s keeps detection under a minute.
+DEFAULT_HEARTBEAT_S: Final = 15.0
+MIN_HEARTBEAT_S: Final = 0.05
+MAX_HEARTBEAT_S: Final = 3600.0
+DEAD_AFTER_HEARTBEATS: Final = 3
 
 
 class ProtocolError(Exception):
@@ -60,6 +68,7 @@ class FrameType(enum.IntEnum):
     GENERATION = 4
     DATA = 5
     ACK = 6
+    PING = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +104,11 @@ class GenerationId:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Client: which origin file this connection carries."""
+    """Client: which origin file this connection carries, and how often each side must speak."""
 
     path: str
     features: tuple[str, ...] = ()
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +152,12 @@ class Ack:
     offset: int
 
 
-Event = Hello | Ready | Refuse | Generation | Data | Ack
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Client: still here (sent when there is nothing else to say)."""
+
+
+Event = Hello | Ready | Refuse | Generation | Data | Ack | Ping
 
 
 class NeedData(enum.Enum):
@@ -191,10 +206,10 @@ def data_header(payload: bytes | memoryview) -> bytes:
 def encode(event: Event) -> bytes:
     """The wire bytes of one event."""
     match event:
-        case Hello(path, features):
+        case Hello(path, features, heartbeat_s):
             return _control(
                 FrameType.HELLO,
-                {"version": PROTOCOL_VERSION, "path": path, "features": list(features)},
+                {"version": PROTOCOL_VERSION, "path": path, "features": list(features), "heartbeat_s": heartbeat_s},
             )
         case Ready(record, offset):
             body: dict[str, Any] = {"offset": offset}
@@ -208,6 +223,8 @@ def encode(event: Event) -> bytes:
             return data_header(payload) + payload
         case Ack(generations, offset):
             return _control(FrameType.ACK, {"generations": generations, "offset": offset})
+        case Ping():
+            return _control(FrameType.PING, {})
     raise ValueError(f"not an event: {event!r}")
 
 
@@ -225,7 +242,14 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
         features = body.get("features", [])
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise ProtocolError("field 'features' is not a list of strings")
-        return Hello(path, tuple(features))
+        heartbeat = body.get("heartbeat_s", DEFAULT_HEARTBEAT_S)
+        if (
+            not isinstance(heartbeat, int | float)
+            or isinstance(heartbeat, bool)
+            or not MIN_HEARTBEAT_S <= heartbeat <= MAX_HEARTBEAT_S
+        ):
+            raise ProtocolError(f"heartbeat_s must be between {MIN_HEARTBEAT_S} and {MAX_HEARTBEAT_S} seconds")
+        return Hello(path, tuple(features), float(heartbeat))
     if kind is FrameType.READY:
         raw = body.get("record")
         record = None if raw is None else GenerationId.from_json(raw)
@@ -239,6 +263,8 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
         return Generation(GenerationId.from_json(body.get("ident")), _int_field(body, "start"))
     if kind is FrameType.ACK:
         return Ack(_int_field(body, "generations"), _int_field(body, "offset"))
+    if kind is FrameType.PING:
+        return Ping()
     raise ProtocolError(f"unexpected frame type {kind.name}")  # pragma: no cover
 
 

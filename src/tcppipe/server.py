@@ -26,7 +26,20 @@ from tcppipe import config as configuration
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import BadConfig, ConnectionLost
-from tcppipe.protocol import Ack, Data, Decoder, Generation, Hello, NeedData, ProtocolError, Ready, Refuse, encode
+from tcppipe.protocol import (
+    DEAD_AFTER_HEARTBEATS,
+    Ack,
+    Data,
+    Decoder,
+    Generation,
+    Hello,
+    NeedData,
+    Ping,
+    ProtocolError,
+    Ready,
+    Refuse,
+    encode,
+)
 from tcppipe.sockets import READ_BYTES, close_writer, next_event, peer_name, tune
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
@@ -156,7 +169,7 @@ class Server:
                 entry.local,
                 "no record" if offset is None else f"offset {offset}",
             )
-            await self._stream(reader, writer, decoder, session.dest)
+            await self._stream(reader, writer, decoder, session.dest, hello.heartbeat_s)
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
         except TimeoutError:
             self.log.warning("%s dropped: handshake not completed in %.0f s", peer, HANDSHAKE_TIMEOUT_S)
@@ -219,18 +232,25 @@ class Server:
             self.sessions[local] = session
 
     async def _stream(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, decoder: Decoder, dest: Destination
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: Decoder,
+        dest: Destination,
+        heartbeat_s: float,
     ) -> None:
         loop = asyncio.get_running_loop()
+        dead_after = heartbeat_s * DEAD_AFTER_HEARTBEATS
+        heard_at = loop.time()
         generations = 0
         acked: tuple[int, int] | None = None
         ack_timer: asyncio.TimerHandle | None = None
 
-        def send_ack() -> None:
+        def send_ack(heartbeat: bool = False) -> None:
             nonlocal acked, ack_timer
             ack_timer = None
-            landed = dest.landed()
-            if landed is None or writer.is_closing() or (generations, landed) == acked:
+            landed = dest.landed() or 0
+            if writer.is_closing() or ((generations, landed) == acked and not heartbeat):
                 return
             acked = (generations, landed)
             writer.write(encode(Ack(generations, landed)))
@@ -238,9 +258,17 @@ class Server:
         try:
             while True:
                 try:
-                    data = await reader.read(READ_BYTES)
+                    async with asyncio.timeout(heartbeat_s):
+                        data = await reader.read(READ_BYTES)
+                except TimeoutError:
+                    silent = loop.time() - heard_at
+                    if silent > dead_after:
+                        raise ConnectionLost(f"no word from the client for {silent:.1f} s") from None
+                    send_ack(heartbeat=True)
+                    continue
                 except OSError as exc:
                     raise ConnectionLost(exc.strerror or str(exc)) from None
+                heard_at = loop.time()
                 decoder.feed(data)
                 # One event at a time: events before a bad frame are still written.
                 while True:
@@ -251,6 +279,8 @@ class Server:
                         if generations == 0:
                             raise ProtocolError("DATA before GENERATION")
                         dest.write(event.payload)
+                    elif isinstance(event, Ping):
+                        pass  # heard_at is all a PING is for
                     elif isinstance(event, Generation):
                         dest.begin_generation(event.ident, event.start)
                         generations += 1

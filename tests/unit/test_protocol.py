@@ -23,6 +23,7 @@ from tcppipe.protocol import (
     GenerationId,
     Hello,
     NeedData,
+    Ping,
     ProtocolError,
     Ready,
     Refuse,
@@ -37,7 +38,15 @@ def control(kind: FrameType, body: bytes) -> bytes:
 
 
 GOLDEN: list[tuple[Event, bytes]] = [
-    (Hello("/var/log/messages"), control(FrameType.HELLO, b'{"features":[],"path":"/var/log/messages","version":1}')),
+    (
+        Hello("/var/log/messages"),
+        control(FrameType.HELLO, b'{"features":[],"heartbeat_s":15.0,"path":"/var/log/messages","version":1}'),
+    ),
+    (
+        Hello("/x", ("zstd",), 0.5),
+        control(FrameType.HELLO, b'{"features":["zstd"],"heartbeat_s":0.5,"path":"/x","version":1}'),
+    ),
+    (Ping(), control(FrameType.PING, b"{}")),
     (Ready(None, None), control(FrameType.READY, b'{"offset":null,"record":null}')),
     (
         Ready(IDENT, 99),
@@ -127,6 +136,8 @@ def test_oversized_frame_is_refused_from_its_header(kind: FrameType, limit: int)
         control(FrameType.HELLO, b"[1]"),
         control(FrameType.HELLO, b'{"version":2,"path":"/x"}'),
         control(FrameType.HELLO, b'{"version":1,"path":7}'),
+        control(FrameType.HELLO, b'{"version":1,"path":"/x","heartbeat_s":0}'),
+        control(FrameType.HELLO, b'{"version":1,"path":"/x","heartbeat_s":"15"}'),
         control(FrameType.READY, b'{"offset":1,"record":null}'),
         control(FrameType.GENERATION, b'{"ident":{"dev":1,"ino":2,"fp_len":0,"fp_sha256":"zz"},"start":0}'),
         control(FrameType.ACK, b'{"generations":-1,"offset":0}'),
@@ -163,7 +174,13 @@ idents = st.builds(
     fp_sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
 )
 events = st.one_of(
-    st.builds(Hello, st.text(max_size=200), st.lists(st.text(max_size=10), max_size=3).map(tuple)),
+    st.builds(
+        Hello,
+        st.text(max_size=200),
+        st.lists(st.text(max_size=10), max_size=3).map(tuple),
+        st.floats(0.05, 3600, allow_nan=False),
+    ),
+    st.just(Ping()),
     st.builds(Ready, st.none(), st.none()),
     st.builds(Ready, idents, st.integers(0, 2**63)),
     st.builds(Refuse, st.text(max_size=300)),

@@ -1,0 +1,108 @@
+"""A TCP relay on loopback whose links can be stalled (a pulled cable) or cut.
+
+Stalling stops reading both ways without closing anything: each end's kernel
+keeps the connection open and the peers hear nothing, as when a cable is
+pulled. Threads are bounded by a stop flag and socket timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+
+POLL_S = 0.05
+
+
+class Link:
+    def __init__(self, client: socket.socket, server: socket.socket) -> None:
+        self.sockets = (client, server)
+        self.stalled = threading.Event()
+        self.closed = threading.Event()
+        for sock in self.sockets:
+            sock.settimeout(POLL_S)
+        self.threads = [
+            threading.Thread(target=self._pump, args=(client, server), daemon=True),
+            threading.Thread(target=self._pump, args=(server, client), daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while not self.closed.is_set():
+            if self.stalled.is_set():
+                self.closed.wait(POLL_S)
+                continue
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        if not self.stalled.is_set():
+            self.cut()
+
+    def cut(self) -> None:
+        """Reset both connections."""
+        self.closed.set()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class Proxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(POLL_S)
+        self.port = int(self.listener.getsockname()[1])
+        self.links: list[Link] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self.links.append(Link(client, server))
+
+    def stall_all(self) -> None:
+        for link in self.links:
+            link.stalled.set()
+
+    def cut_all(self) -> None:
+        for link in self.links:
+            link.cut()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+        for link in self.links:
+            link.cut()
+            for t in link.threads:
+                t.join(timeout=5)

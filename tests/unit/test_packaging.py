@@ -1,0 +1,70 @@
+"""Shipped systemd units, sample config and logrotate snippet are valid for the real commands."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tcppipe.cli import client_parser, server_parser
+from tcppipe.config import parse
+
+PACKAGING = Path(__file__).resolve().parents[2] / "packaging"
+
+
+def unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(PACKAGING / "systemd" / name)
+    return parser
+
+
+def test_server_unit_runs_tcppiped_in_the_foreground_with_valid_options() -> None:
+    """tcppiped.service starts a foreground tcppiped, checks the config first, and reloads with HUP."""
+    service = unit("tcppiped.service")["Service"]
+    start = shlex.split(service["ExecStart"])
+    assert start[0].endswith("/tcppiped")
+    args = server_parser().parse_args(start[1:])
+    assert args.foreground
+    assert server_parser().parse_args(shlex.split(service["ExecStartPre"])[1:]).check
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+
+
+def test_client_template_unit_expands_to_a_valid_tcppipe_command() -> None:
+    """tcppipe@.service with the example env file gives a valid foreground tcppipe command line."""
+    service = unit("tcppipe@.service")["Service"]
+    env = (PACKAGING / "systemd" / "example.env").read_text().strip().split("=", 1)[1]
+    start = shlex.split(service["ExecStart"].replace("$TCPPIPE_OPTS", env))
+    assert start[0].endswith("/tcppipe")
+    args = client_parser().parse_args(start[1:])
+    assert args.foreground
+    assert args.file == "/var/log/messages"
+    assert args.host == "archive.example.net"
+    assert "3" in service["RestartPreventExitStatus"].split()
+
+
+def test_sample_config_is_clean() -> None:
+    """The sample /etc/tcppipe.conf parses without errors."""
+    entries, errors = parse((PACKAGING / "tcppipe.conf").read_text(), "tcppipe.conf")
+    assert errors == []
+    assert len(entries) == 4
+
+
+def test_logrotate_snippet_is_accepted_by_logrotate(tmp_path: Path) -> None:
+    """logrotate -d (debug, changes nothing) reads the shipped snippet without errors."""
+    import shutil
+
+    logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
+    if not Path(logrotate).exists():
+        pytest.skip("logrotate not installed")
+    result = subprocess.run(
+        [logrotate, "-d", "-s", str(tmp_path / "state"), str(PACKAGING / "logrotate.d" / "tcppipe")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "error" not in result.stderr.lower()
