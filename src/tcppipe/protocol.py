@@ -308,7 +308,9 @@ class Decoder:
         end = HEADER_BYTES + length
         if len(buf) < end:
             return self._end_or_need(buf)
-        payload = bytes(buf[HEADER_BYTES:end])
+        # One copy out of the buffer; deleting from a bytearray's front is O(1).
+        with memoryview(buf) as view:
+            payload = bytes(view[HEADER_BYTES:end])
         del buf[:end]
         if zlib.crc32(payload) != crc:
             raise ProtocolError(f"{kind.name} frame checksum mismatch")
