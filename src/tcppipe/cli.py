@@ -27,8 +27,16 @@ from tcppipe.errors import EXIT_CONFIG, EXIT_FAILURE, AlreadyRunning, BadConfig,
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
 from tcppipe.origin import open_origin
 from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT_S
-from tcppipe.server import ServerOptions, read_config, run_server
+from tcppipe.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_HOST,
+    HANDSHAKE_TIMEOUT_S,
+    ServerOptions,
+    read_config,
+    run_server,
+)
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
+from tcppipe.tls import TlsFiles, client_context, server_context
 
 DEFAULT_PORT = 6514
 DEFAULT_CONFIG = "/etc/tcppipe.conf"
@@ -102,6 +110,7 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
         "--syslog-address", default=DEFAULT_SYSLOG, metavar="ADDR", help="unix socket path or HOST:PORT (/dev/log)"
     )
     p.add_argument("-b", dest="bind", default=None, metavar="ADDR", help="local address to connect from")
+    _add_tls_options(p, "client")
     p.add_argument(
         "--heartbeat",
         type=_heartbeat,
@@ -142,7 +151,45 @@ def server_parser() -> argparse.ArgumentParser:
         "--syslog-address", default=DEFAULT_SYSLOG, metavar="ADDR", help="unix socket path or HOST:PORT (/dev/log)"
     )
     p.add_argument("--check", action="store_true", help="validate CONFIG, print FILE:LINE: reason for each problem")
+    _add_tls_options(p, "server")
+    p.add_argument(
+        "--max-connections",
+        type=_count,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections at once; more are closed at once ({DEFAULT_MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--max-per-host",
+        type=_count,
+        default=DEFAULT_MAX_PER_HOST,
+        metavar="N",
+        help=f"connections at once from one address ({DEFAULT_MAX_PER_HOST})",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=_positive_float,
+        default=HANDSHAKE_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"close a connection that has not said HELLO by then ({HANDSHAKE_TIMEOUT_S:.0f})",
+    )
     return p
+
+
+def _add_tls_options(p: argparse.ArgumentParser, side: str) -> None:
+    if side == "server":
+        ca_help = "require client certificates signed by this CA; entries then match the certificate's SAN"
+    else:
+        ca_help = "verify the server's certificate against this CA (else the system's)"
+    p.add_argument("--tls-cert", metavar="PEM", help="certificate (chain) to present; enables TLS")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (if not in the same file)")
+    p.add_argument("--tls-ca", metavar="PEM", help=ca_help + "; enables TLS")
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 class _OneLine(logging.Formatter):
@@ -242,7 +289,10 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         if lock is None:
             pid = holder_pid(key.lock_path(state_dir))
             raise AlreadyRunning(f"already running for {key.path} to {key.host} port {key.port} (pid {pid})")
-        opts = ClientOptions(key, args.interval, args.full, args.bind, state_dir, args.rotate_grace, args.heartbeat)
+        tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+        opts = ClientOptions(
+            key, args.interval, args.full, args.bind, state_dir, args.rotate_grace, args.heartbeat, tls
+        )
         asyncio.run(run_client(opts, program.log, program.ready))
         program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)
         return 0
@@ -276,6 +326,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         entries, errors = read_config(config_path)
         if errors:
             raise BadConfig("\n".join(str(e) for e in errors))
+        tls = server_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
         state_dir = args.state_dir or _default_state_dir()
         code = program.detach()
         if code is not None:
@@ -287,7 +338,16 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"cannot use pid file {args.pid_file}: {exc.strerror}") from None
         if pid_lock is None:
             raise AlreadyRunning(f"already running with pid {holder_pid(args.pid_file)} (pid file {args.pid_file})")
-        opts = ServerOptions(config_path, args.port, args.bind, state_dir)
+        opts = ServerOptions(
+            config_path,
+            args.port,
+            args.bind,
+            state_dir,
+            tls,
+            args.max_connections,
+            args.max_per_host,
+            args.handshake_timeout,
+        )
         try:
             asyncio.run(run_server(opts, program.log, program.ready))
         except OSError as exc:

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from tcppipe.protocol import (
 )
 from tcppipe.sockets import close_writer, next_event, tune
 from tcppipe.state import PipeKey
+from tcppipe.tls import describe_tls_error
 
 CONNECT_TIMEOUT_S: Final = 10.0
 HANDSHAKE_TIMEOUT_S: Final = 15.0
@@ -80,6 +82,7 @@ class ClientOptions:
     state_dir: str
     grace_s: float
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    tls: ssl.SSLContext | None = None
 
 
 class Watcher:
@@ -178,7 +181,7 @@ class Client:
             try:
                 reader, writer = await self._connect()
             except OSError as exc:
-                reason = exc.strerror or str(exc) or type(exc).__name__
+                reason = _describe(exc)
                 if first:
                     key = self.opts.key
                     raise Unreachable(f"cannot connect to {key.host} port {key.port}: {reason}") from None
@@ -190,7 +193,12 @@ class Client:
                 await self._session(reader, writer, watcher, first)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
                 if not self.established:
-                    raise Unreachable(f"connection to {self.opts.key.host} failed: {_describe(exc)}") from None
+                    reason = _describe(exc)
+                    if self.opts.tls is not None and isinstance(exc, ConnectionLost | ConnectionError):
+                        # TLS 1.3 checks our certificate after our side of the handshake is
+                        # done; the server's alert is often lost to the reset that follows.
+                        reason += " right after the TLS handshake (the server may have rejected our certificate)"
+                    raise Unreachable(f"connection to {self.opts.key.host} failed: {reason}") from None
                 delay = backoff.next_delay()
                 self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", _describe(exc), delay)
                 await self._sleep(delay)
@@ -210,8 +218,16 @@ class Client:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         key = self.opts.key
         local = (self.opts.bind, 0) if self.opts.bind else None
+        tls = self.opts.tls
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            return await asyncio.open_connection(key.host, key.port, local_addr=local, limit=MAX_DATA_BYTES)
+            return await asyncio.open_connection(
+                key.host,
+                key.port,
+                local_addr=local,
+                limit=MAX_DATA_BYTES,
+                ssl=tls,
+                server_hostname=key.host if tls else None,
+            )
 
     async def _session(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watcher: Watcher, first: bool
@@ -368,7 +384,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc) or type(exc).__name__
+        return describe_tls_error(exc) or type(exc).__name__
     return str(exc) or type(exc).__name__
 
 

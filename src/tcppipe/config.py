@@ -146,3 +146,16 @@ def host_matches(entry: Entry, peer: str, resolved: Iterable[str] = ()) -> bool:
     if own is not None:
         return own == peer_addr
     return any(parse_address(a) == peer_addr for a in resolved)
+
+
+def host_matches_certificate(entry: Entry, dns_names: Iterable[str], ip_addresses: Iterable[str]) -> bool:
+    """Is the entry's host named in the client certificate's subjectAltName?
+
+    An IP entry matches an IP SAN; a name entry matches a DNS SAN (case and a
+    trailing dot ignored). Wildcards are not honoured: an archive decides per host.
+    """
+    own = entry.address
+    if own is not None:
+        return any(parse_address(ip) == own for ip in ip_addresses)
+    want = entry.host.lower().rstrip(".")
+    return any(name.lower().rstrip(".") == want for name in dns_names)

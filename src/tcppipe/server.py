@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,8 +43,13 @@ from tcppipe.protocol import (
     encode,
 )
 from tcppipe.sockets import READ_BYTES, close_writer, next_event, peer_name, tune
+from tcppipe.tls import certificate_names, describe_tls_error
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
+# Connections beyond these are closed at once, before a byte is read: a flood
+# from one host cannot starve the others, nor all together exhaust our fds.
+DEFAULT_MAX_CONNECTIONS: Final = 4096
+DEFAULT_MAX_PER_HOST: Final = 256
 RESOLVE_TIMEOUT_S: Final = 5.0
 TAKEOVER_TIMEOUT_S: Final = 10.0
 ACK_DELAY_S: Final = 0.05
@@ -118,6 +125,10 @@ class ServerOptions:
     port: int
     bind: str | None
     state_dir: str
+    tls: ssl.SSLContext | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_per_host: int = DEFAULT_MAX_PER_HOST
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
 
 
 @dataclass
@@ -126,6 +137,8 @@ class Server:
     log: logging.Logger
     config: ConfigHolder
     sessions: dict[str, PipeSession] = field(default_factory=dict)
+    per_host: dict[str, int] = field(default_factory=dict)
+    live: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     hup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -140,18 +153,49 @@ class Server:
         task.add_done_callback(self.tasks.discard)
         peer = peer_name(writer)
         peer_ip = str(writer.get_extra_info("peername")[0])
+        count = self.per_host.get(peer_ip, 0) + 1
+        self.per_host[peer_ip] = count
+        self.live += 1
+        try:
+            if self.live > self.opts.max_connections:
+                self.log.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
+            elif count > self.opts.max_per_host:
+                self.log.warning(
+                    "%s dropped: %d connections from %s (limit %d)", peer, count, peer_ip, self.opts.max_per_host
+                )
+            else:
+                await self._serve(reader, writer, task, peer, peer_ip)
+        finally:
+            # Released before the (bounded) close, so a closing connection never counts against a new one.
+            self.live -= 1
+            left = self.per_host.get(peer_ip, 1) - 1
+            if left > 0:
+                self.per_host[peer_ip] = left
+            else:
+                self.per_host.pop(peer_ip, None)
+            await close_writer(writer)
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        task: asyncio.Task[Any],
+        peer: str,
+        peer_ip: str,
+    ) -> None:
         session: PipeSession | None = None
         try:
             tune(writer)
             decoder = Decoder()
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            async with asyncio.timeout(self.opts.handshake_timeout_s):
+                names = await self._start_tls(writer)
                 hello = await next_event(reader, decoder)
             if not isinstance(hello, Hello):
                 raise ProtocolError(f"expected HELLO, got {type(hello).__name__}")
-            entry = await self._authorize(peer_ip, hello.path)
+            entry = await self._authorize(peer_ip, hello.path, names)
             if entry is None:
-                reason = f"no pipe is defined for host {peer_ip} and file {hello.path}"
-                await self._refuse(writer, peer, reason)
+                who = f"host {peer_ip}" if names is None else f"certificate {'/'.join(names[0] + names[1]) or '?'}"
+                await self._refuse(writer, peer, f"no pipe is defined for {who} and file {hello.path}")
                 return
             session = PipeSession(entry, peer, task)
             await self._register(session)
@@ -172,7 +216,7 @@ class Server:
             await self._stream(reader, writer, decoder, session.dest, hello.heartbeat_s)
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
         except TimeoutError:
-            self.log.warning("%s dropped: handshake not completed in %.0f s", peer, HANDSHAKE_TIMEOUT_S)
+            self.log.warning("%s dropped: handshake not completed in %.1f s", peer, self.opts.handshake_timeout_s)
         except ProtocolError as exc:
             self.log.warning("%s dropped: protocol error: %s", peer, exc)
         except ConnectionLost as exc:
@@ -180,7 +224,8 @@ class Server:
         except DestinationError as exc:
             self.log.error("%s dropped: %s", peer, exc)
         except OSError as exc:
-            self.log.warning("%s dropped: %s", peer, exc.strerror or exc)
+            reason = describe_tls_error(exc) or f"{type(exc).__name__} before the handshake completed"
+            self.log.warning("%s dropped: %s", peer, reason)
         except asyncio.CancelledError:
             # Only this server cancels connection tasks (takeover, reload,
             # shutdown). Ending normally keeps 3.11's StreamReaderProtocol
@@ -192,7 +237,15 @@ class Server:
                     del self.sessions[session.entry.local]
                 if session.dest is not None:
                     session.dest.close()
-            await close_writer(writer)
+
+    async def _start_tls(self, writer: asyncio.StreamWriter) -> tuple[list[str], list[str]] | None:
+        """Upgrade to TLS when configured; the client certificate's names when one is required."""
+        if self.opts.tls is None:
+            return None
+        await writer.start_tls(self.opts.tls)
+        if self.opts.tls.verify_mode != ssl.CERT_REQUIRED:
+            return None
+        return certificate_names(writer.get_extra_info("peercert"))
 
     async def _refuse(self, writer: asyncio.StreamWriter, peer: str, reason: str) -> None:
         self.log.warning("%s REFUSE: %s", peer, reason)
@@ -200,8 +253,13 @@ class Server:
         with contextlib.suppress(OSError):
             await writer.drain()
 
-    async def _authorize(self, peer_ip: str, path: str) -> Entry | None:
+    async def _authorize(self, peer_ip: str, path: str, names: tuple[list[str], list[str]] | None) -> Entry | None:
         for entry in configuration.candidates(self.config.current(), path):
+            if names is not None:
+                # Mutual TLS: the certificate, not the source address, says who the peer is.
+                if configuration.host_matches_certificate(entry, *names):
+                    return entry
+                continue
             resolved: list[str] = []
             if entry.address is None:
                 resolved = await self._resolve(entry.host)
@@ -335,6 +393,7 @@ class Server:
 
 async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any) -> None:
     """Listen and serve until SIGTERM/SIGINT."""
+    _raise_fd_limit()
     holder = ConfigHolder(opts.config_path, log)
     holder.load_initial()
     server = Server(opts, log, holder)
@@ -367,3 +426,11 @@ def _sockname(sock: Any) -> str:
     name = sock.getsockname()
     host = str(name[0])
     return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+
+
+def _raise_fd_limit() -> None:
+    """Use the hard fd limit: every connection costs one, every open pipe two."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -104,6 +104,9 @@ class SyslogSink:
         with self._lock:
             return list(self.messages)
 
+    def count(self, text: str) -> int:
+        return sum(text in m for m in self.drain())
+
     def wait_for(self, text: str, timeout: float = DEFAULT_WAIT_S) -> str:
         found: list[str] = []
 
@@ -129,6 +132,7 @@ class Pipes:
     port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     extra_pids: list[int] = field(default_factory=list)
+    outputs: dict[int, Path] = field(default_factory=dict)
 
     @property
     def config(self) -> Path:
@@ -183,9 +187,13 @@ class Pipes:
     def start_server(self, *extra: str) -> subprocess.Popen[bytes]:
         if not self.config.exists():
             self.config.write_text("")
+        before = self.syslog.count("listening on")
         proc = self.spawn(self.server_args(*extra))
-        wait_until(lambda: can_connect(self.port) or proc.poll() is not None, what="tcppiped to listen")
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        # The server's own "listening" line, not a probe connection that it would have to serve.
+        wait_until(
+            lambda: self.syslog.count("listening on") > before or proc.poll() is not None, what="tcppiped to listen"
+        )
+        assert proc.poll() is None, self.stderr_of(proc)
         return proc
 
     def client_args(self, origin: Path, *extra: str, host: str = "127.0.0.1", foreground: bool = True) -> list[str]:
@@ -209,11 +217,20 @@ class Pipes:
         return self.spawn(self.client_args(origin, *extra, host=host))
 
     def spawn(self, args: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs
-        )
+        """Start a process whose output goes to files (a pipe nobody reads would block it)."""
+        logs = self.tmp / "logs"
+        logs.mkdir(exist_ok=True)
+        n = len(self.procs)
+        with open(logs / f"{n}.out", "wb") as out, open(logs / f"{n}.err", "wb") as err:
+            proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+                args, stdout=out, stderr=err, **kwargs
+            )
         self.procs.append(proc)
+        self.outputs[proc.pid] = logs / f"{n}.err"
         return proc
+
+    def stderr_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return self.outputs[proc.pid].read_text(errors="replace")
 
     def run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
@@ -245,9 +262,6 @@ class Pipes:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
         for pid in self.extra_pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -262,11 +276,6 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.kill()
     proc.wait(timeout=DEFAULT_WAIT_S)
-
-
-def stderr_of(proc: subprocess.Popen[bytes]) -> str:
-    assert proc.stderr is not None
-    return proc.stderr.read().decode(errors="replace")
 
 
 @pytest.fixture

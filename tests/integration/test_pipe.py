@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from tests.integration.conftest import Pipes, same_bytes, size, stderr_of, stop, wait_until
+from tests.integration.conftest import Pipes, same_bytes, size, stop, wait_until
 
 BINARY_BLOB = bytes(range(256)) * 64 + b"\xff\xfe\x00 not utf-8 \xc3\x28\n"
 
@@ -195,7 +195,7 @@ def test_server_sigterm_exits_zero_and_removes_pid_file(pipes: Pipes) -> None:
     wait_until(lambda: same_bytes(origin, dest), what="copy")
     assert stop(server) == 0
     assert not pipes.pid_file.exists()
-    assert "Traceback" not in stderr_of(server)
+    assert "Traceback" not in pipes.stderr_of(server)
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=20) == 0
     assert size(dest) == size(origin)

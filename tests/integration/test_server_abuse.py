@@ -1,0 +1,134 @@
+"""tcppiped under abuse: bad frames, stalled handshakes, floods. The server and real pipes go on."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tcppipe.protocol import FrameType, Hello, encode
+from tests.integration.conftest import Pipes, same_bytes, size, wait_until
+from tests.integration.test_restart import Writer
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def connect(pipes: Pipes, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", pipes.port), timeout=10, source_address=(source, 0))
+    return s
+
+
+def closed_by_server(s: socket.socket, timeout: float = 20) -> bool:
+    s.settimeout(timeout)
+    try:
+        return s.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.fixture
+def live_pipe(pipes: Pipes) -> Iterator[tuple[Pipes, Writer]]:
+    """A real pipe with a writer, to prove the abuse leaves it exact."""
+    origin, _dest = pipes.pipe("live.log")
+    writer = Writer(origin, lines_per_tick=5, tick_s=0.01)
+    writer.start()
+    try:
+        yield pipes, writer
+    finally:
+        writer.finish()
+
+
+def assert_live_pipe_exact(pipes: Pipes, writer: Writer) -> None:
+    writer.finish()
+    origin, dest = pipes.tmp / "origin" / "live.log", pipes.tmp / "dest" / "live.log"
+    wait_until(lambda: same_bytes(origin, dest), what="live pipe exact")
+
+
+@pytest.mark.parametrize(
+    ("wire", "logged"),
+    [
+        (encode(Hello("/x"))[:12], "peer closed mid-frame"),
+        (struct.pack("!BBII", FrameType.DATA, 0, 1 << 30, 0), "over the limit"),
+        (struct.pack("!BBII", FrameType.HELLO, 0, 2, 0) + b"{}", "checksum mismatch"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, "unknown frame type 22"),
+    ],
+)
+def test_bad_frames_close_only_that_connection(live_pipe: tuple[Pipes, Writer], wire: bytes, logged: str) -> None:
+    """Truncated, oversized, corrupt and foreign bytes: that connection is closed with a syslog line naming the peer."""
+    pipes, writer = live_pipe
+    pipes.start_server()
+    pipes.start_client(pipes.tmp / "origin" / "live.log")
+    with connect(pipes) as s:
+        s.sendall(wire)
+        if logged == "peer closed mid-frame":
+            s.shutdown(socket.SHUT_WR)
+        assert closed_by_server(s)
+    message = pipes.syslog.wait_for(logged)
+    assert "127.0.0.1:" in message
+    assert "dropped" in message
+    assert_live_pipe_exact(pipes, writer)
+
+
+def test_handshake_that_never_finishes_is_closed_after_the_timeout(pipes: Pipes) -> None:
+    """A connection that never sends HELLO is closed after --handshake-timeout, with a syslog line."""
+    pipes.start_server("--handshake-timeout", "1")
+    with connect(pipes) as s:
+        started = time.monotonic()
+        s.sendall(encode(Hello("/x"))[:5])
+        assert closed_by_server(s)
+        assert 0.5 < time.monotonic() - started < 15
+    pipes.syslog.wait_for("handshake not completed in 1.0 s")
+
+
+def test_per_host_and_overall_connection_limits(pipes: Pipes) -> None:
+    """Beyond --max-per-host from one address, or --max-connections in all, connections are closed at once."""
+    pipes.start_server("--max-per-host", "5", "--max-connections", "8")
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(connect(pipes)) for _ in range(5)]
+        extra = stack.enter_context(connect(pipes))
+        assert closed_by_server(extra, timeout=10)
+        pipes.syslog.wait_for("connections from 127.0.0.1 (limit 5)")
+        others = [stack.enter_context(connect(pipes, "127.0.0.2")) for _ in range(3)]
+        over = stack.enter_context(connect(pipes, "127.0.0.3"))
+        assert closed_by_server(over, timeout=10)
+        pipes.syslog.wait_for("(limit 8)")
+        assert len(held) + len(others) == 8
+
+
+def test_thousand_idle_connections_and_a_connect_storm(live_pipe: tuple[Pipes, Writer]) -> None:
+    """1,000 idle connections and 2,000 connect/disconnects: tcppiped stays up, its RSS bounded, the real pipe exact."""
+    pipes, writer = live_pipe
+    server = pipes.start_server("--handshake-timeout", "3", "--max-per-host", "2000")
+    pipes.start_client(pipes.tmp / "origin" / "live.log")
+    wait_until(lambda: size(pipes.tmp / "dest" / "live.log") > 0, what="live pipe running")
+    rss_before = rss_mb(server.pid)
+    idle = []
+    try:
+        for i in range(1000):
+            idle.append(connect(pipes, f"127.0.1.{i % 200 + 1}"))
+        wait_until(lambda: len(pipes.syslog.drain()) > 0 and server.poll() is None, what="server alive")
+        rss_idle = rss_mb(server.pid)
+        for _ in range(2000):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", pipes.port), timeout=10):
+                pass
+        assert server.poll() is None
+        closed = sum(closed_by_server(s, timeout=20) for s in idle)
+        assert closed == 1000
+    finally:
+        for s in idle:
+            s.close()
+    rss_after = rss_mb(server.pid)
+    print(f"tcppiped RSS: {rss_before:.1f} MB before, {rss_idle:.1f} MB with 1,000 idle, {rss_after:.1f} MB after")
+    assert rss_idle < rss_before + 100
+    assert rss_after < rss_before + 100
+    assert_live_pipe_exact(pipes, writer)
