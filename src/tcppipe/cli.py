@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from tcppipe import __version__
-from tcppipe.client import ClientOptions, run_client
+from tcppipe.client import ClientOptions, catch_early_hup, run_client
 from tcppipe.daemon import Detacher
 from tcppipe.errors import EXIT_CONFIG, EXIT_FAILURE, AlreadyRunning, BadConfig, TcppipeError, UsageError
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
@@ -263,6 +263,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     """tcppipe."""
     program = _Program("tcppipe")
     lock: HeldLock | None = None
+    catch_early_hup()
     try:
         args = client_parser().parse_args(argv)
         key = PipeKey.from_options(args.file, args.host, args.port)

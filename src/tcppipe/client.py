@@ -54,6 +54,19 @@ STATUS_INTERVAL_S: Final = 1.0
 GOODBYE_TIMEOUT_S: Final = 5.0
 # Chunks sent per wake-up before looking at signals and rotation again.
 MAX_CHUNKS_PER_TICK: Final = 64
+ROTATION_CHECK_CHUNKS: Final = 16
+
+
+_early_hups: list[int] = []
+
+
+def catch_early_hup() -> None:
+    """Record a SIGHUP that arrives before the event loop handles signals.
+
+    The default action would end the process; logrotate may send HUP as soon
+    as ``tcppipe -I`` finds the new pid. ``Client.run`` replays it.
+    """
+    signal.signal(signal.SIGHUP, lambda signum, frame: _early_hups.append(signum))
 
 
 class Backoff:
@@ -143,6 +156,7 @@ class Client:
         self.status_path = key.status_path(opts.state_dir)
         self._status_saved_at = 0.0
         self._status_last: dict[str, Any] | None = None
+        self._status_shape: list[tuple[int, int]] = []
         self._announced: list[OriginGeneration] = []
 
     def say(self, level: int, message: str, *args: object) -> None:
@@ -165,6 +179,9 @@ class Client:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_hup)
+        if _early_hups:
+            _early_hups.clear()
+            self.request_hup()
         self.tailer.open(time.monotonic())
         watcher = Watcher(self.opts.key.path, self.wake.set, self.log)
         try:
@@ -238,11 +255,21 @@ class Client:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             answer = await next_event(reader, decoder)
         if isinstance(answer, Refuse):
+            if answer.retry and not first:
+                # A defined pipe whose destination cannot be opened right now
+                # (disk full, permissions): keep retrying, as after a lost connection.
+                raise ConnectionLost(f"server cannot take the pipe now: {answer.reason}")
             raise Refused(f"server refused the pipe: {answer.reason}")
         if not isinstance(answer, Ready):
             raise ProtocolError(f"expected READY or REFUSE, got {type(answer).__name__}")
         resumed = self.tailer.resume(
-            answer.record, answer.offset, self._fallback(first), time.monotonic(), first, self.opts.full and first
+            answer.record,
+            answer.offset,
+            self._fallback(first),
+            time.monotonic(),
+            first,
+            self.opts.full and first,
+            self._queued_at_last_stop() if first else (),
         )
         self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
         if first:
@@ -284,6 +311,15 @@ class Client:
         offset = raw.get("offset")
         return (ident, offset) if isinstance(offset, int) and offset >= 0 else None
 
+    def _queued_at_last_stop(self) -> list[GenerationId]:
+        """The generations the previous run had queued (oldest first), from its status file."""
+        raw = state.read_json(self.status_path)
+        queued: list[GenerationId] = []
+        for item in (raw or {}).get("queue", []):
+            with contextlib.suppress(ProtocolError):
+                queued.append(GenerationId.from_json(item))
+        return queued
+
     async def _receive(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
         try:
             while True:
@@ -318,7 +354,11 @@ class Client:
             for gen in tailer.queue:
                 watcher.watch_file(gen)
             busy = False
-            for _ in range(MAX_CHUNKS_PER_TICK):
+            for sent in range(MAX_CHUNKS_PER_TICK):
+                if sent and sent % ROTATION_CHECK_CHUNKS == 0:
+                    # During a long catch-up, look for rotations often: two quick ones
+                    # between checks would hide the middle generation.
+                    tailer.poll_rotation(now)
                 chunk = tailer.next_chunk(now, MAX_DATA_BYTES)
                 if chunk is None:
                     break
@@ -352,15 +392,20 @@ class Client:
 
     def _save_status(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._status_saved_at < STATUS_INTERVAL_S:
+        held = [g for g in self.tailer.retired + self.tailer.queue if not g.closed]
+        shape = [(g.dev, g.ino) for g in held]
+        # A change of generations is saved at once: a restart must know them all.
+        if not force and shape == self._status_shape and now - self._status_saved_at < STATUS_INTERVAL_S:
             return
         if not self.tailer.queue:
             return
         gen = self.tailer.sending
         try:
             ident = gen.ident()
+            queue = [g.ident().to_json() for g in held]
         except OSError:
             return
+        self._status_shape = shape
         status = {
             "pid": os.getpid(),
             "file": self.opts.key.path,
@@ -369,6 +414,7 @@ class Client:
             "generation": ident.to_json(),
             "offset": gen.acked,
             "sent": gen.position,
+            "queue": queue,
         }
         self._status_saved_at = now
         if status == self._status_last:

@@ -29,6 +29,7 @@ from tcppipe import state
 from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId, ProtocolError
 
 DEST_MODE = 0o640
+MAX_SCAN_ENTRIES = 10_000
 DIR_MODE = 0o755
 
 
@@ -55,6 +56,22 @@ def open_for_append(path: str) -> int:
         raise DestinationError(f"destination {path} cannot be opened: {_reason(exc)}") from None
 
 
+def _landed_in_renamed(path: str, dev: object, ino: object, base: int) -> int | None:
+    """Bytes of the recorded generation in the renamed-away destination, if it is found."""
+    directory = os.path.dirname(path)
+    try:
+        with os.scandir(directory) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_SCAN_ENTRIES:
+                    return None
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    return st.st_size - base if st.st_size >= base else None
+    except OSError:
+        return None
+    return None
+
+
 @dataclass
 class Destination:
     path: str
@@ -77,14 +94,21 @@ class Destination:
         raw = state.read_json(self.sidecar)
         if raw is None or raw.get("local") != self.path:
             return
-        if raw.get("dest_dev") != self.dev or raw.get("dest_ino") != self.ino:
-            return  # destination replaced while we were not looking: no record
         base = raw.get("base")
         try:
             record = GenerationId.from_json(raw.get("record"))
         except ProtocolError:
             return
-        if not isinstance(base, int) or self.size() < base:
+        if not isinstance(base, int):
+            return
+        if raw.get("dest_dev") != self.dev or raw.get("dest_ino") != self.ino:
+            # Renamed away (rotated) while we were not looking: if the recorded
+            # file is still beside this one, carry its count over; else no record.
+            landed = _landed_in_renamed(self.path, raw.get("dest_dev"), raw.get("dest_ino"), base)
+            if landed is not None:
+                self._save(record, self.size() - landed)
+            return
+        if self.size() < base:
             return
         self.record, self.base = record, base
 

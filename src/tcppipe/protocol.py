@@ -123,9 +123,11 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Refuse:
-    """Server: no pipe for you, and why."""
+    """Server: no pipe for you, and why. ``retry`` marks a passing trouble of a
+    defined pipe (its destination cannot be opened now), not a missing pipe."""
 
     reason: str
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +217,8 @@ def encode(event: Event) -> bytes:
             body: dict[str, Any] = {"offset": offset}
             body["record"] = None if record is None else record.to_json()
             return _control(FrameType.READY, body)
-        case Refuse(reason):
-            return _control(FrameType.REFUSE, {"reason": reason[:MAX_REASON_CHARS]})
+        case Refuse(reason, retry):
+            return _control(FrameType.REFUSE, {"reason": reason[:MAX_REASON_CHARS], "retry": retry})
         case Generation(ident, start):
             return _control(FrameType.GENERATION, {"ident": ident.to_json(), "start": start})
         case Data(payload):
@@ -258,7 +260,7 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
             raise ProtocolError("READY has a record without an offset or the reverse")
         return Ready(record, offset)
     if kind is FrameType.REFUSE:
-        return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES))
+        return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES), body.get("retry") is True)
     if kind is FrameType.GENERATION:
         return Generation(GenerationId.from_json(body.get("ident")), _int_field(body, "start"))
     if kind is FrameType.ACK:

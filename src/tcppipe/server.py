@@ -202,7 +202,7 @@ class Server:
             try:
                 session.dest = Destination.open(entry.local, self.opts.state_dir)
             except DestinationError as exc:
-                await self._refuse(writer, peer, str(exc))
+                await self._refuse(writer, peer, str(exc), retry=True)
                 return
             record, offset = session.dest.answer()
             writer.write(encode(Ready(record, offset)))
@@ -247,9 +247,9 @@ class Server:
             return None
         return certificate_names(writer.get_extra_info("peercert"))
 
-    async def _refuse(self, writer: asyncio.StreamWriter, peer: str, reason: str) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, peer: str, reason: str, retry: bool = False) -> None:
         self.log.warning("%s REFUSE: %s", peer, reason)
-        writer.write(encode(Refuse(reason)))
+        writer.write(encode(Refuse(reason, retry)))
         with contextlib.suppress(OSError):
             await writer.drain()
 

@@ -20,6 +20,7 @@ a later GENERATION, so a connection lost at the switch loses nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tcppipe.errors import OriginError
@@ -69,6 +70,7 @@ class Tailer:
         now: float,
         first: bool,
         full: bool = False,
+        queued: Sequence[GenerationId] = (),
     ) -> Resumed:
         """Position the queue where the destination stands (see Rule 2)."""
         held = [g for g in self.retired + self.queue if not g.closed]
@@ -91,10 +93,10 @@ class Tailer:
                 if matches(ident, gen.fd):
                     return self._resume_at(held, index, position, now, how)
             if first:
-                found = find_generation(os.path.dirname(self.path) or "/", ident)
-                if found is not None:
-                    gen = OriginGeneration.adopt(found[0], found[1], now)
-                    return self._resume_at([gen, *held], 0, position, now, how + f" (rotated to {found[0]})")
+                rotated = self._find_rotated(ident, queued, held, now)
+                if rotated:
+                    how += f" (rotated to {rotated[0].path})"
+                    return self._resume_at([*rotated, *held], 0, position, now, how)
             how = "from the first byte (the destination holds another generation)"
         live = [g for g in held if not g.finished]
         for g in held:
@@ -105,6 +107,26 @@ class Tailer:
         self.queue = live
         self.sending.position = 0
         return Resumed(self.sending.path, 0, how)
+
+    def _find_rotated(
+        self, ident: GenerationId, queued: Sequence[GenerationId], held: list[OriginGeneration], now: float
+    ) -> list[OriginGeneration]:
+        """After a restart: the recorded generation, found by identity beside FILE, then
+        the generations the status file says were queued after it, in order."""
+        directory = os.path.dirname(self.path) or "/"
+        found = find_generation(directory, ident)
+        if found is None:
+            return []
+        gens = [OriginGeneration.adopt(found[0], found[1], now)]
+        keys = [(q.dev, q.ino) for q in queued]
+        after = queued[keys.index((ident.dev, ident.ino)) + 1 :] if (ident.dev, ident.ino) in keys else ()
+        for later in after:
+            if any(matches(later, g.fd) for g in gens + held):
+                continue
+            more = find_generation(directory, later)
+            if more is not None:
+                gens.append(OriginGeneration.adopt(more[0], more[1], now))
+        return gens
 
     def _resume_at(self, held: list[OriginGeneration], index: int, position: int, now: float, how: str) -> Resumed:
         for g in held[:index]:

@@ -15,8 +15,17 @@ import threading
 POLL_S = 0.05
 
 
+class Shaping:
+    """How a proxy forwards right now: delay per chunk, largest chunk."""
+
+    def __init__(self) -> None:
+        self.delay_s = 0.0
+        self.chunk_bytes = 65536
+
+
 class Link:
-    def __init__(self, client: socket.socket, server: socket.socket) -> None:
+    def __init__(self, client: socket.socket, server: socket.socket, shaping: Shaping | None = None) -> None:
+        self.shaping = shaping or Shaping()
         self.sockets = (client, server)
         self.stalled = threading.Event()
         self.closed = threading.Event()
@@ -35,7 +44,7 @@ class Link:
                 self.closed.wait(POLL_S)
                 continue
             try:
-                data = src.recv(65536)
+                data = src.recv(self.shaping.chunk_bytes)
             except TimeoutError:
                 continue
             except OSError:
@@ -44,6 +53,8 @@ class Link:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
                 break
+            if self.shaping.delay_s:
+                self.closed.wait(self.shaping.delay_s)
             try:
                 dst.sendall(data)
             except OSError:
@@ -71,6 +82,7 @@ class Proxy:
         self.listener.settimeout(POLL_S)
         self.port = int(self.listener.getsockname()[1])
         self.links: list[Link] = []
+        self.shaping = Shaping()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -88,11 +100,14 @@ class Proxy:
             except OSError:
                 client.close()
                 continue
-            self.links.append(Link(client, server))
+            self.links.append(Link(client, server, self.shaping))
 
     def stall_all(self) -> None:
         for link in self.links:
             link.stalled.set()
+
+    def live_links(self) -> list[Link]:
+        return [link for link in self.links if not link.closed.is_set()]
 
     def cut_all(self) -> None:
         for link in self.links:

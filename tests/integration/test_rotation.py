@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -166,3 +167,32 @@ def test_second_connection_takes_over_the_pipe(pipes: Pipes) -> None:
     kill9(first)
     wait_until(lambda: same_bytes(origin, dest), what="exact after takeover")
     assert second.poll() is None
+
+
+def test_kill9_with_two_rotated_generations_queued(pipes: Pipes) -> None:
+    """Two rotations queued behind a slow drain, then kill -9: the restart sends both, in order, then the new file."""
+    origin, dest = pipes.pipe("queued.log")
+    origin.write_bytes(numbered_lines(0, 100))
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "600")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    first, second = origin.with_name("queued.log.2"), origin.with_name("queued.log.1")
+    origin.rename(first)
+    origin.write_bytes(numbered_lines(100, 100))
+    wait_until(lambda: _queued(pipes) == 2, what="status lists two generations")
+    origin.rename(second)
+    origin.write_bytes(numbered_lines(200, 100))
+    wait_until(lambda: _queued(pipes) == 3, what="status lists three generations")
+    kill9(client)
+    ready = pipes.syslog.count("READY: sending")
+    client = pipes.start_client(origin, "--rotate-grace", "600")
+    wait_until(lambda: pipes.syslog.count("READY: sending") > ready, what="restart resumed")
+    client.send_signal(signal.SIGHUP)
+    wait_until(lambda: dest.read_bytes() == concat(first, second, origin), what="all generations in order")
+
+
+def _queued(pipes: Pipes) -> int:
+    statuses = list(pipes.client_state.glob("*.status"))
+    if not statuses:
+        return 0
+    return len(json.loads(statuses[0].read_text()).get("queue", []))

@@ -45,8 +45,10 @@ def test_replaced_destination_invalidates_the_record(tmp_path: Path) -> None:
     dest.begin_generation(IDENT, 0)
     dest.write(b"data")
     dest.close()
-    out.rename(tmp_path / "out.old")  # kept, so the new file cannot reuse its inode
-    out.write_bytes(b"data")
+    replacement = tmp_path / "replacement"
+    replacement.write_bytes(b"data")  # made while the old file exists: another inode
+    out.unlink()
+    replacement.rename(out)
     assert Destination.open(str(out), state).answer() == (None, None)
 
 
@@ -73,3 +75,18 @@ def test_record_lives_in_the_state_directory(tmp_path: Path) -> None:
     assert record_path("/s", "/x/y") == record_path("/s", "/x/y")
     assert record_path("/s", "/x/y").startswith("/s/tcppiped/")
     assert record_path("/s", "/x/y") != record_path("/s", "/x/z")
+
+
+def test_rename_without_reopen_is_found_after_a_restart(tmp_path: Path) -> None:
+    """mv out out.1 while the server is down: the next open finds out.1 and keeps the count."""
+    out, state = tmp_path / "out", str(tmp_path / "state")
+    dest = Destination.open(str(out), state)
+    dest.begin_generation(IDENT, 0)
+    dest.write(b"123456")
+    dest.close()
+    out.rename(tmp_path / "out.1")
+    again = Destination.open(str(out), state)
+    assert again.landed() == 6
+    again.write(b"78")
+    again.close()
+    assert Destination.open(str(out), state).landed() == 8

@@ -55,7 +55,8 @@ GOLDEN: list[tuple[Event, bytes]] = [
             b'{"offset":99,"record":{"dev":2049,"fp_len":12,"fp_sha256":"' + b"ab" * 32 + b'","ino":1234567}}',
         ),
     ),
-    (Refuse("no pipe"), control(FrameType.REFUSE, b'{"reason":"no pipe"}')),
+    (Refuse("no pipe"), control(FrameType.REFUSE, b'{"reason":"no pipe","retry":false}')),
+    (Refuse("disk full", retry=True), control(FrameType.REFUSE, b'{"reason":"disk full","retry":true}')),
     (
         Generation(IDENT, 5),
         control(
@@ -183,7 +184,7 @@ events = st.one_of(
     st.just(Ping()),
     st.builds(Ready, st.none(), st.none()),
     st.builds(Ready, idents, st.integers(0, 2**63)),
-    st.builds(Refuse, st.text(max_size=300)),
+    st.builds(Refuse, st.text(max_size=300), st.booleans()),
     st.builds(Generation, idents, st.integers(0, 2**63)),
     st.builds(Data, st.binary(max_size=2000)),
     st.builds(Ack, st.integers(0, 2**32), st.integers(0, 2**63)),
@@ -199,7 +200,7 @@ def test_any_event_sequence_round_trips_however_split(seq: list[Event], cuts: li
     assert decode_all(chunks) == seq
 
 
-@settings(max_examples=300)
+@settings(max_examples=max(300, settings().max_examples))
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=8))
 def test_any_bytes_yield_events_or_protocol_error(data: bytes, cuts: list[int]) -> None:
     """Arbitrary bytes, split anywhere, give events, NEED_DATA or ProtocolError, and nothing else."""

@@ -149,3 +149,27 @@ def test_acknowledged_generation_closes_older_ones(tmp_path: Path) -> None:
     tailer.acknowledged(tailer.current, 2)
     assert old.closed
     assert tailer.retired == []
+
+
+def test_restart_recovers_every_queued_generation_in_order(tmp_path: Path) -> None:
+    """Killed while two rotated generations were queued: the restart sends both, in order, then the current."""
+    log = tmp_path / "log"
+    log.write_bytes(b"gen one\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, None, 0.0, first=True)
+    assert drain(tailer, 0.0) == b"gen one\n"
+    log.rename(tmp_path / "log.2")
+    log.write_bytes(b"gen two\n")
+    tailer.poll_rotation(0.0)
+    log.rename(tmp_path / "log.1")
+    log.write_bytes(b"gen three\n")
+    tailer.poll_rotation(0.0)
+    queued = [g.ident() for g in tailer.queue]
+    record = tailer.sending.ident()
+    tailer.close()  # the kill: nothing of gen two and three was sent
+    restarted = Tailer(str(log), GRACE_S)
+    restarted.open(0.0)
+    restarted.resume(record, 8, None, 0.0, first=True, queued=queued)
+    assert drain(restarted, GRACE_S + 1) == b"gen two\n"
+    assert drain(restarted, 2 * GRACE_S + 2) == b"gen three\n"
