@@ -21,6 +21,8 @@ class Shaping:
     def __init__(self) -> None:
         self.delay_s = 0.0
         self.chunk_bytes = 65536
+        # Set: flip one bit in the next chunk going client -> server, then clear.
+        self.corrupt_next = threading.Event()
 
 
 class Link:
@@ -55,6 +57,10 @@ class Link:
                 break
             if self.shaping.delay_s:
                 self.closed.wait(self.shaping.delay_s)
+            if src is self.sockets[0] and len(data) > 64 and self.shaping.corrupt_next.is_set():
+                self.shaping.corrupt_next.clear()
+                middle = len(data) // 2
+                data = data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1 :]
             try:
                 dst.sendall(data)
             except OSError:

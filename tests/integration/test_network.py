@@ -67,6 +67,23 @@ def test_connection_reset_mid_stream_resumes_exactly(proxied: tuple[Pipes, Proxy
     wait_until(lambda: same_bytes(origin, dest), timeout=40, what="exact after resets")
 
 
+def test_frame_damaged_in_transit_is_caught_and_the_resume_is_exact(proxied: tuple[Pipes, Proxy]) -> None:
+    """One flipped bit on the wire: the CRC catches it, the connection is dropped, the reconnect is exact."""
+    pipes, proxy = proxied
+    origin, dest = pipes.pipe("bitflip.log")
+    origin.write_bytes(b"before the damage\n" * 100)
+    pipes.start_server()
+    pipes.spawn(client_via(pipes, proxy, origin))
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    proxy.shaping.corrupt_next.set()
+    with open(origin, "ab") as f:
+        f.write(b"this append is damaged on the way " * 200 + b"\n")
+    pipes.syslog.wait_for("checksum mismatch")
+    wait_until(lambda: same_bytes(origin, dest), what="exact after the damaged frame")
+    assert not proxy.shaping.corrupt_next.is_set()
+    assert len(proxy.links) >= 2
+
+
 def test_one_origin_to_two_nocs(pipes: Pipes, tmp_path: Path) -> None:
     """Two servers, two tcppipe on one origin file: both destinations exact, each pipe with its own status."""
     origin, dest_a = pipes.pipe("noc.log")

@@ -199,3 +199,19 @@ def test_server_sigterm_exits_zero_and_removes_pid_file(pipes: Pipes) -> None:
     client.send_signal(signal.SIGTERM)
     assert client.wait(timeout=20) == 0
     assert size(dest) == size(origin)
+
+
+def test_missing_syslog_socket_is_a_warning_not_a_crash(pipes: Pipes) -> None:
+    """With no socket at --syslog-address both programs warn once on stderr and work."""
+    origin, dest = pipes.pipe("nosyslog.log")
+    origin.write_bytes(b"still delivered\n")
+    pipes.syslog.close()
+    pipes.syslog.path.unlink()
+    server = pipes.spawn(pipes.server_args())
+    wait_until(lambda: "listening on" in pipes.stderr_of(server), what="server up without syslog")
+    client = pipes.start_client(origin)
+    wait_until(lambda: same_bytes(origin, dest), what="copy without syslog")
+    for proc in (server, client):
+        err = pipes.stderr_of(proc)
+        assert "does not exist; not logging to syslog" in err
+        assert "Traceback" not in err
