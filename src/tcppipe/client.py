@@ -292,8 +292,9 @@ class Client:
         status file records exactly what landed."""
         with contextlib.suppress(OSError, RuntimeError):
             await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
+            if not writer.can_write_eof():
+                return  # TLS cannot half-close: the server's record is the authority anyway
+            writer.write_eof()
         await asyncio.wait({receiver}, timeout=GOODBYE_TIMEOUT_S)
 
     def _fallback(self, first: bool) -> tuple[GenerationId, int] | None:

@@ -166,7 +166,7 @@ class Destination:
             raise DestinationError(f"cannot record the state of {self.path}: {_reason(exc)}") from None
         self.record, self.base = record, base
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append all of ``data``; on failure what was written stays counted by the size."""
         view = memoryview(data)
         try:

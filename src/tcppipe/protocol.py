@@ -47,6 +47,9 @@ MAX_DATA_BYTES: Final = 1024 * 1024
 MAX_CONTROL_BYTES: Final = 64 * 1024
 MAX_PATH_BYTES: Final = 4096
 MAX_REASON_CHARS: Final = 1000
+# The decoder's buffer grows to what the frames need and is dropped when idle
+# above this size.
+IDLE_BUFFER_BYTES: Final = 64 * 1024
 # The fingerprint covers up to this many leading bytes of an origin generation.
 FINGERPRINT_BYTES: Final = 4096
 # Silence longer than DEAD_AFTER_HEARTBEATS heartbeats means the peer is gone
@@ -142,7 +145,7 @@ class Generation:
 class Data:
     """Client: the next bytes of the current generation."""
 
-    payload: bytes
+    payload: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,32 +274,80 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
 
 
 class Decoder:
-    """Turns a byte stream into events; ``feed(b"")`` marks the end of the stream."""
+    """Turns a byte stream into events; ``feed(b"")`` marks the end of the stream.
 
-    def __init__(self) -> None:
+    Bytes come in with ``feed(data)``, or without a copy through
+    ``get_buffer(n)`` + ``buffer_updated(nbytes)`` (the shape of asyncio's
+    BufferedProtocol). With ``copy_payloads=False`` a DATA payload is a
+    memoryview into the buffer, valid only until the next ``feed`` or
+    ``get_buffer``: the caller must use it at once (the server writes it).
+    """
+
+    def __init__(self, copy_payloads: bool = True) -> None:
+        # Allocated on demand: a thousand idle connections must cost kilobytes, not gigabytes.
         self._buffer = bytearray()
+        self._start = 0
+        self._end = 0
         self._closed = False
+        self._copy = copy_payloads
 
     def feed(self, data: bytes) -> None:
         """Add received bytes; an empty ``data`` means the peer closed."""
         if self._closed:
             raise ProtocolError("data after end of stream")
-        if data:
-            self._buffer += data
-        else:
+        if not data:
             self._closed = True
+            return
+        self.get_buffer(len(data))[: len(data)] = data
+        self.buffer_updated(len(data))
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Free space at the end of the buffer: at least ``sizehint`` bytes, and room
+        for the rest of a frame already begun."""
+        if self._closed:
+            raise ProtocolError("data after end of stream")
+        want = max(sizehint, self._rest_of_frame(), 1)
+        if len(self._buffer) - self._end < want:
+            pending = self._end - self._start
+            if len(self._buffer) - pending >= want:
+                # Same-size move: allowed even while a payload view is still exported.
+                self._buffer[0:pending] = self._buffer[self._start : self._end]
+            else:
+                # A new, larger buffer; views into the old one stay valid.
+                grown = bytearray(max(2 * len(self._buffer), pending + want))
+                grown[0:pending] = self._buffer[self._start : self._end]
+                self._buffer = grown
+            self._start, self._end = 0, pending
+        return memoryview(self._buffer)[self._end :]
+
+    def _rest_of_frame(self) -> int:
+        available = self._end - self._start
+        if available < HEADER_BYTES:
+            return 0
+        length: int = HEADER.unpack_from(self._buffer, self._start)[2]
+        return max(0, min(length, MAX_DATA_BYTES) + HEADER_BYTES - available)
+
+    def release_idle_buffer(self) -> None:
+        """Drop a large buffer while nothing is pending (an idle pipe keeps no megabytes)."""
+        if self._start == self._end and len(self._buffer) > IDLE_BUFFER_BYTES:
+            self._buffer = bytearray()
+            self._start = self._end = 0
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were written at the start of the last ``get_buffer``."""
+        self._end += nbytes
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as events."""
-        return len(self._buffer)
+        return self._end - self._start
 
     def next_event(self) -> Event | NeedData | None:
         """The next complete event, NEED_DATA, or None at a clean end of stream."""
-        buf = self._buffer
-        if len(buf) < HEADER_BYTES:
-            return self._end_or_need(buf)
-        kind_value, flags, length, crc = HEADER.unpack_from(buf)
+        start, available = self._start, self._end - self._start
+        if available < HEADER_BYTES:
+            return self._end_or_need(available)
+        kind_value, flags, length, crc = HEADER.unpack_from(self._buffer, start)
         try:
             kind = FrameType(kind_value)
         except ValueError:
@@ -307,28 +358,27 @@ class Decoder:
         # Checked before buffering the payload: an oversized length is refused at once.
         if length > limit:
             raise ProtocolError(f"{kind.name} frame of {length} bytes is over the limit of {limit}")
-        end = HEADER_BYTES + length
-        if len(buf) < end:
-            return self._end_or_need(buf)
-        # One copy out of the buffer; deleting from a bytearray's front is O(1).
-        with memoryview(buf) as view:
-            payload = bytes(view[HEADER_BYTES:end])
-        del buf[:end]
+        if available < HEADER_BYTES + length:
+            return self._end_or_need(available)
+        payload = memoryview(self._buffer)[start + HEADER_BYTES : start + HEADER_BYTES + length]
+        self._start += HEADER_BYTES + length
+        if self._start == self._end:
+            self._start = self._end = 0
         if zlib.crc32(payload) != crc:
             raise ProtocolError(f"{kind.name} frame checksum mismatch")
         if kind is FrameType.DATA:
-            return Data(payload)
-        return _decode_control(kind, payload)
+            return Data(bytes(payload) if self._copy else payload)
+        return _decode_control(kind, bytes(payload))
 
-    def _end_or_need(self, buf: bytearray) -> NeedData | None:
+    def _end_or_need(self, available: int) -> NeedData | None:
         if not self._closed:
             return NEED_DATA
-        if buf:
+        if available:
             raise ProtocolError("peer closed mid-frame")
         return None
 
     def events(self) -> list[Event]:
-        """All complete events buffered now (convenience for adapters and tests)."""
+        """All complete events buffered now (convenience for tests)."""
         out: list[Event] = []
         while True:
             event = self.next_event()

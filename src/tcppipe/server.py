@@ -21,6 +21,7 @@ import resource
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ from tcppipe.protocol import (
     Ack,
     Data,
     Decoder,
+    Event,
     Generation,
     Hello,
     NeedData,
@@ -53,6 +55,8 @@ DEFAULT_MAX_PER_HOST: Final = 256
 RESOLVE_TIMEOUT_S: Final = 5.0
 TAKEOVER_TIMEOUT_S: Final = 10.0
 ACK_DELAY_S: Final = 0.05
+# Smallest receive while streaming (a frame in flight asks for its whole rest).
+RECEIVE_BYTES: Final = 64 * 1024
 SHUTDOWN_TIMEOUT_S: Final = 10.0
 
 
@@ -109,6 +113,60 @@ class ConfigHolder:
     def current(self) -> list[Entry]:
         self.reload()
         return self.entries
+
+
+class FrameSink(asyncio.BufferedProtocol):
+    """The streaming phase's protocol: bytes are received into the decoder's own
+    buffer and each event is handled at once, so a DATA payload goes from the
+    socket to the destination with no copy in between."""
+
+    def __init__(self, decoder: Decoder, original: asyncio.BaseProtocol, handle: Callable[[Event], None]) -> None:
+        self.decoder, self.original, self.handle = decoder, original, handle
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.heard_at = self.loop.time()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(max(sizehint, RECEIVE_BYTES))
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.heard_at = self.loop.time()
+        self.decoder.buffer_updated(nbytes)
+        self.drain()
+
+    def drain(self) -> None:
+        """Handle every complete event; the first failure ends the connection."""
+        try:
+            while not self.done.done():
+                event = self.decoder.next_event()
+                if event is None or isinstance(event, NeedData):
+                    return
+                self.handle(event)
+        except (ProtocolError, DestinationError) as exc:
+            self.finish(exc)
+
+    def eof_received(self) -> bool:
+        try:
+            self.decoder.feed(b"")
+        except ProtocolError as exc:
+            self.finish(exc)
+            return False
+        self.drain()
+        self.finish(None)
+        return True  # keep our side open for the goodbye ACK
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc or "peer closed the connection")
+        self.finish(ConnectionLost(reason))
+        self.original.connection_lost(exc)
+
+    def finish(self, exc: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
 
 
 @dataclass
@@ -186,7 +244,7 @@ class Server:
         session: PipeSession | None = None
         try:
             tune(writer)
-            decoder = Decoder()
+            decoder = Decoder(copy_payloads=False)
             async with asyncio.timeout(self.opts.handshake_timeout_s):
                 names = await self._start_tls(writer)
                 hello = await next_event(reader, decoder)
@@ -297,9 +355,9 @@ class Server:
         dest: Destination,
         heartbeat_s: float,
     ) -> None:
+        """Append the client's DATA until it says goodbye, falls silent or breaks the protocol."""
         loop = asyncio.get_running_loop()
         dead_after = heartbeat_s * DEAD_AFTER_HEARTBEATS
-        heard_at = loop.time()
         generations = 0
         acked: tuple[int, int] | None = None
         ack_timer: asyncio.TimerHandle | None = None
@@ -313,46 +371,46 @@ class Server:
             acked = (generations, landed)
             writer.write(encode(Ack(generations, landed)))
 
+        def handle(event: Event) -> None:
+            nonlocal generations, ack_timer
+            if isinstance(event, Data):
+                if generations == 0:
+                    raise ProtocolError("DATA before GENERATION")
+                dest.write(event.payload)
+            elif isinstance(event, Generation):
+                dest.begin_generation(event.ident, event.start)
+                generations += 1
+                send_ack()
+            elif not isinstance(event, Ping):  # a PING only proves the client is alive
+                raise ProtocolError(f"unexpected {type(event).__name__} while streaming")
+            if ack_timer is None:
+                ack_timer = loop.call_later(ACK_DELAY_S, send_ack)
+
+        sink = FrameSink(decoder, writer.transport.get_protocol(), handle)
+        # Bytes a client sent before READY (it should not) are in the stream reader.
+        leftover = bytes(getattr(reader, "_buffer", b""))
+        writer.transport.set_protocol(sink)
+        if leftover:
+            decoder.feed(leftover)
+        sink.drain()
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(heartbeat_s):
-                        data = await reader.read(READ_BYTES)
-                except TimeoutError:
-                    silent = loop.time() - heard_at
-                    if silent > dead_after:
-                        raise ConnectionLost(f"no word from the client for {silent:.1f} s") from None
-                    send_ack(heartbeat=True)
-                    continue
-                except OSError as exc:
-                    raise ConnectionLost(exc.strerror or str(exc)) from None
-                heard_at = loop.time()
-                decoder.feed(data)
-                # One event at a time: events before a bad frame are still written.
-                while True:
-                    event = decoder.next_event()
-                    if event is None or isinstance(event, NeedData):
-                        break
-                    if isinstance(event, Data):
-                        if generations == 0:
-                            raise ProtocolError("DATA before GENERATION")
-                        dest.write(event.payload)
-                    elif isinstance(event, Ping):
-                        pass  # heard_at is all a PING is for
-                    elif isinstance(event, Generation):
-                        dest.begin_generation(event.ident, event.start)
-                        generations += 1
-                        send_ack()
-                    else:
-                        raise ProtocolError(f"unexpected {type(event).__name__} while streaming")
-                if not data:
-                    send_ack()  # the client's goodbye: tell it exactly what landed
-                    return
-                if ack_timer is None:
-                    ack_timer = loop.call_later(ACK_DELAY_S, send_ack)
+            for _ in range(1 << 62):
+                finished, _pending = await asyncio.wait({sink.done}, timeout=heartbeat_s)
+                if finished:
+                    break
+                silent = loop.time() - sink.heard_at
+                if silent > dead_after:
+                    raise ConnectionLost(f"no word from the client for {silent:.1f} s")
+                send_ack(heartbeat=True)
+                decoder.release_idle_buffer()
+            sink.done.result()  # raises why the connection ended, if it failed
+            send_ack()  # the client's goodbye: tell it exactly what landed
         finally:
             if ack_timer is not None:
                 ack_timer.cancel()
+            sink.finish(ConnectionLost("closed by the server"))
+            if not sink.done.cancelled() and sink.done.done():
+                sink.done.exception()  # retrieved: no "exception never retrieved" noise
 
     # -- signals ------------------------------------------------------------------
 

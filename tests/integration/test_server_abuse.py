@@ -29,11 +29,17 @@ def connect(pipes: Pipes, source: str = "127.0.0.1") -> socket.socket:
 
 
 def closed_by_server(s: socket.socket, timeout: float = 20) -> bool:
+    """Read (and drop) whatever the server still sends, until it closes; False on timeout."""
     s.settimeout(timeout)
     try:
-        return s.recv(4096) == b""
+        for _ in range(10_000):
+            if s.recv(65536) == b"":
+                return True
     except ConnectionResetError:
         return True
+    except TimeoutError:
+        return False
+    return False
 
 
 @pytest.fixture
@@ -132,3 +138,17 @@ def test_thousand_idle_connections_and_a_connect_storm(live_pipe: tuple[Pipes, W
     assert rss_idle < rss_before + 100
     assert rss_after < rss_before + 100
     assert_live_pipe_exact(pipes, writer)
+
+
+def test_client_silent_after_ready_is_dropped_after_three_heartbeats(pipes: Pipes) -> None:
+    """A client that goes quiet after READY (a pulled cable) is dropped after 3 of its heartbeats."""
+    origin, _ = pipes.pipe("silent.log")
+    pipes.start_server()
+    with connect(pipes) as s:
+        s.sendall(encode(Hello(str(origin), heartbeat_s=0.3)))
+        s.settimeout(10)
+        assert s.recv(4096)[0] == FrameType.READY
+        started = time.monotonic()
+        pipes.syslog.wait_for("no word from the client", timeout=10)
+        assert time.monotonic() - started < 5
+        assert closed_by_server(s)

@@ -214,3 +214,34 @@ def test_any_bytes_yield_events_or_protocol_error(data: bytes, cuts: list[int]) 
         decoder.events()
     except ProtocolError:
         pass
+
+
+def test_zero_copy_receive_path_gives_the_same_events() -> None:
+    """Bytes written into get_buffer() decode like fed bytes; DATA payloads are views until the next receive."""
+    sequence: list[Event] = [Hello("/x"), Data(b"a" * 300_000), Data(b"\x00z")]
+    wire = b"".join(encode(e) for e in sequence)
+    decoder = Decoder(copy_payloads=False)
+    seen: list[bytes] = []
+    for i in range(0, len(wire), 70_001):
+        chunk = wire[i : i + 70_001]
+        view = decoder.get_buffer(len(chunk))
+        view[: len(chunk)] = chunk
+        decoder.buffer_updated(len(chunk))
+        for event in decoder.events():
+            if isinstance(event, Data):
+                assert isinstance(event.payload, memoryview)
+                seen.append(bytes(event.payload))  # used at once, as the server does
+    assert seen == [b"a" * 300_000, b"\x00z"]
+    assert decoder.buffered == 0
+
+
+def test_buffer_follows_need_and_is_released_when_idle() -> None:
+    """A frame in flight asks for its whole rest; an idle decoder lets a large buffer go."""
+    decoder = Decoder(copy_payloads=False)
+    wire = encode(Data(b"x" * 500_000))
+    decoder.feed(wire[:100])
+    assert len(decoder.get_buffer(1)) >= len(wire) - 100
+    decoder.feed(wire[100:])
+    assert decoder.events() == [Data(b"x" * 500_000)]
+    decoder.release_idle_buffer()
+    assert len(decoder.get_buffer(1)) < 64 * 1024
