@@ -123,22 +123,15 @@ def test_second_client_for_the_same_pipe_refuses_to_start(pipes: Pipes) -> None:
     assert f"pid {first.pid}" in second.stderr
 
 
+def keepalive_args(pipes: Pipes, origin: Path) -> list[str]:
+    return [
+        command("keep_tcppipe_alive"), "-f", str(origin), "-h", "127.0.0.1", "-p", str(pipes.port),
+        "--state-dir", str(pipes.client_state), "--syslog-address", str(pipes.syslog.path),
+    ]  # fmt: skip
+
+
 def keepalive(pipes: Pipes, origin: Path) -> subprocess.CompletedProcess[str]:
-    return pipes.run(
-        [
-            command("keep_tcppipe_alive"),
-            "-f",
-            str(origin),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pipes.port),
-            "--state-dir",
-            str(pipes.client_state),
-            "--syslog-address",
-            str(pipes.syslog.path),
-        ]
-    )
+    return pipes.run(keepalive_args(pipes, origin))
 
 
 def test_keepalive_does_nothing_without_the_flag_file(pipes: Pipes) -> None:
@@ -158,24 +151,7 @@ def test_keepalive_starts_one_client_and_never_a_second(pipes: Pipes) -> None:
     pipes.start_server()
     pipes.client_state.mkdir(exist_ok=True)
     (pipes.client_state / "tcppipe.keepalive").touch()
-    racers = [
-        pipes.spawn(
-            [
-                command("keep_tcppipe_alive"),
-                "-f",
-                str(origin),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(pipes.port),
-                "--state-dir",
-                str(pipes.client_state),
-                "--syslog-address",
-                str(pipes.syslog.path),
-            ]
-        )
-        for _ in range(3)
-    ]
+    racers = [pipes.spawn(keepalive_args(pipes, origin)) for _ in range(3)]
     assert [r.wait(timeout=60) for r in racers] == [0, 0, 0]
     pid = pipes.client_pid(origin)
     assert pid is not None

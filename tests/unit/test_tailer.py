@@ -11,6 +11,16 @@ from tcppipe.tailer import Tailer
 GRACE_S = 5.0
 
 
+def following(tmp_path: Path, content: bytes) -> tuple[Path, Tailer]:
+    """A tailer on a new file 'log', positioned at its first byte as for a new pipe."""
+    log = tmp_path / "log"
+    log.write_bytes(content)
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, None, 0.0, first=True)
+    return log, tailer
+
+
 def drain(tailer: Tailer, now: float) -> bytes:
     """Everything the tailer would send now, in order."""
     out = b""
@@ -80,11 +90,7 @@ def test_status_fallback_and_full_resend(tmp_path: Path) -> None:
 
 def test_rename_rotation_drains_the_old_file_until_quiet(tmp_path: Path) -> None:
     """Old generation first (including late writes), the new one only after the grace period."""
-    log = tmp_path / "log"
-    log.write_bytes(b"one\n")
-    tailer = Tailer(str(log), GRACE_S)
-    tailer.open(0.0)
-    tailer.resume(None, None, None, 0.0, first=True)
+    log, tailer = following(tmp_path, b"one\n")
     assert drain(tailer, 0.0) == b"one\n"
     log.rename(tmp_path / "log.1")
     log.write_bytes(b"three\n")
@@ -99,11 +105,7 @@ def test_rename_rotation_drains_the_old_file_until_quiet(tmp_path: Path) -> None
 
 def test_sighup_switches_without_waiting_and_a_second_one_resends_nothing(tmp_path: Path) -> None:
     """SIGHUP after mv+touch: old file to its end, then the new one; a repeated HUP sends nothing."""
-    log = tmp_path / "log"
-    log.write_bytes(b"a\n")
-    tailer = Tailer(str(log), GRACE_S)
-    tailer.open(0.0)
-    tailer.resume(None, None, None, 0.0, first=True)
+    log, tailer = following(tmp_path, b"a\n")
     drain(tailer, 0.0)
     log.rename(tmp_path / "log.1")
     log.write_bytes(b"b\n")
@@ -119,11 +121,7 @@ def test_sighup_switches_without_waiting_and_a_second_one_resends_nothing(tmp_pa
 
 def test_truncation_restarts_from_the_first_byte(tmp_path: Path) -> None:
     """A file cut below what was read is a new generation sent from byte 0."""
-    log = tmp_path / "log"
-    log.write_bytes(b"long first content\n")
-    tailer = Tailer(str(log), GRACE_S)
-    tailer.open(0.0)
-    tailer.resume(None, None, None, 0.0, first=True)
+    log, tailer = following(tmp_path, b"long first content\n")
     drain(tailer, 0.0)
     log.write_bytes(b"new\n")
     tailer.poll_rotation(1.0)
@@ -132,11 +130,7 @@ def test_truncation_restarts_from_the_first_byte(tmp_path: Path) -> None:
 
 def test_acknowledged_generation_closes_older_ones(tmp_path: Path) -> None:
     """Once the server acknowledges the new generation, the retired one is closed."""
-    log = tmp_path / "log"
-    log.write_bytes(b"x\n")
-    tailer = Tailer(str(log), GRACE_S)
-    tailer.open(0.0)
-    tailer.resume(None, None, None, 0.0, first=True)
+    log, tailer = following(tmp_path, b"x\n")
     drain(tailer, 0.0)
     old = tailer.current
     log.rename(tmp_path / "log.1")
@@ -153,11 +147,7 @@ def test_acknowledged_generation_closes_older_ones(tmp_path: Path) -> None:
 
 def test_restart_recovers_every_queued_generation_in_order(tmp_path: Path) -> None:
     """Killed while two rotated generations were queued: the restart sends both, in order, then the current."""
-    log = tmp_path / "log"
-    log.write_bytes(b"gen one\n")
-    tailer = Tailer(str(log), GRACE_S)
-    tailer.open(0.0)
-    tailer.resume(None, None, None, 0.0, first=True)
+    log, tailer = following(tmp_path, b"gen one\n")
     assert drain(tailer, 0.0) == b"gen one\n"
     log.rename(tmp_path / "log.2")
     log.write_bytes(b"gen two\n")
