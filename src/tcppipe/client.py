@@ -158,6 +158,7 @@ class Client:
         self._status_last: dict[str, Any] | None = None
         self._status_shape: list[tuple[int, int]] = []
         self._announced: list[OriginGeneration] = []
+        self.watcher: Watcher | None = None
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -184,6 +185,7 @@ class Client:
             self.request_hup()
         self.tailer.open(time.monotonic())
         watcher = Watcher(self.opts.key.path, self.wake.set, self.log)
+        self.watcher = watcher
         try:
             await self._connect_forever(watcher)
         finally:
@@ -225,12 +227,29 @@ class Client:
             backoff.reset()
 
     async def _sleep(self, delay: float) -> None:
-        self.wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                while not self.stopping:
+        """Wait out a back-off while still following rotations: several can happen
+        while disconnected, and each generation must be opened before the next
+        one replaces it at FILE."""
+        deadline = time.monotonic() + delay
+        for _ in range(1 << 62):
+            self.wake.clear()
+            self._follow_rotation()
+            remaining = deadline - time.monotonic()
+            if self.stopping or remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, self.opts.interval_s)):
                     await self.wake.wait()
-                    self.wake.clear()
+
+    def _follow_rotation(self) -> None:
+        """Notice a replaced or truncated FILE, watch the new generation, record it in the status."""
+        self.tailer.poll_rotation(time.monotonic())
+        for note in self.tailer.take_notices():
+            self.say(logging.INFO, "%s", note)
+        if self.watcher is not None:
+            for gen in self.tailer.queue:
+                self.watcher.watch_file(gen)
+        self._save_status()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         key = self.opts.key
@@ -349,11 +368,7 @@ class Client:
             now = time.monotonic()
             if now - self.last_heard > dead_after:
                 raise ConnectionLost(f"no word from the server for {now - self.last_heard:.1f} s")
-            tailer.poll_rotation(now)
-            for note in tailer.take_notices():
-                self.say(logging.INFO, "%s", note)
-            for gen in tailer.queue:
-                watcher.watch_file(gen)
+            self._follow_rotation()
             busy = False
             for sent in range(MAX_CHUNKS_PER_TICK):
                 if sent and sent % ROTATION_CHECK_CHUNKS == 0:

@@ -196,3 +196,28 @@ def _queued(pipes: Pipes) -> int:
     if not statuses:
         return 0
     return len(json.loads(statuses[0].read_text()).get("queue", []))
+
+
+def test_rotations_while_disconnected_are_all_delivered(pipes: Pipes) -> None:
+    """Three rotations while the server is down: after it returns, every generation arrives, in order."""
+    origin, dest = pipes.pipe("offline.log")
+    origin.write_bytes(numbered_lines(0, 100))
+    server = pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "600")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    kill9(server)
+    pipes.syslog.wait_for("reconnecting in")
+    rotated = []
+    for n in range(3, 0, -1):
+        with open(origin, "ab") as f:
+            f.write(numbered_lines(1000 * n, 50))
+        rotated.append(origin.with_name(f"offline.log.{n}"))
+        origin.rename(rotated[-1])
+        origin.write_bytes(b"")
+        client.send_signal(signal.SIGHUP)
+        wait_until(lambda: _queued(pipes) >= 5 - n, what="rotation noticed while disconnected")  # noqa: B023
+    with open(origin, "ab") as f:
+        f.write(numbered_lines(9000, 50))
+    pipes.start_server()
+    expected = b"".join(p.read_bytes() for p in rotated) + origin.read_bytes()
+    wait_until(lambda: dest.read_bytes() == expected, timeout=40, what="every generation, in order")
