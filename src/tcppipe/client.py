@@ -157,6 +157,7 @@ class Client:
         self._status_saved_at = 0.0
         self._status_last: dict[str, Any] | None = None
         self._status_shape: list[tuple[int, int]] = []
+        self._status_timer: asyncio.TimerHandle | None = None
         self._announced: list[OriginGeneration] = []
         self.watcher: Watcher | None = None
 
@@ -190,6 +191,8 @@ class Client:
             await self._connect_forever(watcher)
         finally:
             watcher.close()
+            if self._status_timer is not None:
+                self._status_timer.cancel()
             self._save_status(force=True)
             self.tailer.close()
 
@@ -348,6 +351,7 @@ class Client:
                 if isinstance(event, Ack):
                     if 0 < event.generations <= len(self._announced):
                         self.tailer.acknowledged(self._announced[event.generations - 1], event.offset)
+                        self._save_status()
                 elif isinstance(event, Refuse):
                     raise Refused(f"server ended the pipe: {event.reason}")
                 else:
@@ -406,12 +410,21 @@ class Client:
                 async with asyncio.timeout(max(timeout, 0.001)):
                     await self.wake.wait()
 
+    def _deferred_save(self) -> None:
+        self._status_timer = None
+        if self.tailer.queue:
+            self._save_status()
+
     def _save_status(self, force: bool = False) -> None:
         now = time.monotonic()
         held = [g for g in self.tailer.retired + self.tailer.queue if not g.closed]
         shape = [(g.dev, g.ino) for g in held]
         # A change of generations is saved at once: a restart must know them all.
+        # Otherwise at most once a second, and a skipped save is done later, not dropped.
         if not force and shape == self._status_shape and now - self._status_saved_at < STATUS_INTERVAL_S:
+            if self._status_timer is None:
+                delay = STATUS_INTERVAL_S - (now - self._status_saved_at)
+                self._status_timer = asyncio.get_running_loop().call_later(delay, self._deferred_save)
             return
         if not self.tailer.queue:
             return

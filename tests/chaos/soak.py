@@ -175,6 +175,8 @@ class Soak:
         self.faults: collections.Counter[str] = collections.Counter()
         self.skipped: collections.Counter[str] = collections.Counter()
         self.problems: list[str] = []
+        self.notes: list[str] = []
+        self.started = time.monotonic()
         self.writers = [Writer(p, seed * 1000 + p.index, rate) for p in self.pipes]
         self.stop_flag = threading.Event()
         self.filler: Path | None = None
@@ -347,6 +349,9 @@ class Soak:
             proxy.shaping.chunk_bytes = 65536
 
     def fill_disk(self) -> None:
+        usage = os.statvfs(self.destfs)
+        used_mb = (usage.f_blocks - usage.f_bfree) * usage.f_frsize / 1e6
+        self.notes.append(f"disk full at {time.monotonic() - self.started:.0f} s: {used_mb:.1f} MB in use before")
         self.filler = self.destfs / "filler"
         with open(self.filler, "wb") as f:
             block = b"\0" * (1 << 20)
@@ -423,7 +428,13 @@ class Soak:
         while time.monotonic() < deadline:
             self.pause(0.3, 1.5)
             name = self.rng.choices(names, weights)[0]
-            actions[name]()
+            try:
+                actions[name]()
+            except OSError as exc:
+                # The driver's own trouble (not tcppipe's): record it, keep going.
+                self.problems.append(f"fault {name!r} could not be injected: {exc}")
+                self.diagnose()
+                continue
             self.faults[name] += 1
         for writer in self.writers:
             writer.halt.set()
@@ -435,6 +446,12 @@ class Soak:
             t.join(timeout=10)
         self.measure_delays()
         return self.report(seconds, settled)
+
+    def diagnose(self) -> None:
+        """What fills the destination filesystem (for a failing run's report)."""
+        for path in sorted(self.destfs.iterdir()):
+            with contextlib.suppress(OSError):
+                self.notes.append(f"  {path.name}: {path.stat().st_size} bytes")
 
     def settle(self) -> bool:
         """Wait (bounded) until every destination holds its origin's bytes."""
@@ -481,6 +498,9 @@ class Soak:
             print(f"  skipped {count}x: {name}")
         for problem in self.problems:
             print(f"problem: {problem}")
+        if self.problems:
+            for note in self.notes:
+                print(note)
         ok = exact_all and lost == 0 and duplicated == 0 and damaged == 0 and not self.problems
         print("RESULT:", "PASS" if ok else "FAIL")
         return ok
@@ -512,11 +532,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tcppipe-soak."))
     fs_mb = max(128, int(args.minutes * 60 * args.pipes * args.rate * 400 / 1e6 * 3) + 64)
     soak = Soak(work, args.seed, args.pipes, args.rate, fs_mb)
+    ok = False
     try:
         ok = soak.run(args.minutes * 60)
     finally:
         soak.close()
-        if not args.keep:
+        if not args.keep and ok:
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import time
 
 from tests.integration.conftest import Pipes, same_bytes, size, stop, wait_until
+
+
+def acked_offset(pipes: Pipes) -> int | None:
+    """The acknowledged offset in the (only) client's status file."""
+    statuses = list(pipes.client_state.glob("*.status"))
+    if not statuses:
+        return None
+    try:
+        offset = json.loads(statuses[0].read_text()).get("offset")
+    except ValueError:
+        return None
+    return offset if isinstance(offset, int) else None
+
 
 BINARY_BLOB = bytes(range(256)) * 64 + b"\xff\xfe\x00 not utf-8 \xc3\x28\n"
 
@@ -38,7 +52,8 @@ def test_append_arrives_long_before_the_poll_interval(pipes: Pipes) -> None:
     pipes.start_server()
     pipes.start_client(origin, "-t", "30")
     wait_until(lambda: same_bytes(origin, dest), what="initial copy")
-    time.sleep(0.2)  # let the client settle into its 30 s wait before the append
+    # Acknowledged and recorded: the client has gone back to its 30 s wait.
+    wait_until(lambda: acked_offset(pipes) == size(origin), what="client idle")
     started = time.monotonic()
     with open(origin, "ab") as f:
         f.write(b"an event-driven line\n")
