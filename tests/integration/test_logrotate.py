@@ -97,7 +97,7 @@ def test_logrotate_create_mode_with_postrotate_hup(pipes: Pipes) -> None:
     try:
         for _ in range(3):
             wait_until(lambda: size(dest) > 0 and pipes.client_pid(origin) is not None, what="pipe running")
-            time.sleep(0.3)  # let lines accumulate in this generation
+            wait_until(lambda: size(origin) > 5000, what="lines in this generation")
             logrotate(pipes, conf)
     finally:
         writer.finish()
@@ -122,7 +122,7 @@ def test_logrotate_copytruncate_mode(pipes: Pipes) -> None:
     writer.start()
     try:
         for _ in range(2):
-            time.sleep(0.3)  # let lines accumulate in this generation
+            wait_until(lambda: size(origin) > 5000, what="lines in this generation")
             with open(lock, "a") as held:
                 # copytruncate loses what the tailer has not read when the file is cut
                 # (see README); pausing the writer until the pipe caught up makes it exact.
