@@ -188,7 +188,7 @@ class Client:
         watcher = Watcher(self.opts.key.path, self.wake.set, self.log)
         self.watcher = watcher
         try:
-            await self._connect_forever(watcher)
+            await self._connect_forever()
         finally:
             watcher.close()
             if self._status_timer is not None:
@@ -196,7 +196,7 @@ class Client:
             self._save_status(force=True)
             self.tailer.close()
 
-    async def _connect_forever(self, watcher: Watcher) -> None:
+    async def _connect_forever(self) -> None:
         backoff = Backoff()
         while not self.stopping:
             first = not self.established
@@ -212,7 +212,7 @@ class Client:
                 await self._sleep(delay)
                 continue
             try:
-                await self._session(reader, writer, watcher, first)
+                await self._session(reader, writer, first)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
                 if not self.established:
                     reason = _describe(exc)
@@ -268,9 +268,7 @@ class Client:
                 server_hostname=key.host if tls else None,
             )
 
-    async def _session(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watcher: Watcher, first: bool
-    ) -> None:
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool) -> None:
         tune(writer)
         decoder = Decoder()
         writer.write(encode(Hello(self.opts.key.path, heartbeat_s=self.opts.heartbeat_s)))
@@ -301,7 +299,7 @@ class Client:
         self.last_heard = time.monotonic()
         receiver = asyncio.create_task(self._receive(reader, decoder))
         try:
-            await self._send(writer, watcher, receiver)
+            await self._send(writer, receiver)
             await self._say_goodbye(writer, receiver)
         finally:
             if not receiver.done():
@@ -359,7 +357,7 @@ class Client:
         finally:
             self.wake.set()
 
-    async def _send(self, writer: asyncio.StreamWriter, watcher: Watcher, receiver: asyncio.Task[None]) -> None:
+    async def _send(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
         tailer = self.tailer
         heartbeat = self.opts.heartbeat_s
         dead_after = heartbeat * DEAD_AFTER_HEARTBEATS
