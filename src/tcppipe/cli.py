@@ -23,7 +23,15 @@ from typing import NoReturn
 from tcppipe import __version__
 from tcppipe.client import ClientOptions, catch_early_hup, run_client
 from tcppipe.daemon import Detacher
-from tcppipe.errors import EXIT_CONFIG, EXIT_FAILURE, AlreadyRunning, BadConfig, TcppipeError, UsageError
+from tcppipe.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    AlreadyRunning,
+    BadConfig,
+    TcppipeError,
+    UsageError,
+    describe_os_error,
+)
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
 from tcppipe.origin import open_origin
 from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT_S
@@ -279,14 +287,14 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         try:
             os.makedirs(state_dir, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot create state directory {state_dir}: {exc.strerror}") from None
+            raise UsageError(f"cannot create state directory {state_dir}: {describe_os_error(exc)}") from None
         code = program.detach()
         if code is not None:
             return code
         try:
             lock = HeldLock.acquire(key.lock_path(state_dir))
         except OSError as exc:
-            raise UsageError(f"cannot lock {key.lock_path(state_dir)}: {exc.strerror}") from None
+            raise UsageError(f"cannot lock {key.lock_path(state_dir)}: {describe_os_error(exc)}") from None
         if lock is None:
             pid = holder_pid(key.lock_path(state_dir))
             raise AlreadyRunning(f"already running for {key.path} to {key.host} port {key.port} (pid {pid})")
@@ -336,7 +344,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             os.makedirs(state_dir, exist_ok=True)
             pid_lock = HeldLock.acquire(os.path.abspath(args.pid_file))
         except OSError as exc:
-            raise UsageError(f"cannot use pid file {args.pid_file}: {exc.strerror}") from None
+            raise UsageError(f"cannot use pid file {args.pid_file}: {describe_os_error(exc)}") from None
         if pid_lock is None:
             raise AlreadyRunning(f"already running with pid {holder_pid(args.pid_file)} (pid file {args.pid_file})")
         opts = ServerOptions(
@@ -353,7 +361,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_server(opts, program.log, program.ready))
         except OSError as exc:
             where = f"{args.bind or '*'} port {args.port}"
-            raise BadConfig(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            raise BadConfig(f"cannot listen on {where}: {describe_os_error(exc)}") from None
         program.log.info("stopped")
         return 0
     except TcppipeError as exc:
@@ -387,5 +395,5 @@ def keepalive_main(argv: Sequence[str] | None = None) -> int:
             forwarded = [a for a in args_list if a != "-I"]
             return subprocess.run([sys.executable, "-m", "tcppipe", *forwarded], check=False).returncode
     except OSError as exc:
-        print(f"keep_tcppipe_alive: {exc.strerror or exc}", file=sys.stderr)
+        print(f"keep_tcppipe_alive: {describe_os_error(exc)}", file=sys.stderr)
         return EXIT_FAILURE

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tcppipe import state
-from tcppipe.errors import ConnectionLost, Refused, Unreachable
+from tcppipe.errors import ConnectionLost, Refused, Unreachable, describe_os_error
 from tcppipe.origin import OriginGeneration
 from tcppipe.protocol import (
     DEAD_AFTER_HEARTBEATS,
@@ -46,6 +46,7 @@ from tcppipe.protocol import (
 )
 from tcppipe.sockets import close_writer, next_event, tune
 from tcppipe.state import PipeKey
+from tcppipe.tailer import Tailer
 from tcppipe.tls import describe_tls_error
 
 CONNECT_TIMEOUT_S: Final = 10.0
@@ -141,8 +142,6 @@ class Watcher:
 
 class Client:
     def __init__(self, opts: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]) -> None:
-        from tcppipe.tailer import Tailer
-
         self.opts = opts
         key = opts.key
         self.log = logging.LoggerAdapter(logger, {})
@@ -282,14 +281,13 @@ class Client:
             raise Refused(f"server refused the pipe: {answer.reason}")
         if not isinstance(answer, Ready):
             raise ProtocolError(f"expected READY or REFUSE, got {type(answer).__name__}")
+        if first:
+            fallback, queued = self._last_status()
+        else:
+            # Reconnecting: what this process saw acknowledged is the fallback.
+            fallback, queued = (self.tailer.sending.ident(), self.tailer.sending.acked), []
         resumed = self.tailer.resume(
-            answer.record,
-            answer.offset,
-            self._fallback(first),
-            time.monotonic(),
-            first,
-            self.opts.full and first,
-            self._queued_at_last_stop() if first else (),
+            answer.record, answer.offset, fallback, time.monotonic(), first, self.opts.full and first, queued
         )
         self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
         if first:
@@ -317,29 +315,20 @@ class Client:
             writer.write_eof()
         await asyncio.wait({receiver}, timeout=GOODBYE_TIMEOUT_S)
 
-    def _fallback(self, first: bool) -> tuple[GenerationId, int] | None:
-        """What to resume from when the server has no record."""
-        if not first:
-            gen = self.tailer.sending
-            return gen.ident(), gen.acked
-        raw = state.read_json(self.status_path)
-        if raw is None:
-            return None
+    def _last_status(self) -> tuple[tuple[GenerationId, int] | None, list[GenerationId]]:
+        """From the previous run's status file: where it stood (the fallback when the
+        server has no record) and the generations it held, oldest first."""
+        raw = state.read_json(self.status_path) or {}
+        queued: list[GenerationId] = []
+        for item in raw.get("queue", []):
+            with contextlib.suppress(ProtocolError):
+                queued.append(GenerationId.from_json(item))
+        offset = raw.get("offset")
         try:
             ident = GenerationId.from_json(raw.get("generation"))
         except ProtocolError:
-            return None
-        offset = raw.get("offset")
-        return (ident, offset) if isinstance(offset, int) and offset >= 0 else None
-
-    def _queued_at_last_stop(self) -> list[GenerationId]:
-        """The generations the previous run had queued (oldest first), from its status file."""
-        raw = state.read_json(self.status_path)
-        queued: list[GenerationId] = []
-        for item in (raw or {}).get("queue", []):
-            with contextlib.suppress(ProtocolError):
-                queued.append(GenerationId.from_json(item))
-        return queued
+            return None, queued
+        return ((ident, offset) if isinstance(offset, int) and offset >= 0 else None), queued
 
     async def _receive(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
         try:
@@ -376,7 +365,7 @@ class Client:
                 if sent and sent % ROTATION_CHECK_CHUNKS == 0:
                     # During a long catch-up, look for rotations often: two quick ones
                     # between checks would hide the middle generation.
-                    tailer.poll_rotation(now)
+                    self._follow_rotation()
                 chunk = tailer.next_chunk(now, MAX_DATA_BYTES)
                 if chunk is None:
                     break
@@ -450,14 +439,14 @@ class Client:
             state.write_json_atomically(self.status_path, status)
             self._status_last = status
         except OSError as exc:
-            self.say(logging.WARNING, "cannot write status file %s: %s", self.status_path, exc.strerror)
+            self.say(logging.WARNING, "cannot write status file %s: %s", self.status_path, describe_os_error(exc))
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError):
-        return describe_tls_error(exc) or type(exc).__name__
+        return describe_tls_error(exc)
     return str(exc) or type(exc).__name__
 
 

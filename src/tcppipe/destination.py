@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 
 from tcppipe import state
+from tcppipe.errors import describe_os_error
 from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId, ProtocolError
 
 DEST_MODE = 0o640
@@ -35,10 +36,6 @@ DIR_MODE = 0o755
 
 class DestinationError(Exception):
     """The destination cannot be opened or written."""
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def record_path(state_dir: str, local: str) -> str:
@@ -53,7 +50,7 @@ def open_for_append(path: str) -> int:
         os.makedirs(os.path.dirname(path), mode=DIR_MODE, exist_ok=True)
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, DEST_MODE)
     except OSError as exc:
-        raise DestinationError(f"destination {path} cannot be opened: {_reason(exc)}") from None
+        raise DestinationError(f"destination {path} cannot be opened: {describe_os_error(exc)}") from None
 
 
 def _landed_in_renamed(path: str, dev: object, ino: object, base: int) -> int | None:
@@ -163,7 +160,7 @@ class Destination:
                 },
             )
         except OSError as exc:
-            raise DestinationError(f"cannot record the state of {self.path}: {_reason(exc)}") from None
+            raise DestinationError(f"cannot record the state of {self.path}: {describe_os_error(exc)}") from None
         self.record, self.base = record, base
 
     def write(self, data: bytes | memoryview) -> None:
@@ -173,7 +170,7 @@ class Destination:
             while view:
                 view = view[os.write(self.fd, view) :]
         except OSError as exc:
-            raise DestinationError(f"cannot write {self.path}: {_reason(exc)}") from None
+            raise DestinationError(f"cannot write {self.path}: {describe_os_error(exc)}") from None
 
     def reopen(self) -> bool:
         """Reopen by name (after rotation on this host); True if it was a new file."""
@@ -184,7 +181,7 @@ class Destination:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise DestinationError(f"cannot stat {self.path}: {_reason(exc)}") from None
+            raise DestinationError(f"cannot stat {self.path}: {describe_os_error(exc)}") from None
         landed = self.landed()
         old_head = self.answer()[0]
         new_fd = open_for_append(self.path)

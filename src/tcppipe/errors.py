@@ -16,6 +16,11 @@ EXIT_RUNNING = 6
 EXIT_ORIGIN = 7
 
 
+def describe_os_error(exc: OSError) -> str:
+    """An OSError as the one-line reason an operator reads ("No such file or directory")."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 class TcppipeError(Exception):
     """An error an operator sees as one line, ending the program with ``exit_code``."""
 

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tcppipe.errors import describe_os_error
+
 
 def parse_syslog_address(text: str) -> str | tuple[str, int]:
     """A unix socket path, or HOST:PORT for UDP."""
@@ -90,7 +92,7 @@ def setup_logging(tag: str, syslog_address: str, foreground: bool) -> logging.Lo
             socktype=socket.SOCK_DGRAM,
         )
     except OSError as exc:
-        print(f"{tag}: warning: syslog at {syslog_address} unavailable ({exc.strerror})", file=sys.stderr)
+        print(f"{tag}: warning: syslog at {syslog_address} unavailable ({describe_os_error(exc)})", file=sys.stderr)
     else:
         handler.ident = f"{tag}[{os.getpid()}]: "
         handler.setFormatter(logging.Formatter("%(message)s"))

@@ -11,21 +11,16 @@ is moved, and a new file that reuses an inode is told apart by its head.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
 
-from tcppipe.errors import OriginError
+from tcppipe.errors import OriginError, describe_os_error
 from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId
 
 # How many directory entries a search for a rotated generation may look at.
 MAX_SCAN_ENTRIES = 10_000
-
-
-def describe_os_error(exc: OSError) -> str:
-    return exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
 
 
 def open_origin(path: str) -> int:

@@ -28,7 +28,7 @@ from typing import Any, Final
 from tcppipe import config as configuration
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
-from tcppipe.errors import BadConfig, ConnectionLost
+from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error
 from tcppipe.protocol import (
     DEAD_AFTER_HEARTBEATS,
     Ack,
@@ -44,7 +44,7 @@ from tcppipe.protocol import (
     Refuse,
     encode,
 )
-from tcppipe.sockets import READ_BYTES, close_writer, next_event, peer_name, tune
+from tcppipe.sockets import READ_BYTES, close_writer, format_address, next_event, peer_name, tune
 from tcppipe.tls import certificate_names, describe_tls_error
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
@@ -66,7 +66,7 @@ def read_config(path: str) -> tuple[list[Entry], list[ConfigError]]:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError as exc:
-        return [], [ConfigError(path, 0, f"cannot read config: {exc.strerror}")]
+        return [], [ConfigError(path, 0, f"cannot read config: {describe_os_error(exc)}")]
     return configuration.parse(text, path)
 
 
@@ -156,7 +156,7 @@ class FrameSink(asyncio.BufferedProtocol):
         return True  # keep our side open for the goodbye ACK
 
     def connection_lost(self, exc: Exception | None) -> None:
-        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc or "peer closed the connection")
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc or "peer closed the connection")
         self.finish(ConnectionLost(reason))
         self.original.connection_lost(exc)
 
@@ -282,8 +282,7 @@ class Server:
         except DestinationError as exc:
             self.log.error("%s dropped: %s", peer, exc)
         except OSError as exc:
-            reason = describe_tls_error(exc) or f"{type(exc).__name__} before the handshake completed"
-            self.log.warning("%s dropped: %s", peer, reason)
+            self.log.warning("%s dropped: %s", peer, describe_tls_error(exc))
         except asyncio.CancelledError:
             # Only this server cancels connection tasks (takeover, reload,
             # shutdown). Ending normally keeps 3.11's StreamReaderProtocol
@@ -462,7 +461,7 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
-    addresses = ", ".join(peer for peer in (_sockname(s) for s in listener.sockets))
+    addresses = ", ".join(format_address(s.getsockname()) for s in listener.sockets)
     log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
     on_listening()
     signals = asyncio.create_task(server.serve_signals())
@@ -478,12 +477,6 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
                 await listener.wait_closed()
-
-
-def _sockname(sock: Any) -> str:
-    name = sock.getsockname()
-    host = str(name[0])
-    return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
 
 
 def _raise_fd_limit() -> None:

@@ -10,7 +10,7 @@ import asyncio
 import socket
 from typing import Final
 
-from tcppipe.errors import ConnectionLost
+from tcppipe.errors import ConnectionLost, describe_os_error
 from tcppipe.protocol import Decoder, Event, NeedData, ProtocolError
 
 READ_BYTES: Final = 256 * 1024
@@ -50,7 +50,7 @@ async def next_event(reader: asyncio.StreamReader, decoder: Decoder) -> Event:
         try:
             data = await reader.read(READ_BYTES)
         except OSError as exc:
-            raise ConnectionLost(exc.strerror or str(exc)) from None
+            raise ConnectionLost(describe_os_error(exc)) from None
         decoder.feed(data)
     raise ProtocolError("no event after a million reads")  # pragma: no cover
 
@@ -65,9 +65,13 @@ async def close_writer(writer: asyncio.StreamWriter, timeout_s: float = 5.0) -> 
         pass
 
 
+def format_address(address: object) -> str:
+    """A socket address as HOST:PORT, IPv6 hosts in brackets."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
 def peer_name(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return str(peer)
+    return format_address(writer.get_extra_info("peername"))

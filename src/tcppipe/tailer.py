@@ -23,8 +23,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tcppipe.errors import OriginError
-from tcppipe.origin import OriginGeneration, describe_os_error, find_generation, matches
+from tcppipe.errors import OriginError, describe_os_error
+from tcppipe.origin import OriginGeneration, find_generation, matches
 from tcppipe.protocol import GenerationId
 
 
@@ -218,18 +218,16 @@ class Tailer:
     def acknowledged(self, gen: OriginGeneration, offset: int) -> None:
         """The server confirmed ``offset`` bytes of ``gen``; older generations are done."""
         gen.acked = offset
-        keep = []
-        for old in self.retired:
-            if old is gen:
-                keep.append(old)
-            elif old.closed or self._older_than(old, gen):
-                old.close()
-            else:
-                keep.append(old)
-        self.retired = keep
-
-    def _older_than(self, old: OriginGeneration, gen: OriginGeneration) -> bool:
-        return gen in self.queue or (gen in self.retired and self.retired.index(old) < self.retired.index(gen))
+        # ``retired`` is oldest first and older than every queued generation.
+        if gen in self.queue:
+            done = len(self.retired)
+        elif gen in self.retired:
+            done = self.retired.index(gen)
+        else:
+            return
+        for old in self.retired[:done]:
+            old.close()
+        del self.retired[:done]
 
     def take_notices(self) -> list[str]:
         notes, self.notices = self.notices, []

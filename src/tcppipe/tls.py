@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from tcppipe.errors import UsageError
+from tcppipe.errors import UsageError, describe_os_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,5 +89,5 @@ def describe_tls_error(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
+        return describe_os_error(exc)
     return str(exc)

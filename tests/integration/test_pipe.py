@@ -33,6 +33,8 @@ def test_initial_copy_then_appends_are_byte_exact(pipes: Pipes) -> None:
     pipes.start_server()
     client = pipes.start_client(origin)
     wait_until(lambda: same_bytes(origin, dest), what="initial copy")
+    local5_info = 21 * 8 + 6
+    assert pipes.syslog.wait_for("READY: sending").startswith(f"<{local5_info}>tcppipe[{client.pid}]: ")
     with open(origin, "ab") as f:
         for i in range(200):
             f.write(f"append {i}\n".encode())
@@ -230,3 +232,22 @@ def test_missing_syslog_socket_is_a_warning_not_a_crash(pipes: Pipes) -> None:
         err = pipes.stderr_of(proc)
         assert "does not exist; not logging to syslog" in err
         assert "Traceback" not in err
+
+
+def test_origin_deleted_while_running_is_reported_and_its_successor_sent(pipes: Pipes) -> None:
+    """An origin deleted under tcppipe: one clear line in syslog and stderr, no traceback; its successor follows."""
+    origin, dest = pipes.pipe("deleted.log")
+    first = b"before the delete\n" * 10
+    origin.write_bytes(first)
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "1")
+    wait_until(lambda: same_bytes(origin, dest), what="initial copy")
+    origin.unlink()
+    message = pipes.syslog.wait_for("No such file or directory")
+    assert f"{origin}: No such file or directory; still reading the open file" in message
+    assert client.poll() is None
+    origin.write_bytes(b"the recreated file\n")
+    wait_until(lambda: dest.read_bytes() == first + b"the recreated file\n", what="successor delivered")
+    err = pipes.stderr_of(client)
+    assert "still reading the open file" in err
+    assert "Traceback" not in err

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.integration.conftest import Pipes, kill9, same_bytes, size, stop, wait_until
 
@@ -47,14 +50,15 @@ class Writer(threading.Thread):
         self.join(timeout=10)
 
 
-def test_sigterm_and_restart_with_appends_in_between(pipes: Pipes) -> None:
-    """A cleanly stopped tcppipe, restarted after more appends, sends only the new bytes."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_clean_stop_and_restart_with_appends_in_between(pipes: Pipes, stop_signal: int) -> None:
+    """SIGTERM or SIGINT stops tcppipe with status 0; restarted after more appends, it sends only the new bytes."""
     origin, dest = pipes.pipe("restart.log")
     origin.write_bytes(numbered_lines(0, 1000))
     pipes.start_server()
     client = pipes.start_client(origin)
     wait_until(lambda: same_bytes(origin, dest), what="first copy")
-    assert stop(client) == 0
+    assert stop(client, stop_signal) == 0
     with open(origin, "ab") as f:
         f.write(numbered_lines(1000, 1000) + b"half a line")
     pipes.start_client(origin)
