@@ -1,8 +1,10 @@
 """Run a real pipe on loopback and show lines arriving, with each line's delay.
 
-Starts tcppiped and tcppipe (both --foreground) in a temporary directory,
-appends a line every 0.2 s, watches the destination, then stops both with
-SIGTERM and compares sha256 of origin and destination.
+Starts tcppiped (with --metrics) and tcppipe, both --foreground, in a
+temporary directory, appends a line every 0.2 s and watches the destination;
+then shows ``tcppiped status``, ``tcppipe status``, ``tcppipe verify`` and a
+metrics scrape, stops both with SIGTERM and compares sha256 of origin and
+destination.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -51,7 +54,7 @@ def main() -> int:
     origin.write_bytes(b"".join(b"existing line %d\n" % i for i in range(3)))
     config = work / "tcppipe.conf"
     config.write_text(f"127.0.0.1:{origin} | {dest}\n")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     common = ["--syslog-address", str(work / "no-syslog"), "--state-dir", str(work / "state"), "--foreground"]
     print(f"demo directory: {work}")
     print(f"config:         127.0.0.1:{origin} | {dest}")
@@ -69,6 +72,8 @@ def main() -> int:
                 "127.0.0.1",
                 "--pid-file",
                 str(work / "tcppiped.pid"),
+                "--metrics",
+                f"127.0.0.1:{metrics_port}",
                 *common,
             ],
             stderr=log,
@@ -99,6 +104,18 @@ def main() -> int:
                 print(f"  arrived after {delay_ms:6.2f} ms: {line.decode().rstrip()}")
                 time.sleep(args.spacing)
         print(f"\nmedian delay {statistics.median(delays):.2f} ms, max {max(delays):.2f} ms over {len(delays)} lines")
+        state = ["--state-dir", str(work / "state")]
+        pipe = ["-f", str(origin), "-h", "127.0.0.1", "-p", str(port)]
+        time.sleep(1.2)  # the status file is written at most once a second; show it current
+        show("tcppiped status", [str(BIN / "tcppiped"), "status", "-p", str(port), *state])
+        show("tcppipe status", [str(BIN / "tcppipe"), "status", *pipe, *state])
+        show("tcppipe verify", [str(BIN / "tcppipe"), "verify", *pipe])
+        print(f"$ curl -s http://127.0.0.1:{metrics_port}/metrics | grep -v '^#'")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            for metric in response.read().decode().splitlines():
+                if not metric.startswith("#"):
+                    print("  " + metric.replace(str(work), "$DEMO"))
+        print()
         client.send_signal(signal.SIGTERM)
         server.send_signal(signal.SIGTERM)
         codes = [p.wait(timeout=20) for p in procs]
@@ -114,6 +131,15 @@ def main() -> int:
                 p.wait(timeout=10)
         log.close()
         os.environ.get("KEEP_DEMO") or _remove(work)
+
+
+def show(title: str, args: list[str]) -> None:
+    """Run one of the operator's commands and print what it prints."""
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    print(f"$ {title}   (exit {out.returncode})")
+    for line in (out.stdout + out.stderr).splitlines():
+        print("  " + line)
+    print()
 
 
 def _remove(work: Path) -> None:

@@ -17,11 +17,12 @@ import logging.handlers
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from tcppipe import __version__
-from tcppipe.client import ClientOptions, catch_early_hup, run_client
+from tcppipe import __version__, control
+from tcppipe.client import ClientOptions, catch_early_hup, run_client, verify_pipe
+from tcppipe.client_status import client_rows
 from tcppipe.daemon import Detacher
 from tcppipe.errors import (
     EXIT_CONFIG,
@@ -44,13 +45,91 @@ from tcppipe.server import (
     run_server,
 )
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
+from tcppipe.status import PipeRow, render_json, render_table
 from tcppipe.tls import TlsFiles, client_context, server_context
+from tcppipe.units import UNITS, install_units, unit_text
 
 DEFAULT_PORT = 6514
 DEFAULT_CONFIG = "/etc/tcppipe.conf"
 DEFAULT_PID_FILE = "/var/run/tcppiped.pid"
 DEFAULT_SYSLOG = "/dev/log"
 KEEPALIVE_FLAG = "tcppipe.keepalive"
+DEFAULT_UNIT_DIR = "/etc/systemd/system"
+
+CLIENT_DESCRIPTION = """\
+Send a growing file to tcppiped on HOST: every byte appended to FILE is
+appended to the destination file the server's config names for this host
+and FILE, in real time, exactly once, through rotation, restarts, crashes
+and network faults. Without --foreground, tcppipe detaches once the server
+has answered READY; the background process is the pipe.
+
+  tcppipe status [-f FILE -h HOST [-p PORT]] [--json]
+      each pipe of this host: state, bytes landed, bytes behind, idle time
+  tcppipe verify -f FILE -h HOST [-p PORT]
+      compare the destination's bytes with FILE's; exit 0 if exact"""
+
+CLIENT_EPILOG = """\
+rotation:
+  SIGHUP: read the old file to its end, then send the file now at FILE
+  from its first byte. Without a signal a replaced FILE is noticed and the
+  old one read until quiet for --rotate-grace seconds. A truncated FILE is
+  sent again from its first byte (copytruncate loses what was written
+  between the last read and the truncation; prefer rename rotation).
+
+signals:
+  SIGHUP       follow a rotation (see above)
+  SIGTERM/INT  stop cleanly, status saved, exit 0
+
+files:
+  STATE_DIR/tcppipe.NAME.lock     held while running (tcppipe -I reads it)
+  STATE_DIR/tcppipe.NAME.status   where the pipe stands (tcppipe status)
+  STATE_DIR/tcppipe.keepalive     keep_tcppipe_alive starts pipes only if present
+
+exit status:
+  0 ok (or -I found a pid)   1 -I found none, verify found a difference,
+  or an internal error   2 usage   3 refused by the server   4 server
+  unreachable   6 already running   7 origin unreadable
+
+examples:
+  tcppipe -f /var/log/messages -h archive.example.net
+  kill -HUP $(tcppipe -I -f /var/log/messages -h archive.example.net)
+  tcppipe verify -f /var/log/messages -h archive.example.net
+
+Messages go to syslog, facility LOCAL5, tag tcppipe."""
+
+SERVER_DESCRIPTION = """\
+Receive the pipes defined in CONFIG and append each to its local file.
+A config line is  HOST:/remote/file | /local/file ; a client gets READY
+only if its address (or TLS certificate) matches HOST and its file the
+remote path. Edits of CONFIG apply to new connections without a signal.
+
+  tcppiped status [-p PORT] [--state-dir DIR] [--json]
+      each configured pipe: peer, state, bytes landed and behind, idle time
+  tcppiped units [--install [DIR]]
+      print the systemd units, or write them into DIR (/etc/systemd/system)"""
+
+SERVER_EPILOG = """\
+signals:
+  SIGHUP       reread CONFIG, close pipes no longer in it, reopen every
+               destination by name (after rotation on this host)
+  SIGTERM/INT  finish writing what was received, exit 0
+
+files:
+  PID_FILE                          pid, locked while running
+  STATE_DIR/tcppiped/*.json         per destination: which origin generation it
+                                    holds, and where (the exactly-once record)
+  STATE_DIR/tcppiped/control-PORT.sock   tcppiped status asks here (mode 0600)
+
+exit status:
+  0 ok   1 internal error   2 usage   4 status: no tcppiped answers
+  5 config errors or cannot listen   6 already running
+
+examples:
+  tcppiped --check -f /etc/tcppipe.conf
+  tcppiped -f /etc/tcppipe.conf --metrics 127.0.0.1:9108
+  tcppiped status
+
+Messages go to syslog, facility LOCAL5, tag tcppiped."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,9 +170,9 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
         add_help=False,
-        description="Send a growing file to tcppiped on HOST, every byte exactly once, in real time.",
-        epilog="Exit status: 0 ok (or -I found a pid), 1 -I found none or internal error, 2 usage, "
-        "3 refused by the server, 4 server unreachable, 6 already running, 7 origin unreadable.",
+        description=CLIENT_DESCRIPTION,
+        epilog=CLIENT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -118,6 +197,9 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
         "--syslog-address", default=DEFAULT_SYSLOG, metavar="ADDR", help="unix socket path or HOST:PORT (/dev/log)"
     )
     p.add_argument("-b", dest="bind", default=None, metavar="ADDR", help="local address to connect from")
+    p.add_argument(
+        "-z", dest="compress", action="store_true", help="compress on the wire with zstd (if the server takes it)"
+    )
     _add_tls_options(p, "client")
     p.add_argument(
         "--heartbeat",
@@ -140,8 +222,9 @@ def server_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="tcppiped",
         add_help=False,
-        description="Receive the pipes defined in CONFIG and append each to its local file.",
-        epilog="Exit status: 0 ok, 1 internal error, 2 usage, 5 config errors or cannot listen, 6 already running.",
+        description=SERVER_DESCRIPTION,
+        epilog=SERVER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -180,6 +263,64 @@ def server_parser() -> argparse.ArgumentParser:
         default=HANDSHAKE_TIMEOUT_S,
         metavar="SECONDS",
         help=f"close a connection that has not said HELLO by then ({HANDSHAKE_TIMEOUT_S:.0f})",
+    )
+    p.add_argument(
+        "--metrics",
+        type=_listen_address,
+        default=None,
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics (off)",
+    )
+    return p
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ADDR:PORT (e.g. 127.0.0.1:9108; 0.0.0.0:9108 for all)")
+    return host, int(port)
+
+
+def status_parser(prog: str, side: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{prog} status", add_help=False, description=f"Show each pipe {prog} serves, a row each.")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    if side == "client":
+        p.add_argument("-f", dest="file", metavar="FILE", help="only the pipe of this origin file (with -h)")
+        p.add_argument("-h", dest="host", metavar="HOST", help="only the pipe to this host (with -f)")
+    p.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT, metavar="PORT", help="port (6514)")
+    p.add_argument("--state-dir", default=None, metavar="DIR", help="($TCPPIPE_STATE_DIR or /var/run)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return p
+
+
+def verify_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tcppipe verify",
+        add_help=False,
+        description="Ask tcppiped for digests of what the destination holds of the generation it is "
+        "appending, compare them with FILE's bytes, print 'exact: N bytes' (exit 0) or the first "
+        "differing byte (exit 1). The server hashes the destination file itself.",
+    )
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument("-f", dest="file", required=True, metavar="FILE", help="origin file")
+    p.add_argument("-h", dest="host", required=True, metavar="HOST", help="host running tcppiped")
+    p.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT, metavar="PORT", help="server port (6514)")
+    p.add_argument("-b", dest="bind", default=None, metavar="ADDR", help="local address to connect from")
+    _add_tls_options(p, "client")
+    return p
+
+
+def units_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="tcppiped units", add_help=False, description="Print or install the systemd units.")
+    p.add_argument("--help", action="help", help="show this help and exit")
+    p.add_argument(
+        "--install",
+        nargs="?",
+        const=DEFAULT_UNIT_DIR,
+        default=None,
+        metavar="DIR",
+        help=f"write the units into DIR ({DEFAULT_UNIT_DIR})",
     )
     return p
 
@@ -267,13 +408,98 @@ class _Program:
                 handler.handle(record)
 
 
+def _print_rows(rows: list[PipeRow], as_json: bool, **extra: object) -> None:
+    print(render_json(rows, **extra) if as_json else render_table(rows))
+
+
+def _one_shot(tag: str, run: Callable[[], int]) -> int:
+    """Run a short command (status, verify, units): errors are one line on stderr."""
+    try:
+        return run()
+    except TcppipeError as exc:
+        for line in exc.message.splitlines():
+            print(f"{tag}: {line}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as exc:
+        print(f"{tag}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def client_status_main(argv: Sequence[str]) -> int:
+    def run() -> int:
+        args = status_parser("tcppipe", "client").parse_args(argv)
+        if (args.file is None) != (args.host is None):
+            raise UsageError("give both -f and -h, or neither (see --help)")
+        key = None if args.file is None else PipeKey.from_options(args.file, args.host, args.port)
+        state_dir = args.state_dir or _default_state_dir()
+        rows = client_rows(state_dir, key)
+        if key is not None and not rows:
+            print(f"tcppipe: no status for {key.path} to {key.host} port {key.port} in {state_dir}", file=sys.stderr)
+            return EXIT_FAILURE
+        _print_rows(rows, args.json)
+        return 0
+
+    return _one_shot("tcppipe", run)
+
+
+def verify_main(argv: Sequence[str]) -> int:
+    def run() -> int:
+        args = verify_parser().parse_args(argv)
+        key = PipeKey.from_options(args.file, args.host, args.port)
+        tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+        exact, message = asyncio.run(verify_pipe(key, args.bind, tls))
+        print(message)
+        return 0 if exact else EXIT_FAILURE
+
+    return _one_shot("tcppipe verify", run)
+
+
+def server_status_main(argv: Sequence[str]) -> int:
+    def run() -> int:
+        args = status_parser("tcppiped", "server").parse_args(argv)
+        state_dir = args.state_dir or _default_state_dir()
+        answer = control.ask_status(control.control_path(state_dir, args.port))
+        rows = [PipeRow(**row) for row in answer.get("pipes", [])]
+        extra = {k: v for k, v in answer.items() if k != "pipes"}
+        _print_rows(rows, args.json, **extra)
+        return 0
+
+    return _one_shot("tcppiped", run)
+
+
+def units_main(argv: Sequence[str]) -> int:
+    def run() -> int:
+        args = units_parser().parse_args(argv)
+        if args.install is None:
+            for name in UNITS:
+                print(f"# ---- {name}\n{unit_text(name)}")
+            return 0
+        try:
+            written = install_units(args.install)
+        except OSError as exc:
+            raise UsageError(f"cannot install units into {args.install}: {describe_os_error(exc)}") from None
+        for path in written:
+            print(f"wrote {path}")
+        print("now: systemctl daemon-reload && systemctl enable --now tcppiped")
+        return 0
+
+    return _one_shot("tcppiped", run)
+
+
 def client_main(argv: Sequence[str] | None = None) -> int:
-    """tcppipe."""
+    """tcppipe (and its status and verify commands)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["status"]:
+        return client_status_main(args_list[1:])
+    if args_list[:1] == ["verify"]:
+        return verify_main(args_list[1:])
     program = _Program("tcppipe")
     lock: HeldLock | None = None
     catch_early_hup()
     try:
-        args = client_parser().parse_args(argv)
+        args = client_parser().parse_args(args_list)
         key = PipeKey.from_options(args.file, args.host, args.port)
         state_dir = args.state_dir or _default_state_dir()
         if args.show_pid:
@@ -300,7 +526,16 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             raise AlreadyRunning(f"already running for {key.path} to {key.host} port {key.port} (pid {pid})")
         tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
         opts = ClientOptions(
-            key, args.interval, args.full, args.bind, state_dir, args.rotate_grace, args.heartbeat, tls
+            key,
+            args.interval,
+            args.full,
+            args.bind,
+            state_dir,
+            args.rotate_grace,
+            args.heartbeat,
+            tls,
+            compress=args.compress,
+            show_progress=args.foreground and _is_terminal(sys.stderr),
         )
         asyncio.run(run_client(opts, program.log, program.ready))
         program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)
@@ -316,12 +551,22 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             lock.release()
 
 
+def _is_terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def server_main(argv: Sequence[str] | None = None) -> int:
-    """tcppiped."""
+    """tcppiped (and its status and units commands)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["status"]:
+        return server_status_main(args_list[1:])
+    if args_list[:1] == ["units"]:
+        return units_main(args_list[1:])
     program = _Program("tcppiped")
     pid_lock: HeldLock | None = None
     try:
-        args = server_parser().parse_args(argv)
+        args = server_parser().parse_args(args_list)
         config_path = os.path.abspath(args.config)
         if args.check:
             entries, errors = read_config(config_path)
@@ -356,6 +601,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             args.max_connections,
             args.max_per_host,
             args.handshake_timeout,
+            args.metrics,
         )
         try:
             asyncio.run(run_server(opts, program.log, program.ready))

@@ -20,39 +20,55 @@ import os
 import random
 import signal
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from tcppipe import state
-from tcppipe.errors import ConnectionLost, Refused, Unreachable, describe_os_error
-from tcppipe.origin import OriginGeneration
+from tcppipe.compression import Compressor
+from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable, describe_os_error
+from tcppipe.origin import OriginGeneration, find_generation, matches, open_origin
+from tcppipe.progress import CatchUp
 from tcppipe.protocol import (
     DEAD_AFTER_HEARTBEATS,
     DEFAULT_HEARTBEAT_S,
+    FEATURE_PROGRESS,
+    FEATURE_ZSTD,
     MAX_DATA_BYTES,
+    PURPOSE_VERIFY,
     Ack,
     Decoder,
+    Digest,
     Generation,
     GenerationId,
     Hello,
     Ping,
+    Progress,
     ProtocolError,
     Ready,
     Refuse,
+    Verify,
     data_header,
     encode,
+    split_range,
 )
 from tcppipe.sockets import close_writer, next_event, tune
 from tcppipe.state import PipeKey
+from tcppipe.status import DRAINING, RECONNECTING, STREAMING
 from tcppipe.tailer import Tailer
 from tcppipe.tls import describe_tls_error
+from tcppipe.verify import Bisector, ChangedWhileVerifying, digest_ranges
 
 CONNECT_TIMEOUT_S: Final = 10.0
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 STATUS_INTERVAL_S: Final = 1.0
+PROGRESS_INTERVAL_S: Final = 1.0
 GOODBYE_TIMEOUT_S: Final = 5.0
+# The server hashes up to the whole destination for one answer.
+DIGEST_TIMEOUT_S: Final = 600.0
+MAX_VERIFY_ROUNDS: Final = 32
 # Chunks sent per wake-up before looking at signals and rotation again.
 MAX_CHUNKS_PER_TICK: Final = 64
 ROTATION_CHECK_CHUNKS: Final = 16
@@ -97,6 +113,8 @@ class ClientOptions:
     grace_s: float
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     tls: ssl.SSLContext | None = None
+    compress: bool = False
+    show_progress: bool = False
 
 
 class Watcher:
@@ -159,6 +177,14 @@ class Client:
         self._status_timer: asyncio.TimerHandle | None = None
         self._announced: list[OriginGeneration] = []
         self.watcher: Watcher | None = None
+        self.state = RECONNECTING
+        self.generations_sent: set[tuple[int, int]] = set()
+        self.bytes_sent = 0
+        self.wire_bytes = 0
+        self.last_byte_at: float | None = None
+        self.compressor: Compressor | None = None
+        self.report_progress = False
+        self.catch_up = CatchUp() if opts.show_progress else None
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -202,7 +228,7 @@ class Client:
             try:
                 reader, writer = await self._connect()
             except OSError as exc:
-                reason = _describe(exc)
+                reason = describe(exc)
                 if first:
                     key = self.opts.key
                     raise Unreachable(f"cannot connect to {key.host} port {key.port}: {reason}") from None
@@ -214,14 +240,14 @@ class Client:
                 await self._session(reader, writer, first)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
                 if not self.established:
-                    reason = _describe(exc)
+                    reason = describe(exc)
                     if self.opts.tls is not None and isinstance(exc, ConnectionLost | ConnectionError):
                         # TLS 1.3 checks our certificate after our side of the handshake is
                         # done; the server's alert is often lost to the reset that follows.
                         reason += " right after the TLS handshake (the server may have rejected our certificate)"
                     raise Unreachable(f"connection to {self.opts.key.host} failed: {reason}") from None
                 delay = backoff.next_delay()
-                self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", _describe(exc), delay)
+                self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", describe(exc), delay)
                 await self._sleep(delay)
                 continue
             finally:
@@ -254,23 +280,13 @@ class Client:
         self._save_status()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        key = self.opts.key
-        local = (self.opts.bind, 0) if self.opts.bind else None
-        tls = self.opts.tls
-        async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            return await asyncio.open_connection(
-                key.host,
-                key.port,
-                local_addr=local,
-                limit=MAX_DATA_BYTES,
-                ssl=tls,
-                server_hostname=key.host if tls else None,
-            )
+        return await connect(self.opts.key, self.opts.bind, self.opts.tls)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool) -> None:
         tune(writer)
         decoder = Decoder()
-        writer.write(encode(Hello(self.opts.key.path, heartbeat_s=self.opts.heartbeat_s)))
+        features = (FEATURE_PROGRESS, FEATURE_ZSTD) if self.opts.compress else (FEATURE_PROGRESS,)
+        writer.write(encode(Hello(self.opts.key.path, features, self.opts.heartbeat_s)))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
             answer = await next_event(reader, decoder)
         if isinstance(answer, Refuse):
@@ -290,6 +306,11 @@ class Client:
             answer.record, answer.offset, fallback, time.monotonic(), first, self.opts.full and first, queued
         )
         self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
+        self.compressor = Compressor() if FEATURE_ZSTD in answer.features else None
+        if self.opts.compress and self.compressor is None:
+            self.say(logging.WARNING, "the server does not take compressed data; sending it as it is")
+        self.report_progress = FEATURE_PROGRESS in answer.features
+        self._set_state(STREAMING)
         if first:
             self.established = True
             self.on_ready()
@@ -300,6 +321,7 @@ class Client:
             await self._send(writer, receiver)
             await self._say_goodbye(writer, receiver)
         finally:
+            self._set_state(RECONNECTING)
             if not receiver.done():
                 receiver.cancel()
             with contextlib.suppress(BaseException):
@@ -351,6 +373,8 @@ class Client:
         heartbeat = self.opts.heartbeat_s
         dead_after = heartbeat * DEAD_AFTER_HEARTBEATS
         last_sent = time.monotonic()
+        progress_sent: tuple[int, int] | None = None
+        progress_at = 0.0
         while not self.stopping:
             self.wake.clear()
             if receiver.done():
@@ -360,6 +384,7 @@ class Client:
             if now - self.last_heard > dead_after:
                 raise ConnectionLost(f"no word from the server for {now - self.last_heard:.1f} s")
             self._follow_rotation()
+            self._show_catch_up()
             busy = False
             for sent in range(MAX_CHUNKS_PER_TICK):
                 if sent and sent % ROTATION_CHECK_CHUNKS == 0:
@@ -373,16 +398,30 @@ class Client:
                 if not self._announced or self._announced[-1] is not gen:
                     writer.write(encode(Generation(gen.ident(), gen.position)))
                     self._announced.append(gen)
-                writer.write(data_header(data))
-                writer.write(data)
+                    self.generations_sent.add((gen.dev, gen.ino))
+                payload, flags = (data, 0) if self.compressor is None else self.compressor.encode(data)
+                writer.write(data_header(payload, flags))
+                writer.write(payload)
                 tailer.advance(gen, len(data))
+                self.bytes_sent += len(data)
+                self.wire_bytes += len(payload)
+                self._show_catch_up()
                 async with asyncio.timeout(dead_after):
                     await writer.drain()
                 busy = True
             for note in tailer.take_notices():
                 self.say(logging.INFO, "%s", note)
-            self._save_status()
             now = time.monotonic()
+            if busy:
+                self.last_byte_at = time.time()
+            self._set_state(DRAINING if len(tailer.queue) > 1 else STREAMING)
+            if self.report_progress:
+                shape = self._progress()
+                due = progress_sent is None or shape[1] != progress_sent[1] or now - progress_at >= PROGRESS_INTERVAL_S
+                if shape != progress_sent and due:
+                    writer.write(encode(Progress(*shape)))
+                    progress_sent, progress_at = shape, now
+            self._save_status()
             if busy:
                 last_sent = now
                 continue
@@ -396,6 +435,33 @@ class Client:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(timeout, 0.001)):
                     await self.wake.wait()
+
+    def _origin_ends(self) -> list[int]:
+        try:
+            return [g.size() for g in self.tailer.queue]
+        except OSError:
+            return [g.position for g in self.tailer.queue]
+
+    def _progress(self) -> tuple[int, int]:
+        """(end of the generation being sent, newer generations waiting)."""
+        return self._origin_ends()[0], len(self.tailer.queue) - 1
+
+    def _show_catch_up(self) -> None:
+        """The progress line on a terminal, during a long catch-up."""
+        if self.catch_up is None:
+            return
+        queue = self.tailer.queue
+        behind = sum(max(0, end - g.position) for end, g in zip(self._origin_ends(), queue, strict=True))
+        line = self.catch_up.update(time.monotonic(), self.bytes_sent, behind)
+        if line is not None:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+
+    def _set_state(self, new: str) -> None:
+        if new != self.state:
+            self.state = new
+            self._save_status(force=True)
 
     def _deferred_save(self) -> None:
         self._status_timer = None
@@ -431,6 +497,12 @@ class Client:
             "offset": gen.acked,
             "sent": gen.position,
             "queue": queue,
+            "state": self.state,
+            "origin_end": _size_or_none(gen),
+            "generations": len(self.generations_sent),
+            "last_byte_at": self.last_byte_at,
+            "bytes_sent": self.bytes_sent,
+            "wire_bytes": self.wire_bytes,
         }
         self._status_saved_at = now
         if status == self._status_last:
@@ -442,7 +514,30 @@ class Client:
             self.say(logging.WARNING, "cannot write status file %s: %s", self.status_path, describe_os_error(exc))
 
 
-def _describe(exc: BaseException) -> str:
+def _size_or_none(gen: OriginGeneration) -> int | None:
+    try:
+        return gen.size()
+    except OSError:
+        return None
+
+
+async def connect(
+    key: PipeKey, bind: str | None, tls: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the server of ``key`` (TLS when ``tls`` is given), bounded in time."""
+    local = (bind, 0) if bind else None
+    async with asyncio.timeout(CONNECT_TIMEOUT_S):
+        return await asyncio.open_connection(
+            key.host,
+            key.port,
+            local_addr=local,
+            limit=MAX_DATA_BYTES,
+            ssl=tls,
+            server_hostname=key.host if tls else None,
+        )
+
+
+def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, OSError):
@@ -453,3 +548,72 @@ def _describe(exc: BaseException) -> str:
 async def run_client(opts: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]) -> None:
     """Run one pipe until stopped (returns) or until it cannot go on (raises TcppipeError)."""
     await Client(opts, logger, on_ready).run()
+
+
+async def verify_pipe(key: PipeKey, bind: str | None, tls: ssl.SSLContext | None) -> tuple[bool, str]:
+    """Compare what the destination holds of its current generation with the
+    origin's bytes: (exact, what to print)."""
+    try:
+        reader, writer = await connect(key, bind, tls)
+    except OSError as exc:
+        raise Unreachable(f"cannot connect to {key.host} port {key.port}: {describe(exc)}") from None
+    fd = -1
+    try:
+        tune(writer)
+        decoder = Decoder()
+        writer.write(encode(Hello(key.path, purpose=PURPOSE_VERIFY)))
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+            answer = await next_event(reader, decoder)
+        if isinstance(answer, Refuse):
+            raise Refused(f"server refused: {answer.reason}")
+        if not isinstance(answer, Ready):
+            raise ProtocolError(f"expected READY or REFUSE, got {type(answer).__name__}")
+        if answer.record is None or answer.offset is None:
+            return False, "nothing to verify: tcppiped has no record of this pipe yet"
+        record, first, end = answer.record, answer.first or 0, answer.offset
+        found = _find_origin(key.path, record)
+        if found is None:
+            return False, (
+                f"the generation the destination holds (inode {record.ino}) is neither {key.path} "
+                "nor beside it any more (rotated away?)"
+            )
+        path, fd = found
+        size = os.fstat(fd).st_size
+        bisector = Bisector(first, min(end, size))
+        for _ in range(MAX_VERIFY_ROUNDS):
+            request = bisector.request()
+            if request is None:
+                break
+            writer.write(encode(Verify(*request)))
+            async with asyncio.timeout(DIGEST_TIMEOUT_S):
+                reply = await next_event(reader, decoder)
+            if not isinstance(reply, Digest):
+                raise ProtocolError(f"expected DIGEST, got {type(reply).__name__}")
+            ours = await asyncio.to_thread(digest_ranges, fd, split_range(*request))
+            bisector.answer(reply.digests, ours)
+        if bisector.differs_at is not None:
+            held = f"the destination holds bytes {first}..{end}"
+            return False, f"differs at byte {bisector.differs_at} of {path} ({held})"
+        if size < end:
+            return False, f"differs at byte {size}: the destination holds {end - size} bytes more than {path} has"
+        where = f"bytes {first}..{end} of {path}" + ("" if path == key.path else f" (rotated from {key.path})")
+        pending = f"; {size - end} bytes of the origin not landed yet" if size > end else ""
+        return True, f"exact: {end - first} bytes ({where}){pending}"
+    except ChangedWhileVerifying as exc:
+        return False, f"cannot tell: {exc}"
+    except (ConnectionLost, OSError, TimeoutError) as exc:
+        raise Unreachable(f"verify with {key.host} failed: {describe(exc)}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        await close_writer(writer)
+
+
+def _find_origin(path: str, record: GenerationId) -> tuple[str, int] | None:
+    """FILE if it is the recorded generation, else the file beside it that is."""
+    with contextlib.suppress(OSError, TcppipeError):
+        fd = open_origin(path)
+        if matches(record, fd):
+            return path, fd
+        os.close(fd)
+    return find_generation(os.path.dirname(path) or "/", record)

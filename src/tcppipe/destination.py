@@ -78,6 +78,7 @@ class Destination:
     ino: int
     record: GenerationId | None = None
     base: int = 0
+    writable: bool = True
 
     @classmethod
     def open(cls, path: str, state_dir: str) -> Destination:
@@ -86,6 +87,28 @@ class Destination:
         dest = cls(path, record_path(state_dir, path), fd, st.st_dev, st.st_ino)
         dest._load_record()
         return dest
+
+    @classmethod
+    def inspect(cls, path: str, state_dir: str) -> Destination | None:
+        """Open read-only, to read what is held (``tcppipe verify``); never creates or
+        records. None if there is no destination file yet."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DestinationError(f"destination {path} cannot be read: {describe_os_error(exc)}") from None
+        st = os.fstat(fd)
+        dest = cls(path, record_path(state_dir, path), fd, st.st_dev, st.st_ino, writable=False)
+        dest._load_record()
+        return dest
+
+    def held(self) -> tuple[GenerationId, int, int] | None:
+        """The recorded generation, the first and the end offset of its bytes still in this file."""
+        landed = self.landed()
+        if self.record is None or landed is None:
+            return None
+        return self.record, max(0, -self.base), landed
 
     def _load_record(self) -> None:
         raw = state.read_json(self.sidecar)
@@ -102,7 +125,7 @@ class Destination:
             # Renamed away (rotated) while we were not looking: if the recorded
             # file is still beside this one, carry its count over; else no record.
             landed = _landed_in_renamed(self.path, raw.get("dest_dev"), raw.get("dest_ino"), base)
-            if landed is not None:
+            if landed is not None and self.writable:
                 self._save(record, self.size() - landed)
             return
         if self.size() < base:

@@ -8,14 +8,18 @@ Rule 2: every frame is ``type:u8 flags:u8 length:u32 crc32:u32`` followed by
 damaged on the way is caught before a byte of it reaches a destination.
 
 Rule 3: control frames (everything but DATA) carry one JSON object; unknown
-keys are ignored, so later versions can add fields (status, verify,
-compression) without a new frame layout. ``flags`` is reserved for payload
-encodings and must be 0 until one is negotiated.
+keys are ignored, so later versions can add fields without a new frame
+layout. ``flags`` is the payload encoding of a DATA frame (``DATA_ZSTD``) and
+must be 0 unless HELLO offered and READY accepted that encoding.
 
 Rule 4: the conversation is
-    client HELLO -> server READY | REFUSE
-    client GENERATION, DATA*, (GENERATION, DATA*)*  ... with PING when idle
+    client HELLO(features) -> server READY(accepted features) | REFUSE
+    client GENERATION, DATA*, (GENERATION, DATA*)*  ... with PING when idle,
+           PROGRESS now and then (if accepted: how far the origin is ahead)
     server ACK*  (ACK answers every GENERATION, and is the server's heartbeat)
+A HELLO with purpose "verify" carries no pipe: READY names what the
+destination holds, then each VERIFY (a byte range cut into parts) is answered
+by one DIGEST (a sha256 per part), until the client closes.
 Each side sends something at least every ``heartbeat_s`` (named in HELLO) and
 treats ``DEAD_AFTER_HEARTBEATS`` silent intervals as a dead peer.
 A GENERATION frame says "the DATA that follows starts at byte ``start`` of the
@@ -72,6 +76,20 @@ class FrameType(enum.IntEnum):
     DATA = 5
     ACK = 6
     PING = 7
+    PROGRESS = 8
+    VERIFY = 9
+    DIGEST = 10
+
+
+# DATA frame flags: the payload encoding.
+DATA_ZSTD: Final = 0x01
+# Features a HELLO may offer and a READY accept.
+FEATURE_ZSTD: Final = "zstd"
+FEATURE_PROGRESS: Final = "progress"
+PURPOSE_PIPE: Final = "pipe"
+PURPOSE_VERIFY: Final = "verify"
+# One VERIFY asks for at most this many digests (a DIGEST frame stays small).
+MAX_VERIFY_PARTS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +130,22 @@ class Hello:
     path: str
     features: tuple[str, ...] = ()
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    purpose: str = PURPOSE_PIPE
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
     """Server: the pipe is open; ``record`` is the generation the destination
     holds and ``offset`` how many of its bytes have landed (both None when the
-    server has no record for this pipe)."""
+    server has no record for this pipe). ``features`` are those of the HELLO
+    the server accepted; ``first`` is the first byte of the generation the
+    destination file still holds (its earlier bytes were rotated away), sent
+    to a verifying client."""
 
     record: GenerationId | None
     offset: int | None
+    features: tuple[str, ...] = ()
+    first: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +167,10 @@ class Generation:
 
 @dataclass(frozen=True, slots=True)
 class Data:
-    """Client: the next bytes of the current generation."""
+    """Client: the next bytes of the current generation, encoded as ``flags`` says."""
 
     payload: bytes | memoryview
+    flags: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +187,41 @@ class Ping:
     """Client: still here (sent when there is nothing else to say)."""
 
 
-Event = Hello | Ready | Refuse | Generation | Data | Ack | Ping
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Client: the generation being sent ends at byte ``end`` of the origin now,
+    and ``queued`` newer generations wait behind it (for status and metrics)."""
+
+    end: int
+    queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Verifying client: the sha256 of each of ``parts`` parts of bytes
+    [``start``, ``end``) of the held generation, please (see ``split_range``)."""
+
+    start: int
+    end: int
+    parts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Server: the sha256 hex digests answering one VERIFY, in order."""
+
+    digests: tuple[str, ...]
+
+
+Event = Hello | Ready | Refuse | Generation | Data | Ack | Ping | Progress | Verify | Digest
+
+
+def split_range(start: int, end: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) cut into ``parts`` consecutive ranges as equal as can be
+    (fewer if the range is shorter); both sides of VERIFY cut the same way."""
+    length = end - start
+    parts = max(1, min(parts, length))
+    return [(start + length * i // parts, start + length * (i + 1) // parts) for i in range(parts)]
 
 
 class NeedData(enum.Enum):
@@ -201,36 +260,57 @@ def _control(kind: FrameType, body: dict[str, Any]) -> bytes:
     return _frame(kind, payload)
 
 
-def data_header(payload: bytes | memoryview) -> bytes:
+def data_header(payload: bytes | memoryview, flags: int = 0) -> bytes:
     """The header of a DATA frame, so the adapter can send the payload without copying it."""
     if len(payload) > MAX_DATA_BYTES:
         raise ValueError(f"DATA payload of {len(payload)} bytes is over the limit")
-    return HEADER.pack(FrameType.DATA, 0, len(payload), zlib.crc32(payload))
+    return HEADER.pack(FrameType.DATA, flags, len(payload), zlib.crc32(payload))
 
 
 def encode(event: Event) -> bytes:
     """The wire bytes of one event."""
     match event:
-        case Hello(path, features, heartbeat_s):
+        case Hello(path, features, heartbeat_s, purpose):
             return _control(
                 FrameType.HELLO,
-                {"version": PROTOCOL_VERSION, "path": path, "features": list(features), "heartbeat_s": heartbeat_s},
+                {
+                    "version": PROTOCOL_VERSION,
+                    "path": path,
+                    "features": list(features),
+                    "heartbeat_s": heartbeat_s,
+                    "purpose": purpose,
+                },
             )
-        case Ready(record, offset):
-            body: dict[str, Any] = {"offset": offset}
+        case Ready(record, offset, features, first):
+            body: dict[str, Any] = {"offset": offset, "features": list(features), "first": first}
             body["record"] = None if record is None else record.to_json()
             return _control(FrameType.READY, body)
         case Refuse(reason, retry):
             return _control(FrameType.REFUSE, {"reason": reason[:MAX_REASON_CHARS], "retry": retry})
         case Generation(ident, start):
             return _control(FrameType.GENERATION, {"ident": ident.to_json(), "start": start})
-        case Data(payload):
-            return data_header(payload) + payload
+        case Data(payload, flags):
+            return data_header(payload, flags) + payload
         case Ack(generations, offset):
             return _control(FrameType.ACK, {"generations": generations, "offset": offset})
         case Ping():
             return _control(FrameType.PING, {})
+        case Progress(end, queued):
+            return _control(FrameType.PROGRESS, {"end": end, "queued": queued})
+        case Verify(start, end, parts):
+            if not 0 <= start <= end or not 1 <= parts <= MAX_VERIFY_PARTS:
+                raise ValueError(f"bad VERIFY range {start}..{end} in {parts} parts")
+            return _control(FrameType.VERIFY, {"start": start, "end": end, "parts": parts})
+        case Digest(digests):
+            return _control(FrameType.DIGEST, {"digests": list(digests)})
     raise ValueError(f"not an event: {event!r}")
+
+
+def _features(body: dict[str, Any]) -> tuple[str, ...]:
+    features = body.get("features", [])
+    if not isinstance(features, list) or len(features) > 64 or not all(isinstance(f, str) for f in features):
+        raise ProtocolError("field 'features' is not a list of strings")
+    return tuple(features)
 
 
 def _decode_control(kind: FrameType, payload: bytes) -> Event:
@@ -244,9 +324,10 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
         if body.get("version") != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported protocol version {body.get('version')!r}")
         path = _str_field(body, "path", MAX_PATH_BYTES)
-        features = body.get("features", [])
-        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-            raise ProtocolError("field 'features' is not a list of strings")
+        features = _features(body)
+        purpose = body.get("purpose", PURPOSE_PIPE)
+        if purpose not in (PURPOSE_PIPE, PURPOSE_VERIFY):
+            raise ProtocolError(f"unknown purpose {purpose!r}")
         heartbeat = body.get("heartbeat_s", DEFAULT_HEARTBEAT_S)
         if (
             not isinstance(heartbeat, int | float)
@@ -254,14 +335,15 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
             or not MIN_HEARTBEAT_S <= heartbeat <= MAX_HEARTBEAT_S
         ):
             raise ProtocolError(f"heartbeat_s must be between {MIN_HEARTBEAT_S} and {MAX_HEARTBEAT_S} seconds")
-        return Hello(path, tuple(features), float(heartbeat))
+        return Hello(path, features, float(heartbeat), purpose)
     if kind is FrameType.READY:
         raw = body.get("record")
         record = None if raw is None else GenerationId.from_json(raw)
         offset = None if body.get("offset") is None else _int_field(body, "offset")
         if (record is None) != (offset is None):
             raise ProtocolError("READY has a record without an offset or the reverse")
-        return Ready(record, offset)
+        first = None if body.get("first") is None else _int_field(body, "first")
+        return Ready(record, offset, _features(body), first)
     if kind is FrameType.REFUSE:
         return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES), body.get("retry") is True)
     if kind is FrameType.GENERATION:
@@ -270,6 +352,22 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
         return Ack(_int_field(body, "generations"), _int_field(body, "offset"))
     if kind is FrameType.PING:
         return Ping()
+    if kind is FrameType.PROGRESS:
+        return Progress(_int_field(body, "end"), _int_field(body, "queued"))
+    if kind is FrameType.VERIFY:
+        start, end, parts = _int_field(body, "start"), _int_field(body, "end"), _int_field(body, "parts")
+        if start > end or not 1 <= parts <= MAX_VERIFY_PARTS:
+            raise ProtocolError(f"bad VERIFY range {start}..{end} in {parts} parts")
+        return Verify(start, end, parts)
+    if kind is FrameType.DIGEST:
+        digests = body.get("digests")
+        if (
+            not isinstance(digests, list)
+            or len(digests) > MAX_VERIFY_PARTS
+            or not all(isinstance(d, str) and len(d) == 64 and _is_hex(d) for d in digests)
+        ):
+            raise ProtocolError("field 'digests' is not a list of sha256 hex digests")
+        return Digest(tuple(digests))
     raise ProtocolError(f"unexpected frame type {kind.name}")  # pragma: no cover
 
 
@@ -290,6 +388,8 @@ class Decoder:
         self._end = 0
         self._closed = False
         self._copy = copy_payloads
+        # DATA flags the peer may use: set once the handshake agreed on an encoding.
+        self.data_flags = 0
 
     def feed(self, data: bytes) -> None:
         """Add received bytes; an empty ``data`` means the peer closed."""
@@ -352,8 +452,8 @@ class Decoder:
             kind = FrameType(kind_value)
         except ValueError:
             raise ProtocolError(f"unknown frame type {kind_value}") from None
-        if flags != 0:
-            raise ProtocolError(f"unsupported frame flags {flags:#x}")
+        if flags & ~(self.data_flags if kind is FrameType.DATA else 0):
+            raise ProtocolError(f"unsupported {kind.name} frame flags {flags:#x}")
         limit = MAX_DATA_BYTES if kind is FrameType.DATA else MAX_CONTROL_BYTES
         # Checked before buffering the payload: an oversized length is refused at once.
         if length > limit:
@@ -367,7 +467,7 @@ class Decoder:
         if zlib.crc32(payload) != crc:
             raise ProtocolError(f"{kind.name} frame checksum mismatch")
         if kind is FrameType.DATA:
-            return Data(bytes(payload) if self._copy else payload)
+            return Data(bytes(payload) if self._copy else payload, flags)
         return _decode_control(kind, bytes(payload))
 
     def _end_or_need(self, available: int) -> NeedData | None:

@@ -21,31 +21,44 @@ import resource
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tcppipe import config as configuration
+from tcppipe import control
+from tcppipe.compression import Decompressor
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error
 from tcppipe.protocol import (
+    DATA_ZSTD,
     DEAD_AFTER_HEARTBEATS,
+    FEATURE_PROGRESS,
+    FEATURE_ZSTD,
+    PURPOSE_VERIFY,
     Ack,
     Data,
     Decoder,
+    Digest,
     Event,
     Generation,
     Hello,
     NeedData,
     Ping,
+    Progress,
     ProtocolError,
     Ready,
     Refuse,
+    Verify,
     encode,
+    split_range,
 )
 from tcppipe.sockets import READ_BYTES, close_writer, format_address, next_event, peer_name, tune
+from tcppipe.stats import PipeStats, ServerStats
 from tcppipe.tls import certificate_names, describe_tls_error
+from tcppipe.verify import digest_ranges
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 # Connections beyond these are closed at once, before a byte is read: a flood
@@ -58,6 +71,9 @@ ACK_DELAY_S: Final = 0.05
 # Smallest receive while streaming (a frame in flight asks for its whole rest).
 RECEIVE_BYTES: Final = 64 * 1024
 SHUTDOWN_TIMEOUT_S: Final = 10.0
+SERVER_FEATURES: Final = (FEATURE_ZSTD, FEATURE_PROGRESS)
+# A verify needs about log64(size) requests; more is a client gone astray.
+MAX_VERIFY_REQUESTS: Final = 64
 
 
 def read_config(path: str) -> tuple[list[Entry], list[ConfigError]]:
@@ -174,6 +190,7 @@ class PipeSession:
     entry: Entry
     peer: str
     task: asyncio.Task[Any]
+    stats: PipeStats
     dest: Destination | None = None
 
 
@@ -187,6 +204,7 @@ class ServerOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_per_host: int = DEFAULT_MAX_PER_HOST
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass
@@ -201,6 +219,31 @@ class Server:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     hup: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: ServerStats = field(default_factory=ServerStats)
+    _followed: list[Entry] | None = None
+
+    def entries(self) -> list[Entry]:
+        """The config in force (re-read if the file changed), with a stats row per pipe."""
+        entries = self.config.current()
+        if entries is not self._followed:
+            self.stats.follow_config(entries)
+            self._followed = entries
+        return entries
+
+    def status(self) -> dict[str, Any]:
+        """What ``tcppiped status`` prints."""
+        self.entries()
+        for session in self.sessions.values():
+            if session.dest is not None and session.dest.fd >= 0:
+                with contextlib.suppress(OSError):
+                    session.stats.generation_bytes = session.dest.landed()
+        return {
+            "pid": os.getpid(),
+            "port": self.opts.port,
+            "config": self.config.path,
+            "connections": self.live,
+            "pipes": [row.to_json() for row in self.stats.rows()],
+        }
 
     # -- connection handling --------------------------------------------------
 
@@ -214,6 +257,8 @@ class Server:
         count = self.per_host.get(peer_ip, 0) + 1
         self.per_host[peer_ip] = count
         self.live += 1
+        self.stats.connections_total += 1
+        self.stats.connections_open = self.live
         try:
             if self.live > self.opts.max_connections:
                 self.log.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
@@ -226,6 +271,7 @@ class Server:
         finally:
             # Released before the (bounded) close, so a closing connection never counts against a new one.
             self.live -= 1
+            self.stats.connections_open = self.live
             left = self.per_host.get(peer_ip, 1) - 1
             if left > 0:
                 self.per_host[peer_ip] = left
@@ -255,31 +301,43 @@ class Server:
                 who = f"host {peer_ip}" if names is None else f"certificate {'/'.join(names[0] + names[1]) or '?'}"
                 await self._refuse(writer, peer, f"no pipe is defined for {who} and file {hello.path}")
                 return
-            session = PipeSession(entry, peer, task)
+            if hello.purpose == PURPOSE_VERIFY:
+                await self._verify(reader, writer, decoder, entry, peer)
+                return
+            session = PipeSession(entry, peer, task, self.stats.pipe(entry))
             await self._register(session)
             try:
                 session.dest = Destination.open(entry.local, self.opts.state_dir)
             except DestinationError as exc:
+                session.stats.refused()
                 await self._refuse(writer, peer, str(exc), retry=True)
                 return
+            features = tuple(f for f in hello.features if f in SERVER_FEATURES)
             record, offset = session.dest.answer()
-            writer.write(encode(Ready(record, offset)))
+            writer.write(encode(Ready(record, offset, features)))
+            session.stats.connected(peer)
+            session.stats.generation_bytes = offset
             self.log.info(
-                "%s pipe %s -> %s READY at %s",
+                "%s pipe %s -> %s READY at %s%s",
                 peer,
                 hello.path,
                 entry.local,
                 "no record" if offset is None else f"offset {offset}",
+                f", with {' '.join(features)}" if features else "",
             )
-            await self._stream(reader, writer, decoder, session.dest, hello.heartbeat_s)
+            if FEATURE_ZSTD in features:
+                decoder.data_flags = DATA_ZSTD
+            await self._stream(reader, writer, decoder, session, hello.heartbeat_s)
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
         except TimeoutError:
             self.log.warning("%s dropped: handshake not completed in %.1f s", peer, self.opts.handshake_timeout_s)
         except ProtocolError as exc:
+            self.stats.bad_frames_total += 1
             self.log.warning("%s dropped: protocol error: %s", peer, exc)
         except ConnectionLost as exc:
             self.log.info("%s connection lost: %s", peer, exc)
         except DestinationError as exc:
+            self.stats.errors_total += 1
             self.log.error("%s dropped: %s", peer, exc)
         except OSError as exc:
             self.log.warning("%s dropped: %s", peer, describe_tls_error(exc))
@@ -292,8 +350,51 @@ class Server:
             if session is not None:
                 if self.sessions.get(session.entry.local) is session:
                     del self.sessions[session.entry.local]
+                    session.stats.disconnected()
                 if session.dest is not None:
                     session.dest.close()
+
+    async def _verify(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: Decoder,
+        entry: Entry,
+        peer: str,
+    ) -> None:
+        """Answer a verifying client: what the destination holds, then digests of
+        the ranges it asks for, computed from the file itself off the event loop."""
+        try:
+            dest = Destination.inspect(entry.local, self.opts.state_dir)
+        except DestinationError as exc:
+            await self._refuse(writer, peer, str(exc))
+            return
+        if dest is None:
+            writer.write(encode(Ready(None, None)))
+            return
+        try:
+            held = dest.held()
+            if held is None:
+                writer.write(encode(Ready(None, None)))
+            else:
+                writer.write(encode(Ready(held[0], held[2], (), held[1])))
+            self.log.info("%s verifies %s", peer, entry.local)
+            for _ in range(MAX_VERIFY_REQUESTS):
+                async with asyncio.timeout(self.opts.handshake_timeout_s):
+                    try:
+                        event = await next_event(reader, decoder)
+                    except ConnectionLost:
+                        return  # the client has its answer
+                if not isinstance(event, Verify):
+                    raise ProtocolError(f"expected VERIFY, got {type(event).__name__}")
+                landed = dest.landed()
+                if held is None or landed is None or event.start < held[1] or event.end > landed:
+                    raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
+                ranges = split_range(event.start, event.end, event.parts)
+                digests = await asyncio.to_thread(digest_ranges, dest.fd, ranges, dest.base)
+                writer.write(encode(Digest(tuple(digests))))
+        finally:
+            dest.close()
 
     async def _start_tls(self, writer: asyncio.StreamWriter) -> tuple[list[str], list[str]] | None:
         """Upgrade to TLS when configured; the client certificate's names when one is required."""
@@ -305,13 +406,14 @@ class Server:
         return certificate_names(writer.get_extra_info("peercert"))
 
     async def _refuse(self, writer: asyncio.StreamWriter, peer: str, reason: str, retry: bool = False) -> None:
+        self.stats.refusals_total += 1
         self.log.warning("%s REFUSE: %s", peer, reason)
         writer.write(encode(Refuse(reason, retry)))
         with contextlib.suppress(OSError):
             await writer.drain()
 
     async def _authorize(self, peer_ip: str, path: str, names: tuple[list[str], list[str]] | None) -> Entry | None:
-        for entry in configuration.candidates(self.config.current(), path):
+        for entry in configuration.candidates(self.entries(), path):
             if names is not None:
                 # Mutual TLS: the certificate, not the source address, says who the peer is.
                 if configuration.host_matches_certificate(entry, *names):
@@ -351,20 +453,25 @@ class Server:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         decoder: Decoder,
-        dest: Destination,
+        session: PipeSession,
         heartbeat_s: float,
     ) -> None:
         """Append the client's DATA until it says goodbye, falls silent or breaks the protocol."""
         loop = asyncio.get_running_loop()
+        dest, stats = session.dest, session.stats
+        assert dest is not None
         dead_after = heartbeat_s * DEAD_AFTER_HEARTBEATS
         generations = 0
         acked: tuple[int, int] | None = None
         ack_timer: asyncio.TimerHandle | None = None
+        decompressor = Decompressor() if decoder.data_flags & DATA_ZSTD else None
+        count_lines = self.stats.count_lines
 
         def send_ack(heartbeat: bool = False) -> None:
             nonlocal acked, ack_timer
             ack_timer = None
             landed = dest.landed() or 0
+            stats.generation_bytes = landed
             if writer.is_closing() or ((generations, landed) == acked and not heartbeat):
                 return
             acked = (generations, landed)
@@ -375,11 +482,25 @@ class Server:
             if isinstance(event, Data):
                 if generations == 0:
                     raise ProtocolError("DATA before GENERATION")
-                dest.write(event.payload)
+                payload = event.payload
+                stats.wire_bytes_total += len(payload)
+                if event.flags and decompressor is not None:
+                    payload = decompressor.decode(payload, event.flags)
+                dest.write(payload)
+                stats.bytes_total += len(payload)
+                stats.last_byte_at = time.time()
+                if count_lines:
+                    stats.lines_total += bytes(payload).count(b"\n")
             elif isinstance(event, Generation):
+                old = dest.record
+                if old is None or (old.dev, old.ino) != (event.ident.dev, event.ident.ino):
+                    stats.generations += 1
+                    stats.rotations += old is not None
                 dest.begin_generation(event.ident, event.start)
                 generations += 1
                 send_ack()
+            elif isinstance(event, Progress):
+                stats.progress(event.end, event.queued)
             elif not isinstance(event, Ping):  # a PING only proves the client is alive
                 raise ProtocolError(f"unexpected {type(event).__name__} while streaming")
             if ack_timer is None:
@@ -423,6 +544,7 @@ class Server:
     def reload_and_reopen(self) -> None:
         self.log.info("SIGHUP: rereading %s and reopening destinations", self.config.path)
         self.config.reload(force=True)
+        self.entries()
         defined = {(e.host, e.remote, e.local) for e in self.config.entries}
         for local, session in list(self.sessions.items()):
             e = session.entry
@@ -462,6 +584,25 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         loop.add_signal_handler(sig, server.stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
     addresses = ", ".join(format_address(s.getsockname()) for s in listener.sockets)
+    server.entries()
+    control_path = control.control_path(opts.state_dir, opts.port)
+    try:
+        controller = await control.serve(control_path, server.status)
+    except OSError as exc:
+        listener.close()
+        raise BadConfig(f"cannot create control socket {control_path}: {describe_os_error(exc)}") from None
+    if opts.metrics is not None:
+        from tcppipe.metrics import serve_metrics
+
+        server.stats.count_lines = True
+        try:
+            serve_metrics(opts.metrics[0], opts.metrics[1], server.stats)
+        except OSError as exc:
+            listener.close()
+            controller.close()
+            where = format_address(opts.metrics)
+            raise BadConfig(f"cannot serve metrics on {where}: {describe_os_error(exc)}") from None
+        log.info("metrics on http://%s/metrics", format_address(opts.metrics))
     log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
     on_listening()
     signals = asyncio.create_task(server.serve_signals())
@@ -470,6 +611,9 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         log.info("stopping")
     finally:
         listener.close()
+        controller.close()
+        with contextlib.suppress(OSError):
+            os.unlink(control_path)
         signals.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await signals

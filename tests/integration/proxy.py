@@ -16,13 +16,21 @@ POLL_S = 0.05
 
 
 class Shaping:
-    """How a proxy forwards right now: delay per chunk, largest chunk."""
+    """How a proxy forwards right now: delay per chunk, largest chunk, bandwidth."""
 
     def __init__(self) -> None:
         self.delay_s = 0.0
         self.chunk_bytes = 65536
+        # Bytes per second each way, 0 for no limit: a slow link.
+        self.rate_bytes_s = 0
         # Set: flip one bit in the next chunk going client -> server, then clear.
         self.corrupt_next = threading.Event()
+        self.bytes_up = 0
+        self._lock = threading.Lock()
+
+    def count_up(self, n: int) -> None:
+        with self._lock:
+            self.bytes_up += n
 
 
 class Link:
@@ -65,6 +73,10 @@ class Link:
                 dst.sendall(data)
             except OSError:
                 break
+            if src is self.sockets[0]:
+                self.shaping.count_up(len(data))
+            if self.shaping.rate_bytes_s:
+                self.closed.wait(len(data) / self.shaping.rate_bytes_s)
         if not self.stalled.is_set():
             self.cut()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -55,7 +56,6 @@ def test_sample_config_is_clean() -> None:
 
 def test_logrotate_snippet_is_accepted_by_logrotate(tmp_path: Path) -> None:
     """logrotate -d (debug, changes nothing) reads the shipped snippet without errors."""
-    import shutil
 
     logrotate = shutil.which("logrotate") or "/usr/sbin/logrotate"
     if not Path(logrotate).exists():
@@ -68,3 +68,41 @@ def test_logrotate_snippet_is_accepted_by_logrotate(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "error" not in result.stderr.lower()
+
+
+def test_units_command_prints_and_installs_the_shipped_units(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tcppiped units prints both units; --install DIR writes them, pointed at this host's commands."""
+    from tcppipe.cli import server_main
+
+    assert server_main(["units"]) == 0
+    printed = capsys.readouterr().out
+    assert "# ---- tcppiped.service" in printed
+    assert "# ---- tcppipe@.service" in printed
+    assert server_main(["units", "--install", str(tmp_path / "units")]) == 0
+    for name in ("tcppiped.service", "tcppipe@.service"):
+        installed = (tmp_path / "units" / name).read_text()
+        shipped = (PACKAGING / "systemd" / name).read_text()
+        bindir = Path(shutil.which("tcppiped") or "/usr/local/bin/tcppiped").parent
+        assert installed == shipped.replace("/usr/local/bin/", f"{bindir}/")
+        assert installed in printed
+
+
+@pytest.mark.parametrize(
+    ("main", "sections"),
+    [
+        ("client_main", ["rotation:", "signals:", "files:", "exit status:", "examples:", "tcppipe verify"]),
+        ("server_main", ["signals:", "files:", "exit status:", "examples:", "tcppiped status", "--metrics"]),
+    ],
+)
+def test_help_reads_like_a_man_page(main: str, sections: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """--help has the sections a man page would: signals, files, exit status, examples."""
+    from tcppipe import cli
+
+    with pytest.raises(SystemExit) as exited:
+        getattr(cli, main)(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for section in sections:
+        assert section in text

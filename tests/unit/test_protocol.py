@@ -11,12 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcppipe.protocol import (
+    DATA_ZSTD,
     HEADER,
     MAX_CONTROL_BYTES,
     MAX_DATA_BYTES,
+    MAX_VERIFY_PARTS,
     Ack,
     Data,
     Decoder,
+    Digest,
     Event,
     FrameType,
     Generation,
@@ -24,10 +27,13 @@ from tcppipe.protocol import (
     Hello,
     NeedData,
     Ping,
+    Progress,
     ProtocolError,
     Ready,
     Refuse,
+    Verify,
     encode,
+    split_range,
 )
 
 IDENT = GenerationId(dev=2049, ino=1234567, fp_len=12, fp_sha256="ab" * 32)
@@ -40,21 +46,29 @@ def control(kind: FrameType, body: bytes) -> bytes:
 GOLDEN: list[tuple[Event, bytes]] = [
     (
         Hello("/var/log/messages"),
-        control(FrameType.HELLO, b'{"features":[],"heartbeat_s":15.0,"path":"/var/log/messages","version":1}'),
-    ),
-    (
-        Hello("/x", ("zstd",), 0.5),
-        control(FrameType.HELLO, b'{"features":["zstd"],"heartbeat_s":0.5,"path":"/x","version":1}'),
-    ),
-    (Ping(), control(FrameType.PING, b"{}")),
-    (Ready(None, None), control(FrameType.READY, b'{"offset":null,"record":null}')),
-    (
-        Ready(IDENT, 99),
         control(
-            FrameType.READY,
-            b'{"offset":99,"record":{"dev":2049,"fp_len":12,"fp_sha256":"' + b"ab" * 32 + b'","ino":1234567}}',
+            FrameType.HELLO,
+            b'{"features":[],"heartbeat_s":15.0,"path":"/var/log/messages","purpose":"pipe","version":1}',
         ),
     ),
+    (
+        Hello("/x", ("zstd",), 0.5, "verify"),
+        control(FrameType.HELLO, b'{"features":["zstd"],"heartbeat_s":0.5,"path":"/x","purpose":"verify","version":1}'),
+    ),
+    (Ping(), control(FrameType.PING, b"{}")),
+    (Ready(None, None), control(FrameType.READY, b'{"features":[],"first":null,"offset":null,"record":null}')),
+    (
+        Ready(IDENT, 99, ("progress",), 7),
+        control(
+            FrameType.READY,
+            b'{"features":["progress"],"first":7,"offset":99,"record":{"dev":2049,"fp_len":12,"fp_sha256":"'
+            + b"ab" * 32
+            + b'","ino":1234567}}',
+        ),
+    ),
+    (Progress(10, 2), control(FrameType.PROGRESS, b'{"end":10,"queued":2}')),
+    (Verify(3, 90, 64), control(FrameType.VERIFY, b'{"end":90,"parts":64,"start":3}')),
+    (Digest(("cd" * 32,)), control(FrameType.DIGEST, b'{"digests":["' + b"cd" * 32 + b'"]}')),
     (Refuse("no pipe"), control(FrameType.REFUSE, b'{"reason":"no pipe","retry":false}')),
     (Refuse("disk full", retry=True), control(FrameType.REFUSE, b'{"reason":"disk full","retry":true}')),
     (
@@ -143,6 +157,12 @@ def test_oversized_frame_is_refused_from_its_header(kind: FrameType, limit: int)
         control(FrameType.GENERATION, b'{"ident":{"dev":1,"ino":2,"fp_len":0,"fp_sha256":"zz"},"start":0}'),
         control(FrameType.ACK, b'{"generations":-1,"offset":0}'),
         control(FrameType.ACK, b'{"generations":true,"offset":0}'),
+        control(FrameType.HELLO, b'{"version":1,"path":"/x","purpose":"steal"}'),
+        control(FrameType.VERIFY, b'{"start":5,"end":4,"parts":1}'),
+        control(FrameType.VERIFY, b'{"start":0,"end":4,"parts":0}'),
+        control(FrameType.VERIFY, b'{"start":0,"end":4,"parts":%d}' % (MAX_VERIFY_PARTS + 1)),
+        control(FrameType.DIGEST, b'{"digests":["xyz"]}'),
+        HEADER.pack(FrameType.PING, DATA_ZSTD, 0, 0),
     ],
 )
 def test_malformed_frames_are_protocol_errors(wire: bytes) -> None:
@@ -180,10 +200,22 @@ events = st.one_of(
         st.text(max_size=200),
         st.lists(st.text(max_size=10), max_size=3).map(tuple),
         st.floats(0.05, 3600, allow_nan=False),
+        st.sampled_from(["pipe", "verify"]),
     ),
     st.just(Ping()),
     st.builds(Ready, st.none(), st.none()),
-    st.builds(Ready, idents, st.integers(0, 2**63)),
+    st.builds(
+        Ready,
+        idents,
+        st.integers(0, 2**63),
+        st.lists(st.text(max_size=10), max_size=3).map(tuple),
+        st.none() | st.integers(0, 2**63),
+    ),
+    st.builds(Progress, st.integers(0, 2**63), st.integers(0, 1000)),
+    st.builds(Verify, st.integers(0, 2**40), st.integers(0, 2**40), st.integers(1, MAX_VERIFY_PARTS)).filter(
+        lambda v: v.start <= v.end
+    ),
+    st.builds(Digest, st.lists(st.text("0123456789abcdef", min_size=64, max_size=64), max_size=5).map(tuple)),
     st.builds(Refuse, st.text(max_size=300), st.booleans()),
     st.builds(Generation, idents, st.integers(0, 2**63)),
     st.builds(Data, st.binary(max_size=2000)),
@@ -245,3 +277,27 @@ def test_buffer_follows_need_and_is_released_when_idle() -> None:
     assert decoder.events() == [Data(b"x" * 500_000)]
     decoder.release_idle_buffer()
     assert len(decoder.get_buffer(1)) < 64 * 1024
+
+
+def test_data_flags_need_the_handshake() -> None:
+    """A compressed DATA frame is a protocol error until the handshake accepted zstd."""
+    wire = encode(Data(b"packed", DATA_ZSTD))
+    strict = Decoder()
+    strict.feed(wire)
+    with pytest.raises(ProtocolError, match="flags"):
+        strict.next_event()
+    agreed = Decoder()
+    agreed.data_flags = DATA_ZSTD
+    agreed.feed(wire)
+    assert agreed.events() == [Data(b"packed", DATA_ZSTD)]
+
+
+@given(st.integers(0, 10**12), st.integers(0, 10**6), st.integers(1, MAX_VERIFY_PARTS))
+def test_split_range_covers_the_range_in_order(start: int, length: int, parts: int) -> None:
+    """The parts are contiguous, non-empty (unless the range is), and at most ``parts``."""
+    ranges = split_range(start, start + length, parts)
+    assert ranges[0][0] == start
+    assert ranges[-1][1] == start + length
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert len(ranges) <= parts
+    assert length == 0 or all(b > a for a, b in ranges)

@@ -1,0 +1,220 @@
+"""Seeing a pipe and proving it: status on both sides, verify, Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import (
+    Pipes,
+    command,
+    free_port,
+    kill9,
+    same_bytes,
+    size,
+    stop,
+    wait_until,
+)
+
+
+def server_status(pipes: Pipes, *extra: str) -> Any:
+    out = pipes.run(
+        [command("tcppiped"), "status", "-p", str(pipes.port), "--state-dir", str(pipes.server_state), *extra]
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if "--json" in extra else out.stdout
+
+
+def row_of(answer: Any, dest: Path) -> dict[str, Any]:
+    rows = [r for r in answer["pipes"] if r["destination"] == str(dest)]
+    assert len(rows) == 1, answer
+    return dict(rows[0])
+
+
+def client_status(pipes: Pipes, *extra: str) -> Any:
+    out = pipes.run([command("tcppipe"), "status", "--state-dir", str(pipes.client_state), *extra])
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout) if "--json" in extra else out.stdout
+
+
+def verify(pipes: Pipes, origin: Path) -> tuple[int, str]:
+    out = pipes.run([command("tcppipe"), "verify", "-f", str(origin), "-h", "127.0.0.1", "-p", str(pipes.port)])
+    assert "Traceback" not in out.stderr
+    return out.returncode, (out.stdout + out.stderr).strip()
+
+
+def test_server_status_follows_a_pipe_through_its_states(pipes: Pipes) -> None:
+    """tcppiped status: a defined pipe waits, streams with bytes and lag, drains a rotated file, reconnects."""
+    origin, dest = pipes.pipe("app.log")
+    _idle_origin, idle_dest = pipes.pipe("idle.log")
+    origin.write_bytes(b"first line\n" * 1000)
+    pipes.start_server()
+    answer = server_status(pipes, "--json")
+    assert row_of(answer, dest)["state"] == "waiting"
+    assert row_of(answer, idle_dest)["state"] == "waiting"
+
+    client = pipes.start_client(origin, "--rotate-grace", "60")
+    wait_until(lambda: same_bytes(origin, dest), what="the first copy")
+
+    def streaming_row() -> dict[str, Any]:
+        return row_of(server_status(pipes, "--json"), dest)
+
+    wait_until(
+        lambda: streaming_row()["state"] == "streaming" and streaming_row()["generation_bytes"] == size(origin),
+        what="status to show the pipe streaming with every byte landed",
+    )
+    row = streaming_row()
+    assert row["behind_bytes"] == 0
+    assert row["generations"] == 1
+    assert row["idle_s"] is not None
+    assert row["idle_s"] < 60
+    assert row["host"].startswith("127.0.0.1")
+    table = server_status(pipes)
+    assert table.splitlines()[0].split()[:4] == ["HOST", "ORIGIN", "DESTINATION", "STATE"]
+    assert re.search(rf"{re.escape(str(origin))}\s+{re.escape(str(dest))}\s+streaming", table)
+
+    # Renamed without a signal, with a long grace: the old file is still being drained.
+    origin.rename(origin.with_name("app.log.1"))
+    origin.write_bytes(b"second generation\n")
+    wait_until(lambda: streaming_row()["state"] == "rotated-draining", what="status to show rotated-draining")
+
+    kill9(client)
+    wait_until(lambda: streaming_row()["state"] == "reconnecting", what="status to show the pipe reconnecting")
+
+    sock = pipes.server_state / "tcppiped" / f"control-{pipes.port}.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+
+def test_server_status_without_a_server_is_one_clear_line(pipes: Pipes) -> None:
+    """No tcppiped on that port: exit 4 and one line saying so, no traceback."""
+    out = pipes.run([command("tcppiped"), "status", "-p", str(free_port()), "--state-dir", str(pipes.server_state)])
+    assert out.returncode == 4
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "no tcppiped answers" in out.stderr
+
+
+def test_client_status_shows_the_pipe_then_stopped(pipes: Pipes) -> None:
+    """tcppipe status: the pipe streams with its bytes landed; after SIGTERM it is stopped."""
+    origin, dest = pipes.pipe("c.log")
+    origin.write_bytes(b"x" * 5000 + b"\n")
+    pipes.start_server()
+    client = pipes.start_client(origin)
+    wait_until(lambda: same_bytes(origin, dest), what="the copy")
+    one = ["-f", str(origin), "-h", "127.0.0.1", "-p", str(pipes.port), "--json"]
+
+    def row() -> dict[str, Any]:
+        rows = client_status(pipes, *one)["pipes"]
+        assert len(rows) == 1
+        return dict(rows[0])
+
+    wait_until(lambda: row()["generation_bytes"] == size(origin), what="the status file to catch up")
+    assert row()["state"] == "streaming"
+    assert row()["behind_bytes"] == 0
+    assert row()["generations"] == 1
+    assert str(origin) in client_status(pipes)  # all pipes, as a table
+    assert stop(client) == 0
+    assert row()["state"] == "stopped"
+
+
+def test_verify_says_exact_and_finds_a_byte_edited_by_hand(pipes: Pipes) -> None:
+    """verify: exit 0 with 'exact: N bytes'; after one destination byte is changed, exit 1 naming that byte."""
+    origin, dest = pipes.pipe("v.log")
+    origin.write_bytes(b"".join(b"line %d of the log\n" % i for i in range(50_000)))
+    pipes.start_server()
+    pipes.start_client(origin)
+    wait_until(lambda: same_bytes(origin, dest), what="the copy")
+    code, text = verify(pipes, origin)
+    assert (code, text) == (0, f"exact: {size(origin)} bytes (bytes 0..{size(origin)} of {origin})")
+
+    with open(dest, "r+b") as f:
+        f.seek(123_457)
+        byte = f.read(1)
+        f.seek(123_457)
+        f.write(bytes([byte[0] ^ 0x20]))
+    code, text = verify(pipes, origin)
+    assert code == 1
+    assert text.startswith(f"differs at byte 123457 of {origin}")
+
+    # The live pipe was not disturbed by either verify.
+    with open(origin, "ab") as f:
+        f.write(b"after verify\n")
+    wait_until(lambda: size(dest) == size(origin), what="the pipe to carry on")
+
+
+def test_verify_of_a_pipe_not_defined_is_refused(pipes: Pipes) -> None:
+    """A client can only verify the pipe the config defines for it (exit 3)."""
+    pipes.pipe("defined.log")
+    stranger = pipes.tmp / "origin" / "stranger.log"
+    stranger.write_bytes(b"x\n")
+    pipes.start_server()
+    code, text = verify(pipes, stranger)
+    assert code == 3
+    assert "no pipe is defined" in text
+
+
+def test_verify_before_any_byte_landed_says_so(pipes: Pipes) -> None:
+    """A defined pipe that never ran has nothing to verify: exit 1 with a reason."""
+    origin, _dest = pipes.pipe("never.log")
+    origin.write_bytes(b"x\n")
+    pipes.start_server()
+    code, text = verify(pipes, origin)
+    assert (code, text) == (1, "nothing to verify: tcppiped has no record of this pipe yet")
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_metrics_are_scraped_over_http(pipes: Pipes) -> None:
+    """--metrics: per-pipe bytes, lines, rotations, reconnects and lag; server connections and bad frames."""
+    origin, dest = pipes.pipe("m.log")
+    lines = b"".join(b"metric line %d\n" % i for i in range(3000))
+    origin.write_bytes(lines)
+    metrics_port = free_port()
+    pipes.start_server("--metrics", f"127.0.0.1:{metrics_port}")
+    client = pipes.start_client(origin, "-t", "0.2")
+    wait_until(lambda: same_bytes(origin, dest), what="the copy")
+    labels = f'{{destination="{dest}",host="127.0.0.1",origin="{origin}"}}'
+
+    def metric(name: str) -> float:
+        return scrape(metrics_port).get(name + labels, -1)
+
+    wait_until(lambda: metric("tcppiped_pipe_lag_bytes") == 0, what="lag 0 in the metrics")
+    assert metric("tcppiped_pipe_bytes_total") == size(origin)
+    assert metric("tcppiped_pipe_lines_total") == 3000
+    assert metric("tcppiped_pipe_up") == 1
+    assert metric("tcppiped_pipe_reconnects_total") == 0
+
+    kill9(client)
+    with open(origin, "ab") as f:
+        f.write(b"while down\n")
+    pipes.start_client(origin, "-t", "0.2")
+    wait_until(lambda: same_bytes(origin, dest), what="the copy after a restart")
+    wait_until(lambda: metric("tcppiped_pipe_reconnects_total") == 1, what="one reconnect counted")
+
+    os.rename(origin, origin.with_name("m.log.1"))
+    origin.write_bytes(b"new generation\n")
+    wait_until(lambda: metric("tcppiped_pipe_rotations_total") == 1, what="one rotation counted")
+    wait_until(lambda: metric("tcppiped_pipe_lines_total") == 3002, what="every line counted once")
+
+    with socket.create_connection(("127.0.0.1", pipes.port), timeout=5) as s:
+        s.sendall(b"\x63" * 64)
+        s.settimeout(5)
+        assert s.recv(100) == b""
+    samples = scrape(metrics_port)
+    assert samples["tcppiped_bad_frames_total"] == 1
+    assert samples["tcppiped_connections_open"] == 1
+    assert samples["tcppiped_connections_total"] == 3
