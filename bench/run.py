@@ -9,6 +9,7 @@ spacing), and byte-exactness. Run with `bench/run` (``--quick`` for a short run)
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import os
 import shutil
@@ -18,12 +19,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# A peer that polls its file once a second takes ~0.5 s a probe: stop after this long.
+PROBE_BUDGET_S = 40.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
@@ -130,6 +134,9 @@ class Result:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     exact: bool = False
+    sustained_mb_s: float = 0.0
+    lag_p50_s: float = 0.0
+    lag_max_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -172,43 +179,70 @@ class Contestant:
 
 class Tcppipe(Contestant):
     name = "tcppipe"
+    client_extra: tuple[str, ...] = ()
 
     def start(self, origin: Path, dest: Path) -> None:
         port = free_port()
         conf = self.work / "tcppipe.conf"
         conf.write_text(f"127.0.0.1:{origin} | {dest}\n")
         common = ["--foreground", "--syslog-address", str(self.work / "nosyslog")]
-        self.popen(
-            [
-                str(BIN / "tcppiped"),
-                "-f",
-                str(conf),
-                "-p",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--pid-file",
-                str(self.work / "tcppiped.pid"),
-                "--state-dir",
-                str(self.work / "sstate"),
-                *common,
-            ]
-        )
+        self.server_args = [
+            str(BIN / "tcppiped"),
+            "-f",
+            str(conf),
+            "-p",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--pid-file",
+            str(self.work / "tcppiped.pid"),
+            "--state-dir",
+            str(self.work / "sstate"),
+            *common,
+        ]
+        self.popen(self.server_args)
         wait_for(lambda: (self.work / "tcppiped.pid").exists(), 20, 0.01)
-        self.popen(
-            [
-                str(BIN / "tcppipe"),
-                "-f",
-                str(origin),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "--state-dir",
-                str(self.work / "cstate"),
-                *common,
-            ]
-        )
+        self.client_args = [
+            str(BIN / "tcppipe"),
+            "-f",
+            str(origin),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--state-dir",
+            str(self.work / "cstate"),
+            *self.client_extra,
+            *common,
+        ]
+        self.popen(self.client_args)
+
+    def kill9_and_restart(self, side: str) -> None:
+        """kill -9 the server (procs[0]) or the client (procs[1]) and start it again at once."""
+        index = 0 if side == "server" else 1
+        self.procs[index].kill()
+        self.procs[index].wait(timeout=10)
+        args = self.server_args if index == 0 else self.client_args
+        proc: subprocess.Popen[bytes] = subprocess.Popen(args, stdout=self.log, stderr=self.log)
+        self.procs[index] = proc
+        if index == 0:
+            port = int(args[args.index("-p") + 1])
+            wait_for(lambda: _listening(port), 20, 0.01)
+
+    def wire_ratio(self) -> float | None:
+        """Origin bytes per wire byte, from the client's status file."""
+        import json
+
+        for path in (self.work / "cstate").glob("tcppipe.*.status"):
+            raw = json.loads(path.read_text())
+            if raw.get("wire_bytes"):
+                return float(raw["bytes_sent"]) / float(raw["wire_bytes"])
+        return None
+
+
+class TcppipeZ(Tcppipe):
+    name = "tcppipe -z"
+    client_extra = ("-z",)
 
 
 class SocatFloor(Contestant):
@@ -277,6 +311,57 @@ ruleset(name="forward" queue.type="LinkedList" queue.workerThreads="1") {{
         self.popen(["rsyslogd", "-n", "-f", str(client_dir / "rsyslog.conf"), "-i", str(client_dir / "pid")])
 
 
+SYSLOG_NG_ROOT = Path(__file__).resolve().parent / "work" / "syslog-ng"
+
+
+class SyslogNg(Contestant):
+    """syslog-ng 3.38 file() -> network() (TCP) -> network() -> file(), no-parse, raw ${MSG} templates.
+
+    Run from the Debian package unpacked by bench/run into bench/work/syslog-ng
+    (it conflicts with rsyslog as a package), two private foreground instances
+    with their own configs, pid files, persist files and control sockets.
+    """
+
+    name = "syslog-ng"
+
+    def start(self, origin: Path, dest: Path) -> None:
+        port = free_port()
+        head = "@version: 3.38\noptions { log-msg-size(262144); stats-freq(0); use-dns(no); dns-cache(no); };\n"
+        (self.work / "server.conf").write_text(
+            head + f'source s_net {{ network(ip("127.0.0.1") port({port}) transport("tcp") flags(no-parse)'
+            f" log-msg-size(262144)); }};\n"
+            f'destination d_file {{ file("{dest}" template("${{MSG}}\\n")); }};\n'
+            "log { source(s_net); destination(d_file); };\n"
+        )
+        (self.work / "client.conf").write_text(
+            head + f'source s_file {{ file("{origin}" flags(no-parse) log-msg-size(262144)); }};\n'
+            f'destination d_net {{ network("127.0.0.1" port({port}) transport("tcp") template("${{MSG}}\\n")); }};\n'
+            "log { source(s_file); destination(d_net); };\n"
+        )
+        env = {**os.environ, "LD_LIBRARY_PATH": str(SYSLOG_NG_ROOT / "usr/lib/syslog-ng")}
+        for role in ("server", "client"):
+            self.popen(
+                [
+                    str(SYSLOG_NG_ROOT / "usr/sbin/syslog-ng"),
+                    "--no-caps",
+                    "-F",
+                    "-f",
+                    str(self.work / f"{role}.conf"),
+                    "--module-path",
+                    str(SYSLOG_NG_ROOT / "usr/lib/syslog-ng/3.38"),
+                    "-p",
+                    str(self.work / f"{role}.pid"),
+                    "-R",
+                    str(self.work / f"{role}.persist"),
+                    "-c",
+                    str(self.work / f"{role}.ctl"),
+                ],
+                env=env,
+            )
+            if role == "server":
+                wait_for(lambda: _listening(port), 20, 0.05)
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -294,7 +379,7 @@ def digest(path: Path) -> str:
 
 
 def measure(kind: type[Contestant], root: Path, total_bytes: int, latency_lines: int) -> Result:
-    work = root / kind.name.split()[0]
+    work = root / kind.name.replace(" ", "")
     work.mkdir()
     origin, dest = work / "origin.log", work / "dest" / "origin.log"
     dest.parent.mkdir()
@@ -312,8 +397,12 @@ def measure(kind: type[Contestant], root: Path, total_bytes: int, latency_lines:
         result.catchup_mb_s = total_bytes / elapsed / 1e6
         result.cpu_s_per_gb = cpu / (total_bytes / 1e9)
         delays = []
+        budget = time.monotonic() + PROBE_BUDGET_S
         with open(origin, "ab") as f:
             for i in range(latency_lines):
+                if time.monotonic() > budget:
+                    result.notes.append(f"{i} latency probes in {PROBE_BUDGET_S:.0f} s")
+                    break
                 f.write(b"latency probe %06d\n" % i)
                 f.flush()
                 want = file_size(origin)
@@ -327,52 +416,179 @@ def measure(kind: type[Contestant], root: Path, total_bytes: int, latency_lines:
         result.rss_mb = max((peak_rss_mb(p) for p in contestant.pids()), default=0.0)
         wait_for(lambda: file_size(dest) >= file_size(origin), 10, 0.01)
         result.exact = digest(origin) == digest(dest)
+        if isinstance(contestant, Tcppipe):
+            ratio = contestant.wire_ratio()
+            if ratio is not None and ratio > 1.01:
+                result.notes.append(f"wire bytes 1:{ratio:.1f}")
     finally:
         contestant.stop()
     return result
 
 
+class PacedWriter:
+    """Appends numbered lines at ``rate`` bytes/s (0: as fast as it can), recording
+    (time, size) after each write so a destination size can be turned into a lag."""
+
+    def __init__(self, path: Path, rate: float, seconds: float) -> None:
+        self.path, self.rate, self.seconds = path, rate, seconds
+        self.log: list[tuple[float, int]] = [(time.monotonic(), file_size(path))]
+        self.lines = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        start = time.monotonic()
+        written = file_size(self.path)
+        base = written
+        with open(self.path, "ab") as f:
+            while time.monotonic() - start < self.seconds:
+                block = b"".join(
+                    b"%09d %s\n" % (self.lines + i, b"x" * (40 + (self.lines + i) * 7919 % 150)) for i in range(2000)
+                )
+                self.lines += 2000
+                f.write(block)
+                f.flush()
+                written += len(block)
+                self.log.append((time.monotonic(), written))
+                if self.rate:
+                    ahead = (written - base) / self.rate - (time.monotonic() - start)
+                    if ahead > 0:
+                        time.sleep(ahead)
+
+    def time_of(self, size: int) -> float:
+        """When the origin first held ``size`` bytes."""
+        index = bisect.bisect_left(self.log, size, key=lambda entry: entry[1])
+        return self.log[min(index, len(self.log) - 1)][0]
+
+
+def sustained(kind: type[Contestant], root: Path, seconds: float, rate: float) -> tuple[float, float, float]:
+    """A writer appending at ``rate`` for ``seconds``: (MB/s delivered while it wrote,
+    lag p50 and max in seconds, sampled every 20 ms)."""
+    work = root / (kind.name.replace(" ", "") + "-sustained")
+    work.mkdir()
+    origin, dest = work / "origin.log", work / "dest" / "origin.log"
+    dest.parent.mkdir()
+    origin.write_bytes(b"")
+    contestant = kind(work)
+    try:
+        contestant.start(origin, dest)
+        writer = PacedWriter(origin, rate, seconds)
+        writer.thread.start()
+        lags = []
+        started = time.monotonic()
+        for _ in range(int(seconds / 0.02) + 1):
+            time.sleep(0.02)
+            now, landed = time.monotonic(), file_size(dest)
+            lags.append(now - writer.time_of(landed) if landed < file_size(origin) else 0.0)
+        delivered = file_size(dest)
+        elapsed = time.monotonic() - started
+        writer.thread.join(timeout=30)
+        wait_for(lambda: file_size(dest) >= file_size(origin), 120, 0.01)
+    finally:
+        contestant.stop()
+    lags.sort()
+    return delivered / elapsed / 1e6, statistics.median(lags), lags[-1]
+
+
+def kill9_run(root: Path, rate: float, seconds: float = 12.0) -> tuple[int, int, int, bool]:
+    """tcppipe with a writer at ``rate`` B/s, kill -9 of the client, the server, the
+    client and the server at 1/5 .. 4/5 of the run, each restarted at once:
+    (lines written, lost, duplicated, byte-exact)."""
+    work = root / f"kill9-{int(rate)}"
+    work.mkdir()
+    origin, dest = work / "origin.log", work / "dest" / "origin.log"
+    dest.parent.mkdir()
+    origin.write_bytes(b"")
+    contestant = Tcppipe(work)
+    try:
+        contestant.start(origin, dest)
+        writer = PacedWriter(origin, rate, seconds)
+        writer.thread.start()
+        for side in ("client", "server", "client", "server"):
+            time.sleep(seconds / 5)
+            contestant.kill9_and_restart(side)
+        writer.thread.join(timeout=seconds + 30)
+        wait_for(lambda: file_size(dest) >= file_size(origin), 120, 0.01)
+        time.sleep(0.5)  # anything extra (a duplicate) would arrive now
+    finally:
+        contestant.stop()
+    counts: dict[bytes, int] = {}
+    with open(dest, "rb") as f:
+        for line in f:
+            key = line[:9]
+            counts[key] = counts.get(key, 0) + 1
+    lost = writer.lines - len(counts)
+    duplicated = sum(c - 1 for c in counts.values())
+    return writer.lines, lost, duplicated, digest(origin) == digest(dest)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="64 MB and 200 latency probes (well under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="64 MB, 200 latency probes, 4 s writer, no kill -9 runs")
     parser.add_argument("--mb", type=int, default=256, help="catch-up size in MB (256)")
-    parser.add_argument("--only", default="", help="comma-separated contestants (tcppipe,socat)")
+    parser.add_argument("--writer-mb-s", type=float, default=160, help="sustained writer's rate, 0 = flat out (160)")
+    parser.add_argument("--only", default="", help="comma-separated contestants (tcppipe,tcppipe -z,socat,...)")
     args = parser.parse_args()
     total = (64 if args.quick else args.mb) * 1_000_000
     probes = 200 if args.quick else 1000
-    kinds: list[type[Contestant]] = [Tcppipe]
+    writer_s = 4.0 if args.quick else 15.0
+    kinds: list[type[Contestant]] = [Tcppipe, TcppipeZ]
     if shutil.which("socat") and shutil.which("tail"):
         kinds.append(SocatFloor)
     if shutil.which("rsyslogd"):
         kinds.append(Rsyslog)
+    if (SYSLOG_NG_ROOT / "usr/sbin/syslog-ng").exists():
+        kinds.append(SyslogNg)
     if args.only:
         wanted = set(args.only.split(","))
         kinds = [k for k in kinds if k.name.split()[0] in wanted or k.name in wanted]
+        if "tcppipe" in wanted and "tcppipe -z" not in wanted:
+            kinds = [k for k in kinds if k is not TcppipeZ]
     root = Path(tempfile.mkdtemp(prefix="tcppipe-bench."))
     print(
-        f"file -> TCP (loopback) -> file, {total / 1e6:.0f} MB of access-log lines, {probes} latency probes;"
-        f" {os.cpu_count()} CPUs"
+        f"file -> TCP (loopback) -> file, {total / 1e6:.0f} MB of access-log lines, {probes} latency probes,"
+        f" a {args.writer_mb_s:.0f} MB/s writer for {writer_s:.0f} s; {os.cpu_count()} CPUs",
+        flush=True,
     )
     results = []
+    kill_rows = []
     try:
         for kind in kinds:
-            results.append(measure(kind, root, total, probes))
+            result = measure(kind, root, total, probes)
+            result.sustained_mb_s, result.lag_p50_s, result.lag_max_s = sustained(
+                kind, root, writer_s, args.writer_mb_s * 1e6
+            )
+            results.append(result)
+            print(f"  {kind.name}: done", flush=True)
+        if not args.quick and Tcppipe in kinds:
+            for rate in (2e6, 10e6):
+                kill_rows.append((rate, *kill9_run(root, rate)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ours = results[0]
-    header = f"{'contestant':<18}{'catch-up MB/s':>14}{'CPU s/GB':>10}{'RSS MB':>8}{'p50 ms':>8}{'p99 ms':>8}  exact"
+    header = (
+        f"{'contestant':<16}{'catch-up MB/s':>14}{'CPU s/GB':>10}{'RSS MB':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'writer MB/s':>12}{'lag p50 s':>10}{'lag max s':>10}  exact"
+    )
     print(header)
     for r in results:
         print(
-            f"{r.name:<18}{r.catchup_mb_s:>14.1f}{r.cpu_s_per_gb:>10.2f}{r.rss_mb:>8.1f}{r.p50_ms:>8.2f}"
-            f"{r.p99_ms:>8.2f}  {'yes' if r.exact else 'NO'}  {'; '.join(r.notes)}"
+            f"{r.name:<16}{r.catchup_mb_s:>14.1f}{r.cpu_s_per_gb:>10.2f}{r.rss_mb:>8.1f}{r.p50_ms:>8.2f}"
+            f"{r.p99_ms:>8.2f}{r.sustained_mb_s:>12.1f}{r.lag_p50_s:>10.3f}{r.lag_max_s:>10.3f}"
+            f"  {'yes' if r.exact else 'NO'}  {'; '.join(r.notes)}"
         )
     for r in results[1:]:
         print(
             f"tcppipe vs {r.name}: catch-up x{ours.catchup_mb_s / max(r.catchup_mb_s, 1e-9):.2f}, "
-            f"CPU/GB x{ours.cpu_s_per_gb / max(r.cpu_s_per_gb, 1e-9):.2f}, p50 x{ours.p50_ms / max(r.p50_ms, 1e-9):.2f}"
+            f"CPU/GB x{ours.cpu_s_per_gb / max(r.cpu_s_per_gb, 1e-9):.2f}, "
+            f"p50 x{ours.p50_ms / max(r.p50_ms, 1e-9):.2f}, "
+            f"writer rate x{ours.sustained_mb_s / max(r.sustained_mb_s, 1e-9):.2f}"
         )
-    return 0 if ours.exact else 1
+    for rate, lines, lost, duplicated, exact in kill_rows:
+        print(
+            f"tcppipe, kill -9 client/server/client/server in 12 s at {rate / 1e6:.0f} MB/s: "
+            f"{lines} lines, lost {lost}, duplicated {duplicated}, byte-exact {'yes' if exact else 'NO'}"
+        )
+    return 0 if ours.exact and all(row[2] == row[3] == 0 and row[4] for row in kill_rows) else 1
 
 
 if __name__ == "__main__":

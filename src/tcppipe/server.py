@@ -28,7 +28,6 @@ from typing import Any, Final
 
 from tcppipe import config as configuration
 from tcppipe import control
-from tcppipe.compression import Decompressor
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error
@@ -464,7 +463,11 @@ class Server:
         generations = 0
         acked: tuple[int, int] | None = None
         ack_timer: asyncio.TimerHandle | None = None
-        decompressor = Decompressor() if decoder.data_flags & DATA_ZSTD else None
+        decompressor = None
+        if decoder.data_flags & DATA_ZSTD:
+            from tcppipe.compression import Decompressor  # zstandard loads only when a client asks
+
+            decompressor = Decompressor()
         count_lines = self.stats.count_lines
 
         def send_ack(heartbeat: bool = False) -> None:

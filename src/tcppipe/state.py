@@ -1,8 +1,11 @@
 """Status, lock and pid files.
 
 Rule 1: only this module writes them. Every write is atomic: a temporary file
-in the same directory, fsync, ``os.replace``, fsync of the directory. A reader
-sees the old content or the new, never a torn one.
+in the same directory, ``os.replace``. A reader sees the old content or the
+new, never a torn one. A durable write also fsyncs the file before and the
+directory after the rename, so it survives a power loss too; a routine one
+(the client's once-a-second progress, which the server's record overrides)
+skips the two fsyncs: a kill -9 cannot lose it either way.
 
 Rule 2: liveness is a held ``flock``, never a bare pid. A process killed with
 -9 releases its lock, so ``tcppipe -I`` cannot report a dead pid.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
+def write_atomically(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves old or new content."""
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp.{os.getpid()}"
@@ -29,10 +32,13 @@ def write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    if not durable:
+        return
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
@@ -40,8 +46,8 @@ def write_atomically(path: str, data: bytes, mode: int = 0o600) -> None:
         os.close(dir_fd)
 
 
-def write_json_atomically(path: str, value: dict[str, Any]) -> None:
-    write_atomically(path, json.dumps(value, sort_keys=True, indent=1).encode() + b"\n")
+def write_json_atomically(path: str, value: dict[str, Any], durable: bool = True) -> None:
+    write_atomically(path, json.dumps(value, sort_keys=True, indent=1).encode() + b"\n", durable=durable)
 
 
 def read_json(path: str) -> dict[str, Any] | None:
