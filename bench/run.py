@@ -379,10 +379,7 @@ def digest(path: Path) -> str:
 
 
 def measure(kind: type[Contestant], root: Path, total_bytes: int, latency_lines: int) -> Result:
-    work = root / kind.name.replace(" ", "")
-    work.mkdir()
-    origin, dest = work / "origin.log", work / "dest" / "origin.log"
-    dest.parent.mkdir()
+    work, origin, dest = new_pipe(root, kind.name.replace(" ", ""))
     total_bytes = make_data(origin, total_bytes)
     contestant = kind(work)
     result = Result(kind.name)
@@ -460,14 +457,20 @@ class PacedWriter:
         return self.log[min(index, len(self.log) - 1)][0]
 
 
-def sustained(kind: type[Contestant], root: Path, seconds: float, rate: float) -> tuple[float, float, float]:
-    """A writer appending at ``rate`` for ``seconds``: (MB/s delivered while it wrote,
-    lag p50 and max in seconds, sampled every 20 ms)."""
-    work = root / (kind.name.replace(" ", "") + "-sustained")
+def new_pipe(root: Path, name: str) -> tuple[Path, Path, Path]:
+    """A work directory with an empty origin and the destination's directory."""
+    work = root / name
     work.mkdir()
     origin, dest = work / "origin.log", work / "dest" / "origin.log"
     dest.parent.mkdir()
     origin.write_bytes(b"")
+    return work, origin, dest
+
+
+def sustained(kind: type[Contestant], root: Path, seconds: float, rate: float) -> tuple[float, float, float]:
+    """A writer appending at ``rate`` for ``seconds``: (MB/s delivered while it wrote,
+    lag p50 and max in seconds, sampled every 20 ms)."""
+    work, origin, dest = new_pipe(root, kind.name.replace(" ", "") + "-sustained")
     contestant = kind(work)
     try:
         contestant.start(origin, dest)
@@ -493,11 +496,7 @@ def kill9_run(root: Path, rate: float, seconds: float = 12.0) -> tuple[int, int,
     """tcppipe with a writer at ``rate`` B/s, kill -9 of the client, the server, the
     client and the server at 1/5 .. 4/5 of the run, each restarted at once:
     (lines written, lost, duplicated, byte-exact)."""
-    work = root / f"kill9-{int(rate)}"
-    work.mkdir()
-    origin, dest = work / "origin.log", work / "dest" / "origin.log"
-    dest.parent.mkdir()
-    origin.write_bytes(b"")
+    work, origin, dest = new_pipe(root, f"kill9-{int(rate)}")
     contestant = Tcppipe(work)
     try:
         contestant.start(origin, dest)
@@ -530,7 +529,7 @@ def main() -> int:
     args = parser.parse_args()
     total = (64 if args.quick else args.mb) * 1_000_000
     probes = 200 if args.quick else 1000
-    writer_s = 4.0 if args.quick else 15.0
+    writer_s = 4.0 if args.quick else 10.0
     kinds: list[type[Contestant]] = [Tcppipe, TcppipeZ]
     if shutil.which("socat") and shutil.which("tail"):
         kinds.append(SocatFloor)

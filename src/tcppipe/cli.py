@@ -20,9 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from tcppipe import __version__, control
-from tcppipe.client import ClientOptions, catch_early_hup, run_client, verify_pipe
-from tcppipe.client_status import client_rows
+from tcppipe import __version__
 from tcppipe.daemon import Detacher
 from tcppipe.errors import (
     EXIT_CONFIG,
@@ -36,18 +34,9 @@ from tcppipe.errors import (
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
 from tcppipe.origin import open_origin
 from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT_S
-from tcppipe.server import (
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_PER_HOST,
-    HANDSHAKE_TIMEOUT_S,
-    ServerOptions,
-    read_config,
-    run_server,
-)
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
 from tcppipe.status import PipeRow, render_json, render_table
 from tcppipe.tls import TlsFiles, client_context, server_context
-from tcppipe.units import UNITS, install_units, unit_text
 
 DEFAULT_PORT = 6514
 DEFAULT_CONFIG = "/etc/tcppipe.conf"
@@ -219,6 +208,8 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
 
 
 def server_parser() -> argparse.ArgumentParser:
+    from tcppipe.server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_HOST, HANDSHAKE_TIMEOUT_S
+
     p = _Parser(
         prog="tcppiped",
         add_help=False,
@@ -434,6 +425,8 @@ def client_status_main(argv: Sequence[str]) -> int:
             raise UsageError("give both -f and -h, or neither (see --help)")
         key = None if args.file is None else PipeKey.from_options(args.file, args.host, args.port)
         state_dir = args.state_dir or _default_state_dir()
+        from tcppipe.client_status import client_rows
+
         rows = client_rows(state_dir, key)
         if key is not None and not rows:
             print(f"tcppipe: no status for {key.path} to {key.host} port {key.port} in {state_dir}", file=sys.stderr)
@@ -449,6 +442,8 @@ def verify_main(argv: Sequence[str]) -> int:
         args = verify_parser().parse_args(argv)
         key = PipeKey.from_options(args.file, args.host, args.port)
         tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+        from tcppipe.client import verify_pipe
+
         exact, message = asyncio.run(verify_pipe(key, args.bind, tls))
         print(message)
         return 0 if exact else EXIT_FAILURE
@@ -460,6 +455,8 @@ def server_status_main(argv: Sequence[str]) -> int:
     def run() -> int:
         args = status_parser("tcppiped", "server").parse_args(argv)
         state_dir = args.state_dir or _default_state_dir()
+        from tcppipe import control
+
         answer = control.ask_status(control.control_path(state_dir, args.port))
         rows = [PipeRow(**row) for row in answer.get("pipes", [])]
         extra = {k: v for k, v in answer.items() if k != "pipes"}
@@ -471,6 +468,8 @@ def server_status_main(argv: Sequence[str]) -> int:
 
 def units_main(argv: Sequence[str]) -> int:
     def run() -> int:
+        from tcppipe.units import UNITS, install_units, unit_text
+
         args = units_parser().parse_args(argv)
         if args.install is None:
             for name in UNITS:
@@ -495,6 +494,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         return client_status_main(args_list[1:])
     if args_list[:1] == ["verify"]:
         return verify_main(args_list[1:])
+    # Each program imports only its own half: start-up time is part of every catch-up.
+    from tcppipe.client import ClientOptions, catch_early_hup, run_client
+
     program = _Program("tcppipe")
     lock: HeldLock | None = None
     catch_early_hup()
@@ -563,6 +565,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         return server_status_main(args_list[1:])
     if args_list[:1] == ["units"]:
         return units_main(args_list[1:])
+    from tcppipe.server import ServerOptions, read_config, run_server
+
     program = _Program("tcppiped")
     pid_lock: HeldLock | None = None
     try:
