@@ -55,7 +55,7 @@ from tcppipe.protocol import (
 )
 from tcppipe.sockets import close_writer, next_event, tune
 from tcppipe.state import PipeKey
-from tcppipe.status import DRAINING, RECONNECTING, STREAMING
+from tcppipe.status import DRAINING, RECONNECTING, REFUSED, STREAMING
 from tcppipe.tailer import Tailer
 from tcppipe.tls import describe_tls_error
 from tcppipe.verify import Bisector, ChangedWhileVerifying, digest_ranges
@@ -300,6 +300,7 @@ class Client:
             if answer.retry and not first:
                 # A defined pipe whose destination cannot be opened right now
                 # (disk full, permissions): keep retrying, as after a lost connection.
+                self._set_state(REFUSED)
                 raise ConnectionLost(f"server cannot take the pipe now: {answer.reason}")
             raise Refused(f"server refused the pipe: {answer.reason}")
         if not isinstance(answer, Ready):

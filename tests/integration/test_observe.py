@@ -218,3 +218,26 @@ def test_metrics_are_scraped_over_http(pipes: Pipes) -> None:
     assert samples["tcppiped_bad_frames_total"] == 1
     assert samples["tcppiped_connections_open"] == 1
     assert samples["tcppiped_connections_total"] == 3
+
+
+def test_a_destination_that_cannot_be_opened_shows_refused_on_both_sides(pipes: Pipes) -> None:
+    """The destination's directory replaced by a file: the reconnecting pipe is 'refused' in both
+    status tables, and flows again (exactly) once the directory is back."""
+    origin, dest = pipes.pipe("r.log")
+    origin.write_bytes(b"before\n")
+    server = pipes.start_server()
+    pipes.start_client(origin, "--heartbeat", "0.5")
+    wait_until(lambda: same_bytes(origin, dest), what="the first copy")
+    kill9(server)
+    parked = dest.parent.with_name("dest.parked")
+    dest.parent.rename(parked)
+    dest.parent.write_bytes(b"a file where the directory was\n")
+    with open(origin, "ab") as f:
+        f.write(b"while refused\n")
+    pipes.start_server()
+    wait_until(lambda: row_of(server_status(pipes, "--json"), dest)["state"] == "refused", what="server: refused")
+    one = ["-f", str(origin), "-h", "127.0.0.1", "-p", str(pipes.port), "--json"]
+    wait_until(lambda: client_status(pipes, *one)["pipes"][0]["state"] == "refused", what="client: refused")
+    dest.parent.unlink()
+    parked.rename(dest.parent)
+    wait_until(lambda: same_bytes(origin, dest), timeout=30, what="the pipe to flow again")
