@@ -191,6 +191,8 @@ class Client:
         self.last_byte_at: float | None = None
         self.compressor: Any = None
         self.report_progress = False
+        self._progress_sent: tuple[int, int] | None = None
+        self._progress_at = 0.0
         self.catch_up = CatchUp() if opts.show_progress else None
 
     def say(self, level: int, message: str, *args: object) -> None:
@@ -385,8 +387,7 @@ class Client:
         heartbeat = self.opts.heartbeat_s
         dead_after = heartbeat * DEAD_AFTER_HEARTBEATS
         last_sent = time.monotonic()
-        progress_sent: tuple[int, int] | None = None
-        progress_at = 0.0
+        self._progress_sent, self._progress_at = None, 0.0
         while not self.stopping:
             self.wake.clear()
             if receiver.done():
@@ -406,21 +407,7 @@ class Client:
                 chunk = tailer.next_chunk(now, MAX_DATA_BYTES)
                 if chunk is None:
                     break
-                gen, data = chunk
-                if not self._announced or self._announced[-1] is not gen:
-                    writer.write(encode(Generation(gen.ident(), gen.position)))
-                    self._announced.append(gen)
-                    self.generations_sent.add((gen.dev, gen.ino))
-                payload, flags = (data, 0) if self.compressor is None else self.compressor.encode(data)
-                if len(payload) <= COALESCE_BYTES:
-                    # One write, one segment: a lone header would leave as its own packet (TCP_NODELAY).
-                    writer.write(data_header(payload, flags) + payload)
-                else:
-                    writer.write(data_header(payload, flags))
-                    writer.write(payload)
-                tailer.advance(gen, len(data))
-                self.bytes_sent += len(data)
-                self.wire_bytes += len(payload)
+                self._write_chunk(writer, *chunk)
                 self._show_catch_up()
                 async with asyncio.timeout(dead_after):
                     await writer.drain()
@@ -432,11 +419,7 @@ class Client:
                 self.last_byte_at = time.time()
             self._set_state(DRAINING if len(tailer.queue) > 1 else STREAMING)
             if self.report_progress:
-                shape = self._progress()
-                due = progress_sent is None or shape[1] != progress_sent[1] or now - progress_at >= PROGRESS_INTERVAL_S
-                if shape != progress_sent and due:
-                    writer.write(encode(Progress(*shape)))
-                    progress_sent, progress_at = shape, now
+                self._report_progress(writer, now)
             self._save_status()
             if busy:
                 last_sent = now
@@ -451,6 +434,33 @@ class Client:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(timeout, 0.001)):
                     await self.wake.wait()
+
+    def _write_chunk(self, writer: asyncio.StreamWriter, gen: OriginGeneration, data: bytes) -> None:
+        """Frame one chunk (after a GENERATION if it starts one) and hand it to the transport."""
+        if not self._announced or self._announced[-1] is not gen:
+            writer.write(encode(Generation(gen.ident(), gen.position)))
+            self._announced.append(gen)
+            self.generations_sent.add((gen.dev, gen.ino))
+        payload, flags = (data, 0) if self.compressor is None else self.compressor.encode(data)
+        if len(payload) <= COALESCE_BYTES:
+            # One write, one segment: a lone header would leave as its own packet (TCP_NODELAY).
+            writer.write(data_header(payload, flags) + payload)
+        else:
+            writer.write(data_header(payload, flags))
+            writer.write(payload)
+        self.tailer.advance(gen, len(data))
+        self.bytes_sent += len(data)
+        self.wire_bytes += len(payload)
+
+    def _report_progress(self, writer: asyncio.StreamWriter, now: float) -> None:
+        """PROGRESS when the origin's end or the queue changed: a new queue at once, a new end
+        at most once a second (a busy origin would otherwise add a frame per tick)."""
+        shape = self._progress()
+        last = self._progress_sent
+        due = last is None or shape[1] != last[1] or now - self._progress_at >= PROGRESS_INTERVAL_S
+        if shape != last and due:
+            writer.write(encode(Progress(*shape)))
+            self._progress_sent, self._progress_at = shape, now
 
     def _origin_ends(self) -> list[int]:
         try:

@@ -28,6 +28,7 @@ def test_json_round_trips_the_rows() -> None:
 
 
 def test_human_bytes() -> None:
+    """Sizes read as bytes below a KiB, then with one decimal in binary units."""
     assert [human_bytes(n) for n in (0, 1023, 1024, 5 * 1024**3)] == ["0 B", "1023 B", "1.0 KiB", "5.0 GiB"]
 
 
