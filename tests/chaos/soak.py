@@ -353,17 +353,20 @@ class Soak:
         used_mb = (usage.f_blocks - usage.f_bfree) * usage.f_frsize / 1e6
         self.notes.append(f"disk full at {time.monotonic() - self.started:.0f} s: {used_mb:.1f} MB in use before")
         self.filler = self.destfs / "filler"
-        with open(self.filler, "wb") as f:
-            block = b"\0" * (1 << 20)
-            for _ in range(100_000):
-                try:
-                    f.write(block)
-                    f.flush()
-                except OSError:
-                    break
-        self.pause(1.0, 3.0)
-        self.filler.unlink()
-        self.filler = None
+        try:
+            # Unbuffered: a buffered file would raise ENOSPC again when closed, and the
+            # filler would stay (a 10-minute soak once kept the disk full for 170 s that way).
+            with open(self.filler, "wb", buffering=0) as f:
+                block = b"\0" * (1 << 20)
+                for _ in range(100_000):
+                    try:
+                        f.write(block)
+                    except OSError:
+                        break
+            self.pause(1.0, 3.0)
+        finally:
+            self.filler.unlink(missing_ok=True)
+            self.filler = None
 
     def make_unwritable(self) -> None:
         files = [p for p in self.destfs.iterdir() if p.is_file()]
