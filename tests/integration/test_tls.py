@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.certs import Authority, Issued
-from tests.integration.conftest import Pipes, same_bytes, wait_until
+from tests.integration.conftest import BIN, Pipes, same_bytes, wait_until
 
 
 @pytest.fixture
@@ -29,7 +29,8 @@ def tls(issued: object, ca: Authority) -> list[str]:
 
 
 def test_good_pair_streams_exactly(pipes: Pipes, pki: dict[str, object]) -> None:
-    """Server and client certificates from one CA: the pipe runs over TLS, byte-exact."""
+    """Server and client certificates from one CA: the pipe runs over TLS, byte-exact, and verify
+    works over TLS too (and fails with a certificate from another CA)."""
     ca = pki["ca"]
     assert isinstance(ca, Authority)
     origin, dest = pipes.pipe("tls.log")
@@ -40,6 +41,10 @@ def test_good_pair_streams_exactly(pipes: Pipes, pki: dict[str, object]) -> None
     with open(origin, "ab") as f:
         f.write(b"appended over tls\n")
     wait_until(lambda: same_bytes(origin, dest), what="append over TLS")
+    command = [str(BIN / "tcppipe"), "verify", "-f", str(origin), "-h", "127.0.0.1", "-p", str(pipes.port)]
+    verified = pipes.run([*command, *tls(pki["client"], ca)])
+    assert (verified.returncode, verified.stdout.split(":")[0]) == (0, "exact"), verified.stderr
+    assert pipes.run([*command, *tls(pki["rogue-client"], ca)]).returncode == 4
 
 
 def test_entry_may_name_the_certificate_dns_name(pipes: Pipes, pki: dict[str, object]) -> None:
