@@ -149,6 +149,10 @@ class Watcher:
             self._inotify.add_watch(f"/proc/self/fd/{gen.fd}", self._file_mask)
             self._watched.add(gen.ino)
 
+    def fileno(self) -> int:
+        """The inotify fd (-1 when polling): readable while events wait."""
+        return -1 if self._inotify is None else int(self._inotify.fileno())
+
     def _on_readable(self) -> None:
         # Which event it was does not matter (each wake-up looks at everything): drain unparsed.
         with contextlib.suppress(OSError):
