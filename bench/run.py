@@ -378,7 +378,9 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def measure(kind: type[Contestant], root: Path, total_bytes: int, latency_lines: int) -> Result:
+def measure(
+    kind: type[Contestant], root: Path, total_bytes: int, latency_lines: int, probe_budget_s: float = PROBE_BUDGET_S
+) -> Result:
     work, origin, dest = new_pipe(root, kind.name.replace(" ", ""))
     total_bytes = make_data(origin, total_bytes)
     contestant = kind(work)
@@ -394,11 +396,11 @@ def measure(kind: type[Contestant], root: Path, total_bytes: int, latency_lines:
         result.catchup_mb_s = total_bytes / elapsed / 1e6
         result.cpu_s_per_gb = cpu / (total_bytes / 1e9)
         delays = []
-        budget = time.monotonic() + PROBE_BUDGET_S
+        budget = time.monotonic() + probe_budget_s
         with open(origin, "ab") as f:
             for i in range(latency_lines):
                 if time.monotonic() > budget:
-                    result.notes.append(f"{i} latency probes in {PROBE_BUDGET_S:.0f} s")
+                    result.notes.append(f"{i} latency probes in {probe_budget_s:.0f} s")
                     break
                 f.write(b"latency probe %06d\n" % i)
                 f.flush()
@@ -485,7 +487,7 @@ def sustained(kind: type[Contestant], root: Path, seconds: float, rate: float) -
         delivered = file_size(dest)
         elapsed = time.monotonic() - started
         writer.thread.join(timeout=30)
-        wait_for(lambda: file_size(dest) >= file_size(origin), 120, 0.01)
+        # No wait for a slow peer to drain its backlog: the figures are those of the window.
     finally:
         contestant.stop()
     lags.sort()
@@ -522,14 +524,17 @@ def kill9_run(root: Path, rate: float, seconds: float = 12.0) -> tuple[int, int,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="64 MB, 200 latency probes, 4 s writer, no kill -9 runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="64 MB, 200 latency probes (at most 10 s), 3 s writer, no kill -9 runs"
+    )
     parser.add_argument("--mb", type=int, default=256, help="catch-up size in MB (256)")
     parser.add_argument("--writer-mb-s", type=float, default=160, help="sustained writer's rate, 0 = flat out (160)")
     parser.add_argument("--only", default="", help="comma-separated contestants (tcppipe,tcppipe -z,socat,...)")
     args = parser.parse_args()
     total = (64 if args.quick else args.mb) * 1_000_000
     probes = 200 if args.quick else 1000
-    writer_s = 4.0 if args.quick else 10.0
+    writer_s = 3.0 if args.quick else 10.0
+    probe_budget_s = 10.0 if args.quick else PROBE_BUDGET_S
     kinds: list[type[Contestant]] = [Tcppipe, TcppipeZ]
     if shutil.which("socat") and shutil.which("tail"):
         kinds.append(SocatFloor)
@@ -552,7 +557,7 @@ def main() -> int:
     kill_rows = []
     try:
         for kind in kinds:
-            result = measure(kind, root, total, probes)
+            result = measure(kind, root, total, probes, probe_budget_s)
             result.sustained_mb_s, result.lag_p50_s, result.lag_max_s = sustained(
                 kind, root, writer_s, args.writer_mb_s * 1e6
             )
