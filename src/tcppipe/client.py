@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tcppipe import state
 from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable, describe_os_error
@@ -59,6 +59,9 @@ from tcppipe.status import DRAINING, RECONNECTING, REFUSED, STREAMING
 from tcppipe.tailer import Tailer
 from tcppipe.tls import describe_tls_error
 from tcppipe.verify import Bisector, ChangedWhileVerifying, digest_ranges
+
+if TYPE_CHECKING:
+    from tcppipe.compression import Compressor
 
 CONNECT_TIMEOUT_S: Final = 10.0
 HANDSHAKE_TIMEOUT_S: Final = 15.0
@@ -193,7 +196,7 @@ class Client:
         self.bytes_sent = 0
         self.wire_bytes = 0
         self.last_byte_at: float | None = None
-        self.compressor: Any = None
+        self.compressor: Compressor | None = None
         self.report_progress = False
         self._progress_sent: tuple[int, int] | None = None
         self._progress_at = 0.0
@@ -322,9 +325,9 @@ class Client:
         self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
         self.compressor = None
         if FEATURE_ZSTD in answer.features:
-            from tcppipe.compression import Compressor  # zstandard loads only for -z
+            from tcppipe import compression  # zstandard loads only for -z
 
-            self.compressor = Compressor()
+            self.compressor = compression.Compressor()
         if self.opts.compress and self.compressor is None:
             self.say(logging.WARNING, "the server does not take compressed data; sending it as it is")
         self.report_progress = FEATURE_PROGRESS in answer.features
@@ -474,7 +477,12 @@ class Client:
 
     def _progress(self) -> tuple[int, int]:
         """(end of the generation being sent, newer generations waiting)."""
-        return self._origin_ends()[0], len(self.tailer.queue) - 1
+        sending = self.tailer.sending
+        try:
+            end = sending.size()
+        except OSError:
+            end = sending.position
+        return end, len(self.tailer.queue) - 1
 
     def _show_catch_up(self) -> None:
         """The progress line on a terminal, during a long catch-up."""

@@ -29,14 +29,18 @@ def row_from_status(path: str, now: float) -> PipeRow | None:
     if raw is None or not isinstance(raw.get("file"), str):
         return None
     origin: str = raw["file"]
-    lock = path.removesuffix(".status") + ".lock"
+    host, port = raw.get("host"), raw.get("port")
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    # The key the status file names gives its lock, as it gave its own path.
+    lock = PipeKey(origin, host, port).lock_path(os.path.dirname(path))
     running = state.holder_pid(lock) is not None
     offset = _int(raw, "offset")
     behind = _behind(raw, origin, offset)
     last = raw.get("last_byte_at")
     idle = max(0.0, now - last) if isinstance(last, int | float) else None
     return PipeRow(
-        host=f"{raw.get('host', '?')}:{raw.get('port', '?')}",
+        host=f"{host}:{port}",
         origin=origin,
         destination="-",
         state=str(raw.get("state", RECONNECTING)) if running else STOPPED,

@@ -231,11 +231,7 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         """What ``tcppiped status`` prints."""
-        self.entries()
-        for session in self.sessions.values():
-            if session.dest is not None and session.dest.fd >= 0:
-                with contextlib.suppress(OSError):
-                    session.stats.generation_bytes = session.dest.landed()
+        self.entries()  # rows for pipes added to the config since the last look
         return {
             "pid": os.getpid(),
             "port": self.opts.port,
@@ -368,16 +364,16 @@ class Server:
         except DestinationError as exc:
             await self._refuse(writer, peer, str(exc))
             return
-        if dest is None:
+        held = None if dest is None else dest.held()
+        if dest is None or held is None:
             writer.write(encode(Ready(None, None)))
+            if dest is not None:
+                dest.close()
             return
+        record, first, offset = held
+        writer.write(encode(Ready(record, offset, (), first)))
+        self.log.info("%s verifies %s", peer, entry.local)
         try:
-            held = dest.held()
-            if held is None:
-                writer.write(encode(Ready(None, None)))
-            else:
-                writer.write(encode(Ready(held[0], held[2], (), held[1])))
-            self.log.info("%s verifies %s", peer, entry.local)
             for _ in range(MAX_VERIFY_REQUESTS):
                 async with asyncio.timeout(self.opts.handshake_timeout_s):
                     try:
@@ -387,7 +383,7 @@ class Server:
                 if not isinstance(event, Verify):
                     raise ProtocolError(f"expected VERIFY, got {type(event).__name__}")
                 landed = dest.landed()
-                if held is None or landed is None or event.start < held[1] or event.end > landed:
+                if landed is None or event.start < first or event.end > landed:
                     raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
                 ranges = split_range(event.start, event.end, event.parts)
                 digests = await asyncio.to_thread(digest_ranges, dest.fd, ranges, dest.base)
@@ -588,24 +584,11 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
     addresses = ", ".join(format_address(s.getsockname()) for s in listener.sockets)
     server.entries()
-    control_path = control.control_path(opts.state_dir, opts.port)
     try:
-        controller = await control.serve(control_path, server.status)
-    except OSError as exc:
+        controller = await _open_control_and_metrics(server)
+    except BadConfig:
         listener.close()
-        raise BadConfig(f"cannot create control socket {control_path}: {describe_os_error(exc)}") from None
-    if opts.metrics is not None:
-        from tcppipe.metrics import serve_metrics
-
-        server.stats.count_lines = True
-        try:
-            serve_metrics(opts.metrics[0], opts.metrics[1], server.stats)
-        except OSError as exc:
-            listener.close()
-            controller.close()
-            where = format_address(opts.metrics)
-            raise BadConfig(f"cannot serve metrics on {where}: {describe_os_error(exc)}") from None
-        log.info("metrics on http://%s/metrics", format_address(opts.metrics))
+        raise
     log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
     on_listening()
     signals = asyncio.create_task(server.serve_signals())
@@ -616,7 +599,7 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         listener.close()
         controller.close()
         with contextlib.suppress(OSError):
-            os.unlink(control_path)
+            os.unlink(control.control_path(opts.state_dir, opts.port))
         signals.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await signals
@@ -624,6 +607,29 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
                 await listener.wait_closed()
+
+
+async def _open_control_and_metrics(server: Server) -> asyncio.AbstractServer:
+    """The control socket for ``tcppiped status`` and, if asked, the metrics endpoint
+    (BadConfig naming the address if either cannot be had)."""
+    opts = server.opts
+    path = control.control_path(opts.state_dir, opts.port)
+    try:
+        controller = await control.serve(path, server.status)
+    except OSError as exc:
+        raise BadConfig(f"cannot create control socket {path}: {describe_os_error(exc)}") from None
+    if opts.metrics is None:
+        return controller
+    from tcppipe.metrics import serve_metrics  # prometheus_client loads only with --metrics
+
+    server.stats.count_lines = True
+    try:
+        serve_metrics(opts.metrics[0], opts.metrics[1], server.stats)
+    except OSError as exc:
+        controller.close()
+        raise BadConfig(f"cannot serve metrics on {format_address(opts.metrics)}: {describe_os_error(exc)}") from None
+    server.log.info("metrics on http://%s/metrics", format_address(opts.metrics))
+    return controller
 
 
 def _raise_fd_limit() -> None:

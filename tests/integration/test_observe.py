@@ -91,12 +91,22 @@ def test_server_status_follows_a_pipe_through_its_states(pipes: Pipes) -> None:
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
 
 
-def test_server_status_without_a_server_is_one_clear_line(pipes: Pipes) -> None:
-    """No tcppiped on that port: exit 4 and one line saying so, no traceback."""
-    out = pipes.run([command("tcppiped"), "status", "-p", str(free_port()), "--state-dir", str(pipes.server_state)])
-    assert out.returncode == 4
-    assert len(out.stderr.strip().splitlines()) == 1
-    assert "no tcppiped answers" in out.stderr
+def test_status_and_verify_failures_are_one_clear_line(pipes: Pipes) -> None:
+    """No tcppiped on that port (status, verify: exit 4) or half a pipe's options (status: exit 2):
+    one line naming the problem on stderr, no traceback."""
+    origin = pipes.tmp / "lonely.log"
+    origin.write_bytes(b"x\n")
+    port = str(free_port())
+    cases = [
+        ([command("tcppiped"), "status", "-p", port, "--state-dir", str(pipes.server_state)], 4, "no tcppiped answers"),
+        ([command("tcppipe"), "verify", "-f", str(origin), "-h", "127.0.0.1", "-p", port], 4, "cannot connect"),
+        ([command("tcppipe"), "status", "-f", str(origin), "--state-dir", str(pipes.client_state)], 2, "both -f"),
+    ]
+    for args, code, says in cases:
+        out = pipes.run(args)
+        assert (out.returncode, len(out.stderr.strip().splitlines())) == (code, 1), out.stderr
+        assert says in out.stderr
+        assert "Traceback" not in out.stderr
 
 
 def test_client_status_shows_the_pipe_then_stopped(pipes: Pipes) -> None:
