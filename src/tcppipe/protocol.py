@@ -131,6 +131,8 @@ class Hello:
     features: tuple[str, ...] = ()
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     purpose: str = PURPOSE_PIPE
+    # tcppipe -n: the whole file again from byte 0, even the generation the destination holds.
+    restart: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,17 +272,17 @@ def data_header(payload: bytes | memoryview, flags: int = 0) -> bytes:
 def encode(event: Event) -> bytes:
     """The wire bytes of one event."""
     match event:
-        case Hello(path, features, heartbeat_s, purpose):
-            return _control(
-                FrameType.HELLO,
-                {
-                    "version": PROTOCOL_VERSION,
-                    "path": path,
-                    "features": list(features),
-                    "heartbeat_s": heartbeat_s,
-                    "purpose": purpose,
-                },
-            )
+        case Hello(path, features, heartbeat_s, purpose, restart):
+            hello: dict[str, Any] = {
+                "version": PROTOCOL_VERSION,
+                "path": path,
+                "features": list(features),
+                "heartbeat_s": heartbeat_s,
+                "purpose": purpose,
+            }
+            if restart:
+                hello["restart"] = True
+            return _control(FrameType.HELLO, hello)
         case Ready(record, offset, features, first):
             body: dict[str, Any] = {"offset": offset, "features": list(features), "first": first}
             body["record"] = None if record is None else record.to_json()
@@ -335,7 +337,7 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
             or not MIN_HEARTBEAT_S <= heartbeat <= MAX_HEARTBEAT_S
         ):
             raise ProtocolError(f"heartbeat_s must be between {MIN_HEARTBEAT_S} and {MAX_HEARTBEAT_S} seconds")
-        return Hello(path, features, float(heartbeat), purpose)
+        return Hello(path, features, float(heartbeat), purpose, body.get("restart") is True)
     if kind is FrameType.READY:
         raw = body.get("record")
         record = None if raw is None else GenerationId.from_json(raw)
@@ -390,6 +392,11 @@ class Decoder:
         self._copy = copy_payloads
         # DATA flags the peer may use: set once the handshake agreed on an encoding.
         self.data_flags = 0
+        # What the peer may send now (None: any type) and how large a control frame
+        # may be. ``session.py`` narrows both per state: before READY a server takes
+        # only a small HELLO, so a stranger cannot make it buffer a DATA frame.
+        self.allowed: frozenset[FrameType] | None = None
+        self.control_limit = MAX_CONTROL_BYTES
 
     def feed(self, data: bytes) -> None:
         """Add received bytes; an empty ``data`` means the peer closed."""
@@ -421,11 +428,24 @@ class Decoder:
         return memoryview(self._buffer)[self._end :]
 
     def _rest_of_frame(self) -> int:
+        """Room still needed for the frame begun, if its header is one we would take."""
         available = self._end - self._start
         if available < HEADER_BYTES:
             return 0
-        length: int = HEADER.unpack_from(self._buffer, self._start)[2]
-        return max(0, min(length, MAX_DATA_BYTES) + HEADER_BYTES - available)
+        kind, _flags, length, _crc = HEADER.unpack_from(self._buffer, self._start)
+        limit = self._limit(kind)
+        if limit is None or length > limit:
+            return 0  # next_event refuses it; never grow the buffer for it
+        rest: int = length + HEADER_BYTES - available
+        return max(0, rest)
+
+    def _limit(self, kind_value: int) -> int | None:
+        """The largest payload of a frame of this type allowed now, or None if the type is not."""
+        if self.allowed is not None and kind_value not in self.allowed:
+            return None
+        if kind_value == FrameType.DATA:
+            return MAX_DATA_BYTES
+        return self.control_limit
 
     def release_idle_buffer(self) -> None:
         """Drop a large buffer while nothing is pending (an idle pipe keeps no megabytes)."""
@@ -452,9 +472,11 @@ class Decoder:
             kind = FrameType(kind_value)
         except ValueError:
             raise ProtocolError(f"unknown frame type {kind_value}") from None
+        limit = self._limit(kind)
+        if limit is None:
+            raise ProtocolError(f"unexpected {kind.name} frame now")
         if flags & ~(self.data_flags if kind is FrameType.DATA else 0):
             raise ProtocolError(f"unsupported {kind.name} frame flags {flags:#x}")
-        limit = MAX_DATA_BYTES if kind is FrameType.DATA else MAX_CONTROL_BYTES
         # Checked before buffering the payload: an oversized length is refused at once.
         if length > limit:
             raise ProtocolError(f"{kind.name} frame of {length} bytes is over the limit of {limit}")
