@@ -24,59 +24,45 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from tcppipe import state
+from tcppipe.checkpoint import StatusFile, load_history
 from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable, describe_os_error
 from tcppipe.origin import OriginGeneration, find_generation, matches, open_origin
+from tcppipe.pipe_client import PipeClient
 from tcppipe.progress import CatchUp
 from tcppipe.protocol import (
     DEAD_AFTER_HEARTBEATS,
     DEFAULT_HEARTBEAT_S,
-    FEATURE_PROGRESS,
-    FEATURE_ZSTD,
     MAX_DATA_BYTES,
     PURPOSE_VERIFY,
-    Ack,
-    Decoder,
     Digest,
-    Generation,
     GenerationId,
     Hello,
-    Ping,
-    Progress,
+    NeedData,
     ProtocolError,
     Ready,
     Refuse,
     Verify,
-    data_header,
-    encode,
     split_range,
 )
-from tcppipe.sockets import close_writer, next_event, tune
+from tcppipe.session import Acked, ClientSession
+from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
-from tcppipe.status import DRAINING, RECONNECTING, REFUSED, STREAMING
-from tcppipe.tailer import Tailer
+from tcppipe.tasks import TaskReaper
 from tcppipe.tls import describe_tls_error
 from tcppipe.verify import Bisector, ChangedWhileVerifying, digest_ranges
 
-if TYPE_CHECKING:
-    from tcppipe.compression import Compressor
-
 CONNECT_TIMEOUT_S: Final = 10.0
 HANDSHAKE_TIMEOUT_S: Final = 15.0
-STATUS_INTERVAL_S: Final = 1.0
-PROGRESS_INTERVAL_S: Final = 1.0
 GOODBYE_TIMEOUT_S: Final = 5.0
 # The server hashes up to the whole destination for one answer.
 DIGEST_TIMEOUT_S: Final = 600.0
 MAX_VERIFY_ROUNDS: Final = 32
-# Chunks sent per wake-up before looking at signals and rotation again.
-MAX_CHUNKS_PER_TICK: Final = 64
-ROTATION_CHECK_CHUNKS: Final = 16
-# DATA payloads up to this size are copied behind their header and sent in one write.
-COALESCE_BYTES: Final = 64 * 1024
 
+
+# How a connection ends without a bug: the connection loop handles each.
+CONNECTION_ENDS: Final = (ConnectionLost, ProtocolError, OSError, TimeoutError, TcppipeError)
 
 _early_hups: list[int] = []
 
@@ -124,7 +110,7 @@ class ClientOptions:
 class Watcher:
     """Wakes the send loop on inotify events for FILE, its directory and open generations."""
 
-    def __init__(self, path: str, wake: Callable[[], None], log: logging.LoggerAdapter[Any]) -> None:
+    def __init__(self, path: str, wake: Callable[[], None], log: logging.Logger) -> None:
         self._wake = wake
         self._inotify: Any = None
         self._watched: set[int] = set()
@@ -173,34 +159,32 @@ class Watcher:
 
 
 class Client:
+    """One pipe's asyncio adapter around ``PipeClient``: a file-side task and a connection loop."""
+
     def __init__(self, opts: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]) -> None:
         self.opts = opts
         key = opts.key
-        self.log = logging.LoggerAdapter(logger, {})
+        self.log = logger
         self.prefix = f"[{key.host}:{key.port} {key.path}]"
-        self.tailer = Tailer(key.path, opts.grace_s)
+        self.status_file = StatusFile(key.status_path(opts.state_dir))
+        self.core = PipeClient(
+            key.path,
+            opts.grace_s,
+            opts.heartbeat_s,
+            compress=opts.compress,
+            full=opts.full,
+            history=load_history(self.status_file.path),
+        )
         self.on_ready = on_ready
-        self.wake = asyncio.Event()
+        # The file side wakes on inotify events, signals and the -t tick; the sender on file-side news and ACKs.
+        self.file_event = asyncio.Event()
+        self.send_event = asyncio.Event()
         self.stopping = False
-        # Set at the first READY: from then on failures mean "reconnect", not "exit".
-        self.established = False
-        self.status_path = key.status_path(opts.state_dir)
-        self._status_saved_at = 0.0
-        self._status_last: dict[str, Any] | None = None
-        self._status_shape: list[tuple[int, int]] = []
-        self._status_timer: asyncio.TimerHandle | None = None
-        self._announced: list[OriginGeneration] = []
+        self.hup_pending = False
         self.watcher: Watcher | None = None
-        self.state = RECONNECTING
-        self.generations_sent: set[tuple[int, int]] = set()
-        self.bytes_sent = 0
-        self.wire_bytes = 0
         self.last_byte_at: float | None = None
-        self.compressor: Compressor | None = None
-        self.report_progress = False
-        self._progress_sent: tuple[int, int] | None = None
-        self._progress_at = 0.0
         self.catch_up = CatchUp() if opts.show_progress else None
+        self.tasks = TaskReaper(logger, self.prefix)
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -209,11 +193,12 @@ class Client:
 
     def request_stop(self) -> None:
         self.stopping = True
-        self.wake.set()
+        self.file_event.set()
+        self.send_event.set()
 
     def request_hup(self) -> None:
-        self.tailer.hup_requested = True
-        self.wake.set()
+        self.hup_pending = True
+        self.file_event.set()
 
     # -- main loop -------------------------------------------------------------
 
@@ -225,22 +210,58 @@ class Client:
         if _early_hups:
             _early_hups.clear()
             self.request_hup()
-        self.tailer.open(time.monotonic())
-        watcher = Watcher(self.opts.key.path, self.wake.set, self.log)
-        self.watcher = watcher
+        self.core.start(time.monotonic())
+        self.watcher = Watcher(self.opts.key.path, self.file_event.set, self.log)
+        self._follow_files()
+        files = self.tasks.spawn(self._file_side(), "file side")
         try:
             await self._connect_forever()
         finally:
-            watcher.close()
-            if self._status_timer is not None:
-                self._status_timer.cancel()
+            files.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await files
+            self.watcher.close()
             self._save_status(force=True)
-            self.tailer.close()
+            self.core.close()
+
+    async def _file_side(self) -> None:
+        """Follow FILE through rotations whatever the connection is doing (Rule 1 of tailer.py)."""
+        while not self.stopping:
+            self.file_event.clear()
+            self._follow_files()
+            timeout = self.opts.interval_s
+            owed = self.status_file.due_in(time.monotonic())
+            if owed is not None:
+                timeout = min(timeout, owed + 0.001)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.file_event.wait()
+
+    def _follow_files(self) -> None:
+        """Notice growth, a replaced or truncated FILE, a SIGHUP; open and watch each new generation."""
+        now = time.monotonic()
+        before = len(self.core.tailer.gens)
+        if self.hup_pending:
+            self.hup_pending = False
+            self.core.request_hup(now)
+        else:
+            self.core.follow(now)
+        self._log_notices()
+        if self.watcher is not None:
+            for gen in self.core.tailer.gens:
+                self.watcher.watch_file(gen)
+        self._save_status()
+        if len(self.core.tailer.gens) != before or self.core.streaming:
+            self.send_event.set()
+
+    def _log_notices(self) -> None:
+        for note in self.core.take_notices():
+            self.say(logging.INFO, "%s", note)
 
     async def _connect_forever(self) -> None:
         backoff = Backoff()
         while not self.stopping:
-            first = not self.established
+            first = not self.core.established
             try:
                 reader, writer = await self._connect()
             except OSError as exc:
@@ -253,9 +274,9 @@ class Client:
                 await self._sleep(delay)
                 continue
             try:
-                await self._session(reader, writer, first)
+                await self._session(reader, writer)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
-                if not self.established:
+                if not self.core.established:
                     reason = describe(exc)
                     if self.opts.tls is not None and isinstance(exc, ConnectionLost | ConnectionError):
                         # TLS 1.3 checks our certificate after our side of the handshake is
@@ -267,86 +288,50 @@ class Client:
                 await self._sleep(delay)
                 continue
             finally:
+                self.core.disconnect()
+                self._save_status(force=True)
                 await close_writer(writer)
             backoff.reset()
 
     async def _sleep(self, delay: float) -> None:
-        """Wait out a back-off while still following rotations: several can happen
-        while disconnected, and each generation must be opened before the next
-        one replaces it at FILE."""
-        deadline = time.monotonic() + delay
-        for _ in range(1 << 62):
-            self.wake.clear()
-            self._follow_rotation()
-            remaining = deadline - time.monotonic()
-            if self.stopping or remaining <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, self.opts.interval_s)):
-                    await self.wake.wait()
-
-    def _follow_rotation(self) -> None:
-        """Notice a replaced or truncated FILE, watch the new generation, record it in the status."""
-        self.tailer.poll_rotation(time.monotonic())
-        for note in self.tailer.take_notices():
-            self.say(logging.INFO, "%s", note)
-        if self.watcher is not None:
-            for gen in self.tailer.queue:
-                self.watcher.watch_file(gen)
-        self._save_status()
+        """Wait out a back-off (the file side goes on in its own task)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                while not self.stopping:
+                    self.send_event.clear()
+                    await self.send_event.wait()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await connect(self.opts.key, self.opts.bind, self.opts.tls)
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bool) -> None:
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tune(writer)
-        decoder = Decoder()
-        features = (FEATURE_PROGRESS, FEATURE_ZSTD) if self.opts.compress else (FEATURE_PROGRESS,)
-        writer.write(encode(Hello(self.opts.key.path, features, self.opts.heartbeat_s)))
+        core = self.core
+        first = not core.established
+        writer.write(core.connect(time.monotonic()))
         async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            answer = await next_event(reader, decoder)
-        if isinstance(answer, Refuse):
-            if answer.retry and not first:
-                # A defined pipe whose destination cannot be opened right now
-                # (disk full, permissions): keep retrying, as after a lost connection.
-                self._set_state(REFUSED)
-                raise ConnectionLost(f"server cannot take the pipe now: {answer.reason}")
-            raise Refused(f"server refused the pipe: {answer.reason}")
-        if not isinstance(answer, Ready):
-            raise ProtocolError(f"expected READY or REFUSE, got {type(answer).__name__}")
-        if first:
-            fallback, queued = self._last_status()
-        else:
-            # Reconnecting: what this process saw acknowledged is the fallback.
-            fallback, queued = (self.tailer.sending.ident(), self.tailer.sending.acked), []
-        resumed = self.tailer.resume(
-            answer.record, answer.offset, fallback, time.monotonic(), first, self.opts.full and first, queued
-        )
-        self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
-        self.compressor = None
-        if FEATURE_ZSTD in answer.features:
-            from tcppipe import compression  # zstandard loads only for -z
-
-            self.compressor = compression.Compressor()
-        if self.opts.compress and self.compressor is None:
+            while not core.streaming:
+                data = await _read(reader)
+                core.receive(data, time.monotonic())
+        resumed = core.resumed
+        if resumed is not None:
+            self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
+        self._log_notices()
+        if self.opts.compress and core.compressor is None:
             self.say(logging.WARNING, "the server does not take compressed data; sending it as it is")
-        self.report_progress = FEATURE_PROGRESS in answer.features
-        self._set_state(STREAMING)
+        self._save_status(force=True)
         if first:
-            self.established = True
             self.on_ready()
-        self._announced = []
-        self.last_heard = time.monotonic()
-        receiver = asyncio.create_task(self._receive(reader, decoder))
+        receiver = self.tasks.spawn(self._receive(reader), "receiver", expected=CONNECTION_ENDS)
         try:
             await self._send(writer, receiver)
             await self._say_goodbye(writer, receiver)
         finally:
-            self._set_state(RECONNECTING)
             if not receiver.done():
                 receiver.cancel()
-            with contextlib.suppress(BaseException):
-                await receiver
+            await asyncio.wait({receiver})
+            if not receiver.cancelled():
+                receiver.exception()  # retrieved: the sender already said why the connection ended
 
     async def _say_goodbye(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
         """Half-close and wait (bounded) for the server's final ACK, so the
@@ -358,207 +343,83 @@ class Client:
             writer.write_eof()
         await asyncio.wait({receiver}, timeout=GOODBYE_TIMEOUT_S)
 
-    def _last_status(self) -> tuple[tuple[GenerationId, int] | None, list[GenerationId]]:
-        """From the previous run's status file: where it stood (the fallback when the
-        server has no record) and the generations it held, oldest first."""
-        raw = state.read_json(self.status_path) or {}
-        queued: list[GenerationId] = []
-        for item in raw.get("queue", []):
-            with contextlib.suppress(ProtocolError):
-                queued.append(GenerationId.from_json(item))
-        offset = raw.get("offset")
-        try:
-            ident = GenerationId.from_json(raw.get("generation"))
-        except ProtocolError:
-            return None, queued
-        return ((ident, offset) if isinstance(offset, int) and offset >= 0 else None), queued
-
-    async def _receive(self, reader: asyncio.StreamReader, decoder: Decoder) -> None:
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                event = await next_event(reader, decoder)
-                self.last_heard = time.monotonic()
-                if isinstance(event, Ack):
-                    if 0 < event.generations <= len(self._announced):
-                        self.tailer.acknowledged(self._announced[event.generations - 1], event.offset)
-                        self._save_status()
-                elif isinstance(event, Refuse):
-                    raise Refused(f"server ended the pipe: {event.reason}")
-                else:
-                    raise ProtocolError(f"unexpected {type(event).__name__} from the server")
+                data = await _read(reader)
+                self.core.receive(data, time.monotonic())
+                self._save_status()
         finally:
-            self.wake.set()
+            self.send_event.set()
 
     async def _send(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
-        tailer = self.tailer
-        heartbeat = self.opts.heartbeat_s
-        dead_after = heartbeat * DEAD_AFTER_HEARTBEATS
-        last_sent = time.monotonic()
-        self._progress_sent, self._progress_at = None, 0.0
+        core = self.core
+        dead_after = self.opts.heartbeat_s * DEAD_AFTER_HEARTBEATS
         while not self.stopping:
-            self.wake.clear()
+            self.send_event.clear()
             if receiver.done():
                 receiver.result()  # raises why it ended
                 raise ConnectionLost("server closed the connection")
             now = time.monotonic()
-            if now - self.last_heard > dead_after:
-                raise ConnectionLost(f"no word from the server for {now - self.last_heard:.1f} s")
-            self._follow_rotation()
+            if core.peer_dead(now):
+                raise ConnectionLost(f"no word from the server for {core.silence(now):.1f} s")
             self._show_catch_up()
-            busy = False
-            for sent in range(MAX_CHUNKS_PER_TICK):
-                if sent and sent % ROTATION_CHECK_CHUNKS == 0:
-                    # During a long catch-up, look for rotations often: two quick ones
-                    # between checks would hide the middle generation.
-                    self._follow_rotation()
-                chunk = tailer.next_chunk(now, MAX_DATA_BYTES)
-                if chunk is None:
-                    break
-                self._write_chunk(writer, *chunk)
-                self._show_catch_up()
+            frames = core.outgoing(now)
+            for frame in frames:
+                writer.write(frame)
+            self._log_notices()
+            if core.sent_any:
+                core.sent_any = False
+                self.last_byte_at = time.time()
+            self._show_catch_up()
+            self._save_status()
+            if frames:
                 async with asyncio.timeout(dead_after):
                     await writer.drain()
-                busy = True
-            for note in tailer.take_notices():
-                self.say(logging.INFO, "%s", note)
-            now = time.monotonic()
-            if busy:
-                self.last_byte_at = time.time()
-            self._set_state(DRAINING if len(tailer.queue) > 1 else STREAMING)
-            if self.report_progress:
-                self._report_progress(writer, now)
-            self._save_status()
-            if busy:
-                last_sent = now
-                continue
-            if now - last_sent >= heartbeat:
-                writer.write(encode(Ping()))
-                last_sent = now
-            timeout = min(self.opts.interval_s, heartbeat - (now - last_sent))
-            grace = tailer.next_wakeup(now)
-            if grace is not None:
-                timeout = min(timeout, grace + 0.01)
+                # Let the file side and the receiver run between batches of a long catch-up.
+                await asyncio.sleep(0)
+                if len(frames) > 2:
+                    continue
+            timeout = self.opts.interval_s
+            wakeup = core.next_wakeup(time.monotonic())
+            if wakeup is not None:
+                timeout = min(timeout, wakeup + 0.01)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(timeout, 0.001)):
-                    await self.wake.wait()
-
-    def _write_chunk(self, writer: asyncio.StreamWriter, gen: OriginGeneration, data: bytes) -> None:
-        """Frame one chunk (after a GENERATION if it starts one) and hand it to the transport."""
-        if not self._announced or self._announced[-1] is not gen:
-            writer.write(encode(Generation(gen.ident(), gen.position)))
-            self._announced.append(gen)
-            self.generations_sent.add((gen.dev, gen.ino))
-        payload, flags = (data, 0) if self.compressor is None else self.compressor.encode(data)
-        if len(payload) <= COALESCE_BYTES:
-            # One write, one segment: a lone header would leave as its own packet (TCP_NODELAY).
-            writer.write(data_header(payload, flags) + payload)
-        else:
-            writer.write(data_header(payload, flags))
-            writer.write(payload)
-        self.tailer.advance(gen, len(data))
-        self.bytes_sent += len(data)
-        self.wire_bytes += len(payload)
-
-    def _report_progress(self, writer: asyncio.StreamWriter, now: float) -> None:
-        """PROGRESS when the origin's end or the queue changed: a new queue at once, a new end
-        at most once a second (a busy origin would otherwise add a frame per tick)."""
-        shape = self._progress()
-        last = self._progress_sent
-        due = last is None or shape[1] != last[1] or now - self._progress_at >= PROGRESS_INTERVAL_S
-        if shape != last and due:
-            writer.write(encode(Progress(*shape)))
-            self._progress_sent, self._progress_at = shape, now
-
-    def _origin_ends(self) -> list[int]:
-        try:
-            return [g.size() for g in self.tailer.queue]
-        except OSError:
-            return [g.position for g in self.tailer.queue]
-
-    def _progress(self) -> tuple[int, int]:
-        """(end of the generation being sent, newer generations waiting)."""
-        sending = self.tailer.sending
-        try:
-            end = sending.size()
-        except OSError:
-            end = sending.position
-        return end, len(self.tailer.queue) - 1
+                    await self.send_event.wait()
 
     def _show_catch_up(self) -> None:
         """The progress line on a terminal, during a long catch-up."""
         if self.catch_up is None:
             return
-        queue = self.tailer.queue
-        behind = sum(max(0, end - g.position) for end, g in zip(self._origin_ends(), queue, strict=True))
-        line = self.catch_up.update(time.monotonic(), self.bytes_sent, behind)
+        behind = 0
+        for gen in self.core.tailer.gens:
+            with contextlib.suppress(OSError):
+                behind += max(0, gen.size() - gen.position) if not gen.done else 0
+        line = self.catch_up.update(time.monotonic(), self.core.bytes_sent, behind)
         if line is not None:
             with contextlib.suppress(OSError):
                 sys.stderr.write(line)
                 sys.stderr.flush()
 
-    def _set_state(self, new: str) -> None:
-        if new != self.state:
-            self.state = new
-            self._save_status(force=True)
-
-    def _deferred_save(self) -> None:
-        self._status_timer = None
-        if self.tailer.queue:
-            self._save_status()
-
     def _save_status(self, force: bool = False) -> None:
-        now = time.monotonic()
-        held = [g for g in self.tailer.retired + self.tailer.queue if not g.closed]
-        shape = [(g.dev, g.ino) for g in held]
-        # A change of generations is saved at once: a restart must know them all.
-        # Otherwise at most once a second, and a skipped save is done later, not dropped.
-        new_shape = shape != self._status_shape
-        if not force and not new_shape and now - self._status_saved_at < STATUS_INTERVAL_S:
-            if self._status_timer is None:
-                delay = STATUS_INTERVAL_S - (now - self._status_saved_at)
-                self._status_timer = asyncio.get_running_loop().call_later(delay, self._deferred_save)
+        snapshot = self.core.snapshot()
+        if snapshot is None:
             return
-        if not self.tailer.queue:
-            return
-        gen = self.tailer.sending
+        key = self.opts.key
+        snapshot.update(host=key.host, port=key.port, last_byte_at=self.last_byte_at)
         try:
-            ident = gen.ident()
-            queue = [g.ident().to_json() for g in held]
-        except OSError:
-            return
-        self._status_shape = shape
-        status = {
-            "pid": os.getpid(),
-            "file": self.opts.key.path,
-            "host": self.opts.key.host,
-            "port": self.opts.key.port,
-            "generation": ident.to_json(),
-            "offset": gen.acked,
-            "sent": gen.position,
-            "queue": queue,
-            "state": self.state,
-            "origin_end": _size_or_none(gen),
-            "generations": len(self.generations_sent),
-            "last_byte_at": self.last_byte_at,
-            "bytes_sent": self.bytes_sent,
-            "wire_bytes": self.wire_bytes,
-        }
-        self._status_saved_at = now
-        if status == self._status_last:
-            return
-        try:
-            # Durable when the generations held change: a restart after a power loss needs them all.
-            state.write_json_atomically(self.status_path, status, durable=new_shape or force)
-            self._status_last = status
+            self.status_file.save(snapshot, time.monotonic(), force=force)
         except OSError as exc:
-            self.say(logging.WARNING, "cannot write status file %s: %s", self.status_path, describe_os_error(exc))
+            self.say(logging.WARNING, "cannot write status file %s: %s", self.status_file.path, describe_os_error(exc))
 
 
-def _size_or_none(gen: OriginGeneration) -> int | None:
+async def _read(reader: asyncio.StreamReader) -> bytes:
+    """The next bytes from the peer (b"" at its end); OSError as ConnectionLost."""
     try:
-        return gen.size()
-    except OSError:
-        return None
+        return await reader.read(READ_BYTES)
+    except OSError as exc:
+        raise ConnectionLost(describe_os_error(exc)) from None
 
 
 async def connect(
@@ -598,19 +459,30 @@ async def verify_pipe(key: PipeKey, bind: str | None, tls: ssl.SSLContext | None
     except OSError as exc:
         raise Unreachable(f"cannot connect to {key.host} port {key.port}: {describe(exc)}") from None
     fd = -1
+    session: ClientSession[None] = ClientSession(Hello(key.path, purpose=PURPOSE_VERIFY), time.monotonic())
+
+    async def answer(timeout_s: float) -> Ready | Refuse | Digest:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                event = session.next_event()
+                if event is None:
+                    raise ConnectionLost("server closed the connection")
+                if not isinstance(event, NeedData):
+                    assert not isinstance(event, Acked)  # a verifying session announces nothing
+                    return event
+                session.receive(await _read(reader), time.monotonic())
+
     try:
         tune(writer)
-        decoder = Decoder()
-        writer.write(encode(Hello(key.path, purpose=PURPOSE_VERIFY)))
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            answer = await next_event(reader, decoder)
-        if isinstance(answer, Refuse):
-            raise Refused(f"server refused: {answer.reason}")
-        if not isinstance(answer, Ready):
-            raise ProtocolError(f"expected READY or REFUSE, got {type(answer).__name__}")
-        if answer.record is None or answer.offset is None:
+        writer.write(session.start(time.monotonic()))
+        ready = await answer(HANDSHAKE_TIMEOUT_S)
+        if isinstance(ready, Refuse):
+            raise Refused(f"server refused: {ready.reason}")
+        if not isinstance(ready, Ready):
+            raise ProtocolError(f"expected READY or REFUSE, got {type(ready).__name__}")
+        if ready.record is None or ready.offset is None:
             return False, "nothing to verify: tcppiped has no record of this pipe yet"
-        record, first, end = answer.record, answer.first or 0, answer.offset
+        record, first, end = ready.record, ready.first or 0, ready.offset
         found = _find_origin(key.path, record)
         if found is None:
             return False, (
@@ -624,9 +496,8 @@ async def verify_pipe(key: PipeKey, bind: str | None, tls: ssl.SSLContext | None
             request = bisector.request()
             if request is None:
                 break
-            writer.write(encode(Verify(*request)))
-            async with asyncio.timeout(DIGEST_TIMEOUT_S):
-                reply = await next_event(reader, decoder)
+            writer.write(session.send_verify(Verify(*request), time.monotonic()))
+            reply = await answer(DIGEST_TIMEOUT_S)
             if not isinstance(reply, Digest):
                 raise ProtocolError(f"expected DIGEST, got {type(reply).__name__}")
             ours = await asyncio.to_thread(digest_ranges, fd, split_range(*request))

@@ -96,8 +96,15 @@ class OriginGeneration:
     position: int = 0
     acked: int = 0
     high_water: int = 0
+    # When the file side last saw it grow (or when it was replaced at FILE): the grace clock.
     last_growth: float = 0.0
+    seen_size: int = 0
+    # Truncated: nothing more is read from it.
     finished: bool = False
+    # A SIGHUP came after it was replaced: it goes as soon as it is read to its end.
+    released: bool = False
+    # Read to its end and left behind; kept open until a later generation is acknowledged.
+    done: bool = False
     closed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -108,7 +115,28 @@ class OriginGeneration:
     @classmethod
     def adopt(cls, path: str, fd: int, now: float) -> OriginGeneration:
         st = os.fstat(fd)
-        return cls(fd=fd, path=path, dev=st.st_dev, ino=st.st_ino, high_water=st.st_size, last_growth=now)
+        return cls(
+            fd=fd,
+            path=path,
+            dev=st.st_dev,
+            ino=st.st_ino,
+            high_water=st.st_size,
+            last_growth=now,
+            seen_size=st.st_size,
+        )
+
+    def observe(self, now: float) -> None:
+        """Note the writer's growth of the file (the file side, on every event and tick)."""
+        if self.closed:
+            return
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError:
+            return
+        if size != self.seen_size:
+            self.seen_size = size
+            self.last_growth = now
+            self.high_water = max(self.high_water, size)
 
     def ident(self) -> GenerationId:
         return identify(self.fd)

@@ -1,31 +1,62 @@
-"""Which bytes of which origin generation go out next: the client's core.
+"""Which bytes of which origin generation go out next: the client's file side.
 
-Rule 1: synchronous, no sockets; time is passed in. ``client.py`` calls
-``poll_rotation`` and ``next_chunk`` on every wake-up and sends what it gets.
+Rule 1: synchronous, no sockets; time is passed in. The file side
+(``follow``, ``request_hup``) runs on every file event and every -t tick,
+whatever the connection is doing (connecting, handshaking, backing off,
+streaming): each new generation at FILE is opened the moment it is seen, and
+its descriptor held until the server has acknowledged a later generation.
+The connection side (``resume``, ``next_chunk``, ``advance``,
+``acknowledged``) only decides what to send.
 
-Rule 2 (exactly once): the tailer never decides on its own where to resume.
-After each (re)connect, ``resume`` takes the server's record (the generation
-the destination holds and how many of its bytes landed) and positions the
-queue there; the client's status file is consulted only when the server has
-no record.
+Rule 2 (exactly once: one rule, applied on every READY): the server's record
+(the generation the destination holds and how many of its bytes landed)
+positions every generation the client holds: the one it names at its offset,
+those before it retired, every one after it from byte 0. What was written to
+a socket counts for nothing until an ACK says it landed. Only when the server
+has no record does the previous run's status file say where to stand.
 
-Rule 3 (order through rotation): ``queue`` holds the open generations oldest
-first; bytes go out only from ``queue[0]``. A generation that has been
-replaced at FILE is read until it has been quiet for ``grace_s`` (or a SIGHUP
-asks to move on, or it was truncated), and only then does the next one start.
-Finished generations stay open in ``retired`` until the server acknowledges
-a later GENERATION, so a connection lost at the switch loses nothing.
+Rule 3 (order through rotation): ``gens`` holds the open generations oldest
+first; bytes go out only from the oldest one not yet finished. A generation
+replaced at FILE is read until it has been quiet (no growth seen) for
+``grace_s``, or a SIGHUP released it, or it was truncated; only then does the
+next one start. The quiet clock of every replaced generation runs from the
+writer's last growth the file side saw (at the earliest from the moment it
+was replaced), all at once: a writer that rotates ten times in a second costs
+one grace period, not ten.
+
+Rule 4 (restart): after a restart the previous status file lists the
+generations that run held. If the server's record names one of them that is
+no longer FILE, it is looked for beside FILE by its identity, and so is every
+one listed after it; each is sent in order. A generation found nowhere is
+reported with the bytes lost with it. A generation the status file did not
+record is never adopted: a server cannot make tcppipe send any file but FILE
+or one it opened itself as FILE.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tcppipe.errors import OriginError, describe_os_error
 from tcppipe.origin import OriginGeneration, find_generation, matches
 from tcppipe.protocol import GenerationId
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A generation as the status file remembers it, and its size when last seen."""
+
+    ident: GenerationId
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the previous run's status file says: where it stood, and what it held, oldest first."""
+
+    position: tuple[GenerationId, int] | None = None
+    held: tuple[Recorded, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,120 +68,58 @@ class Resumed:
     how: str
 
 
+def same_generation(a: GenerationId, b: GenerationId) -> bool:
+    """Could ``a`` and ``b`` name one file? Same inode, and the same head where both
+    fingerprints cover the same bytes."""
+    if (a.dev, a.ino) != (b.dev, b.ino):
+        return False
+    return a.fp_len != b.fp_len or a.fp_sha256 == b.fp_sha256
+
+
 class Tailer:
+    """The open generations of one origin FILE and how far each has been sent and acknowledged."""
+
     def __init__(self, path: str, grace_s: float) -> None:
         self.path = path
         self.grace_s = grace_s
-        self.queue: list[OriginGeneration] = []
-        self.retired: list[OriginGeneration] = []
-        self.hup_requested = False
+        self.gens: list[OriginGeneration] = []
         self.notices: list[str] = []
         self._missing_reported = False
         self._reopen_error: str | None = None
 
-    # -- opening and resuming ---------------------------------------------
+    # -- what is held ------------------------------------------------------------
 
     def open(self, now: float) -> None:
         """Open FILE by name (raises OriginError if it cannot be read)."""
-        self.queue = [OriginGeneration.open(self.path, now)]
+        self.gens = [OriginGeneration.open(self.path, now)]
 
     @property
     def current(self) -> OriginGeneration:
-        return self.queue[-1]
+        """The generation at FILE (the newest)."""
+        return self.gens[-1]
 
     @property
     def sending(self) -> OriginGeneration:
-        return self.queue[0]
+        """The oldest generation not yet finished: bytes go out only from it."""
+        for gen in self.gens:
+            if not gen.done:
+                return gen
+        return self.gens[-1]
 
-    def resume(
-        self,
-        record: GenerationId | None,
-        offset: int | None,
-        fallback: tuple[GenerationId, int] | None,
-        now: float,
-        first: bool,
-        full: bool = False,
-        queued: Sequence[GenerationId] = (),
-    ) -> Resumed:
-        """Position the queue where the destination stands (see Rule 2)."""
-        held = [g for g in self.retired + self.queue if not g.closed]
-        self.retired = []
-        if full:
-            for g in held[:-1]:
-                g.close()
-            self.queue = held[-1:]
-            self.sending.position = 0
-            return Resumed(self.sending.path, 0, "from the first byte (-n)")
-        if record is not None and offset is not None:
-            target, how = (record, offset), "where the destination stands"
-        elif fallback is not None:
-            target, how = fallback, "from the status file (the server has no record)"
-        else:
-            target, how = None, "from the first byte (new pipe)"
-        if target is not None:
-            ident, position = target
-            for index, gen in enumerate(held):
-                if matches(ident, gen.fd):
-                    return self._resume_at(held, index, position, now, how)
-            if first:
-                rotated = self._find_rotated(ident, queued, held, now)
-                if rotated:
-                    how += f" (rotated to {rotated[0].path})"
-                    return self._resume_at([*rotated, *held], 0, position, now, how)
-            how = "from the first byte (the destination holds another generation)"
-        live = [g for g in held if not g.finished]
-        for g in held:
-            if g.finished:
-                g.close()
-        if not live:
-            live = [OriginGeneration.open(self.path, now)]
-        self.queue = live
-        self.sending.position = 0
-        return Resumed(self.sending.path, 0, how)
+    @property
+    def queued(self) -> int:
+        """Generations waiting behind the one being sent."""
+        return len(self.gens) - 1 - self.gens.index(self.sending)
 
-    def _find_rotated(
-        self, ident: GenerationId, queued: Sequence[GenerationId], held: list[OriginGeneration], now: float
-    ) -> list[OriginGeneration]:
-        """After a restart: the recorded generation, found by identity beside FILE, then
-        the generations the status file says were queued after it, in order."""
-        directory = os.path.dirname(self.path) or "/"
-        found = find_generation(directory, ident)
-        if found is None:
-            return []
-        gens = [OriginGeneration.adopt(found[0], found[1], now)]
-        keys = [(q.dev, q.ino) for q in queued]
-        after = queued[keys.index((ident.dev, ident.ino)) + 1 :] if (ident.dev, ident.ino) in keys else ()
-        for later in after:
-            if any(matches(later, g.fd) for g in gens + held):
-                continue
-            more = find_generation(directory, later)
-            if more is not None:
-                gens.append(OriginGeneration.adopt(more[0], more[1], now))
-        return gens
+    def held(self) -> list[OriginGeneration]:
+        return list(self.gens)
 
-    def _resume_at(self, held: list[OriginGeneration], index: int, position: int, now: float, how: str) -> Resumed:
-        for g in held[:index]:
-            g.close()
-        self.queue = held[index:]
-        gen = self.sending
-        size = gen.size()
-        if position > size:
-            # The generation shrank below what landed: truncated; its new
-            # content is a new generation, sent from its first byte.
-            gen.finished = True
-            self.notices.append(f"{gen.path} is shorter than what landed ({size} < {position}): truncated")
-            if len(self.queue) == 1:
-                self.queue.append(OriginGeneration.open(self.path, now))
-            position = size
-        gen.position = gen.acked = position
-        gen.high_water = max(gen.high_water, position)
-        gen.last_growth = now
-        return Resumed(gen.path, position, how)
+    # -- the file side -----------------------------------------------------------
 
-    # -- rotation -----------------------------------------------------------
-
-    def poll_rotation(self, now: float) -> None:
-        """Notice FILE replaced by a new inode or truncated, and queue the new generation."""
+    def follow(self, now: float) -> None:
+        """Notice growth of every held generation, and FILE replaced or truncated."""
+        for gen in self.gens:
+            gen.observe(now)
         last = self.current
         try:
             st = os.stat(self.path)
@@ -163,12 +132,15 @@ class Tailer:
         if (st.st_dev, st.st_ino) != (last.dev, last.ino):
             self._open_next(now, "replaced")
             return
-        size = st.st_size
-        if size < last.high_water:
+        if st.st_size < last.high_water:
             last.finished = True
-            self._open_next(now, f"truncated ({size} < {last.high_water} bytes)")
-            return
-        last.high_water = max(last.high_water, size)
+            self._open_next(now, f"truncated ({st.st_size} < {last.high_water} bytes)")
+
+    def request_hup(self, now: float) -> None:
+        """SIGHUP: follow FILE by name now, and let every older generation go once read to its end."""
+        self.follow(now)
+        for gen in self.gens[:-1]:
+            gen.released = True
 
     def _open_next(self, now: float, why: str) -> None:
         try:
@@ -179,28 +151,134 @@ class Tailer:
                 self.notices.append(exc.message)
             return
         self._reopen_error = None
-        self.current.last_growth = now
-        self.queue.append(gen)
+        # The replaced generation's quiet clock starts now at the earliest: its
+        # writer may not have reopened FILE yet.
+        self.current.last_growth = max(self.current.last_growth, now)
+        self.gens.append(gen)
         self.notices.append(f"{self.path} {why}: new generation (inode {gen.ino})")
 
-    # -- reading --------------------------------------------------------------
+    # -- resuming ----------------------------------------------------------------
+
+    def resume(
+        self,
+        record: GenerationId | None,
+        offset: int | None,
+        now: float,
+        first: bool,
+        full: bool = False,
+        history: History | None = None,
+    ) -> Resumed:
+        """Position every held generation where the destination stands (Rule 2)."""
+        held = self.gens
+        if full:
+            for gen in held[:-1]:
+                gen.close()
+            self.gens = held[-1:]
+            self._position(self.current, 0)
+            return Resumed(self.current.path, 0, "from the first byte (-n)")
+        if record is not None and offset is not None:
+            for index, gen in enumerate(held):
+                if matches(record, gen.fd):
+                    return self._resume_at(index, offset, now, "where the destination stands")
+            if first and history is not None:
+                adopted = self._adopt_recorded(record, offset, history, now)
+                if adopted is not None:
+                    return adopted
+            how = "from the first byte (the destination holds a generation this tcppipe does not hold)"
+        elif first and history is not None and history.position is not None:
+            ident, position = history.position
+            for index, gen in enumerate(held):
+                if matches(ident, gen.fd):
+                    return self._resume_at(index, position, now, "from the status file (the server has no record)")
+            how = "from the first byte (new pipe)"
+        elif not first:
+            # The server lost its record while we ran: what it acknowledged to us stands.
+            gen = self.sending
+            return self._resume_at(self.gens.index(gen), gen.acked, now, "where the server last acknowledged")
+        else:
+            how = "from the first byte (new pipe)"
+        for gen in held:
+            self._position(gen, 0)
+        return Resumed(self.sending.path, 0, how)
+
+    def _adopt_recorded(self, record: GenerationId, offset: int, history: History, now: float) -> Resumed | None:
+        """After a restart: the recorded generation and those listed after it, found beside FILE (Rule 4)."""
+        listed = history.held
+        start = next((i for i, r in enumerate(listed) if same_generation(r.ident, record)), None)
+        if start is None:
+            return None
+        directory = os.path.dirname(self.path) or "/"
+        adopted: list[OriginGeneration] = []
+        recorded_found = False
+        for i, entry in enumerate(listed[start:]):
+            if any(matches(entry.ident, gen.fd) for gen in self.gens):
+                break  # held already (FILE itself): the held ones follow
+            # Searched by our own record of it, never by what the server says.
+            found = find_generation(directory, entry.ident)
+            if found is None:
+                tail = entry.size is not None and i == 0
+                lost = (
+                    f"{max(0, (entry.size or 0) - offset)} bytes"
+                    if tail
+                    else (f"{entry.size} bytes" if entry.size is not None else "its bytes")
+                )
+                what = "its unsent tail" if i == 0 else "all of it"
+                self.notices.append(
+                    f"generation inode {entry.ident.ino} is gone from {directory}: {what} is lost ({lost})"
+                )
+                continue
+            adopted.append(OriginGeneration.adopt(found[0], found[1], now))
+            recorded_found = recorded_found or i == 0
+        self.gens = [*adopted, *self.gens]
+        if recorded_found:
+            return self._resume_at(0, offset, now, f"where the destination stands (rotated to {adopted[0].path})")
+        for gen in self.gens:
+            self._position(gen, 0)
+        return Resumed(self.sending.path, 0, "from the first byte of the next generation (the recorded one is gone)")
+
+    def _resume_at(self, index: int, position: int, now: float, how: str) -> Resumed:
+        for gen in self.gens[:index]:
+            gen.close()
+        self.gens = self.gens[index:]
+        for gen in self.gens[1:]:
+            self._position(gen, 0)
+        gen = self.gens[0]
+        size = gen.size()
+        if position > size:
+            # The generation shrank below what landed: truncated; its new
+            # content is a new generation, sent from its first byte.
+            self.notices.append(f"{gen.path} is shorter than what landed ({size} < {position}): truncated")
+            self._position(gen, size)
+            gen.finished = True
+            if len(self.gens) == 1:
+                self.gens.append(OriginGeneration.open(self.path, now))
+            return Resumed(self.gens[1].path, 0, how + " (truncated: the new content from its first byte)")
+        self._position(gen, position)
+        return Resumed(gen.path, position, how)
+
+    @staticmethod
+    def _position(gen: OriginGeneration, position: int) -> None:
+        gen.position = gen.acked = position
+        gen.done = False
+        gen.high_water = max(gen.high_water, position)
+
+    # -- reading -----------------------------------------------------------------
 
     def next_chunk(self, now: float, limit: int) -> tuple[OriginGeneration, bytes] | None:
         """The next bytes to send and their generation, or None when caught up."""
-        while self.queue:
-            gen = self.sending
+        for gen in self.gens:
+            if gen.done:
+                continue
             if not gen.finished:
                 data = gen.read(limit)
                 if data:
-                    gen.last_growth = now
                     return gen, data
-            if len(self.queue) == 1:
-                self.hup_requested = False
+            if gen is self.current:
                 return None
             quiet = now - gen.last_growth >= self.grace_s
-            if not (gen.finished or self.hup_requested or quiet):
+            if not (gen.finished or gen.released or quiet):
                 return None
-            self.retired.append(self.queue.pop(0))
+            gen.done = True
             self.notices.append(f"finished {gen.path} (inode {gen.ino}) at {gen.position} bytes")
         return None
 
@@ -211,29 +289,26 @@ class Tailer:
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until a draining generation's grace ends, if one is waiting."""
-        if len(self.queue) > 1 and not self.sending.finished:
-            return max(0.0, self.sending.last_growth + self.grace_s - now)
-        return None
+        gen = self.sending
+        if gen is self.current or gen.finished or gen.released:
+            return None
+        return max(0.0, gen.last_growth + self.grace_s - now)
 
     def acknowledged(self, gen: OriginGeneration, offset: int) -> None:
-        """The server confirmed ``offset`` bytes of ``gen``; older generations are done."""
-        gen.acked = offset
-        # ``retired`` is oldest first and older than every queued generation.
-        if gen in self.queue:
-            done = len(self.retired)
-        elif gen in self.retired:
-            done = self.retired.index(gen)
-        else:
+        """The server confirmed ``offset`` bytes of ``gen``; the generations before it are done with."""
+        if gen.closed or gen not in self.gens:
             return
-        for old in self.retired[:done]:
+        gen.acked = offset
+        index = self.gens.index(gen)
+        for old in self.gens[:index]:
             old.close()
-        del self.retired[:done]
+        del self.gens[:index]
 
     def take_notices(self) -> list[str]:
         notes, self.notices = self.notices, []
         return notes
 
     def close(self) -> None:
-        for gen in self.retired + self.queue:
+        for gen in self.gens:
             gen.close()
-        self.retired, self.queue = [], []
+        self.gens = []

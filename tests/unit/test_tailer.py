@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from tcppipe.origin import identify
-from tcppipe.tailer import Tailer
+from tcppipe.tailer import History, Recorded, Tailer
 
 GRACE_S = 5.0
 
@@ -17,7 +17,7 @@ def following(tmp_path: Path, content: bytes) -> tuple[Path, Tailer]:
     log.write_bytes(content)
     tailer = Tailer(str(log), GRACE_S)
     tailer.open(0.0)
-    tailer.resume(None, None, None, 0.0, first=True)
+    tailer.resume(None, None, 0.0, first=True)
     return log, tailer
 
 
@@ -41,7 +41,7 @@ def test_resume_where_the_destination_stands(tmp_path: Path) -> None:
     tailer = Tailer(str(log), GRACE_S)
     tailer.open(0.0)
     record = identify(tailer.current.fd)
-    resumed = tailer.resume(record, 4, None, 0.0, first=True)
+    resumed = tailer.resume(record, 4, 0.0, first=True)
     assert resumed.position == 4
     assert drain(tailer, 0.0) == b"456789"
 
@@ -57,7 +57,7 @@ def test_resume_finds_the_rotated_generation_after_a_restart(tmp_path: Path) -> 
     log.write_bytes(b"new generation\n")
     tailer = Tailer(str(log), GRACE_S)
     tailer.open(0.0)
-    resumed = tailer.resume(record, 4, None, 0.0, first=True)
+    resumed = tailer.resume(record, 4, 0.0, first=True, history=History(None, (Recorded(record, 15),)))
     assert resumed.path == str(tmp_path / "log.1")
     assert drain(tailer, 0.0) == b"generation\n"
     assert drain(tailer, GRACE_S + 1) == b"new generation\n"
@@ -72,7 +72,7 @@ def test_unknown_record_starts_the_current_file_from_its_first_byte(tmp_path: Pa
     gone = identify(tailer.current.fd)
     from dataclasses import replace
 
-    resumed = tailer.resume(replace(gone, ino=gone.ino + 1), 2, None, 0.0, first=True)
+    resumed = tailer.resume(replace(gone, ino=gone.ino + 1), 2, 0.0, first=True)
     assert resumed.position == 0
     assert drain(tailer, 0.0) == b"abc"
 
@@ -84,8 +84,8 @@ def test_status_fallback_and_full_resend(tmp_path: Path) -> None:
     tailer = Tailer(str(log), GRACE_S)
     tailer.open(0.0)
     ident = identify(tailer.current.fd)
-    assert tailer.resume(None, None, (ident, 3), 0.0, first=True).position == 3
-    assert tailer.resume(ident, 5, None, 0.0, first=True, full=True).position == 0
+    assert tailer.resume(None, None, 0.0, first=True, history=History((ident, 3))).position == 3
+    assert tailer.resume(ident, 5, 0.0, first=True, full=True).position == 0
 
 
 def test_rename_rotation_drains_the_old_file_until_quiet(tmp_path: Path) -> None:
@@ -94,13 +94,13 @@ def test_rename_rotation_drains_the_old_file_until_quiet(tmp_path: Path) -> None
     assert drain(tailer, 0.0) == b"one\n"
     log.rename(tmp_path / "log.1")
     log.write_bytes(b"three\n")
-    tailer.poll_rotation(1.0)
+    tailer.follow(1.0)
     with open(tmp_path / "log.1", "ab") as late:
         late.write(b"two\n")
     assert drain(tailer, 1.0) == b"two\n"
     assert tailer.next_wakeup(2.0) == GRACE_S - 1.0
     assert drain(tailer, 1.0 + GRACE_S) == b"three\n"
-    assert len(tailer.queue) == 1
+    assert tailer.sending is tailer.current
 
 
 def test_sighup_switches_without_waiting_and_a_second_one_resends_nothing(tmp_path: Path) -> None:
@@ -111,11 +111,9 @@ def test_sighup_switches_without_waiting_and_a_second_one_resends_nothing(tmp_pa
     log.write_bytes(b"b\n")
     with open(tmp_path / "log.1", "ab") as late:
         late.write(b"late\n")
-    tailer.hup_requested = True
-    tailer.poll_rotation(0.1)
+    tailer.request_hup(0.1)
     assert drain(tailer, 0.1) == b"late\nb\n"
-    tailer.hup_requested = True
-    tailer.poll_rotation(0.2)
+    tailer.request_hup(0.2)
     assert drain(tailer, 0.2) == b""
 
 
@@ -124,7 +122,7 @@ def test_truncation_restarts_from_the_first_byte(tmp_path: Path) -> None:
     log, tailer = following(tmp_path, b"long first content\n")
     drain(tailer, 0.0)
     log.write_bytes(b"new\n")
-    tailer.poll_rotation(1.0)
+    tailer.follow(1.0)
     assert drain(tailer, 1.0) == b"new\n"
 
 
@@ -135,14 +133,13 @@ def test_acknowledged_generation_closes_older_ones(tmp_path: Path) -> None:
     old = tailer.current
     log.rename(tmp_path / "log.1")
     log.write_bytes(b"y\n")
-    tailer.hup_requested = True
-    tailer.poll_rotation(0.0)
+    tailer.request_hup(0.0)
     drain(tailer, 0.0)
-    assert tailer.retired == [old]
+    assert old.done
     assert not old.closed
     tailer.acknowledged(tailer.current, 2)
     assert old.closed
-    assert tailer.retired == []
+    assert tailer.gens == [tailer.current]
 
 
 def test_restart_recovers_every_queued_generation_in_order(tmp_path: Path) -> None:
@@ -151,15 +148,16 @@ def test_restart_recovers_every_queued_generation_in_order(tmp_path: Path) -> No
     assert drain(tailer, 0.0) == b"gen one\n"
     log.rename(tmp_path / "log.2")
     log.write_bytes(b"gen two\n")
-    tailer.poll_rotation(0.0)
+    tailer.follow(0.0)
     log.rename(tmp_path / "log.1")
     log.write_bytes(b"gen three\n")
-    tailer.poll_rotation(0.0)
-    queued = [g.ident() for g in tailer.queue]
+    tailer.follow(0.0)
+    queued = tuple(Recorded(g.ident(), g.size()) for g in tailer.gens)
     record = tailer.sending.ident()
     tailer.close()  # the kill: nothing of gen two and three was sent
     restarted = Tailer(str(log), GRACE_S)
     restarted.open(0.0)
-    restarted.resume(record, 8, None, 0.0, first=True, queued=queued)
-    assert drain(restarted, GRACE_S + 1) == b"gen two\n"
-    assert drain(restarted, 2 * GRACE_S + 2) == b"gen three\n"
+    restarted.resume(record, 8, 0.0, first=True, history=History(None, queued))
+    assert drain(restarted, 1.0) == b""  # gen one may still be written to: its grace runs
+    # The quiet clocks of all replaced generations run at once: one grace period, not two.
+    assert drain(restarted, GRACE_S + 1) == b"gen two\ngen three\n"

@@ -1,0 +1,74 @@
+"""The client's status file: what a restart needs, and what ``tcppipe status`` shows.
+
+Rule 1: a cache, never the authority: the server's record says where to
+resume. The file lists every generation tcppipe holds (oldest first, with
+the size each had), so a restart can find each of them again; that list is
+written durably (fsync) the moment it changes. Routine progress is written at
+most once every ``interval_s`` and without fsync; a skipped write is owed,
+not dropped (``due_in`` says when to come back).
+
+Rule 2: synchronous, time passed in; only ``state.py`` writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from tcppipe import state
+from tcppipe.protocol import GenerationId, ProtocolError
+from tcppipe.tailer import History, Recorded
+
+STATUS_INTERVAL_S = 1.0
+
+
+def load_history(path: str) -> History:
+    """What the previous run's status file says (empty if it is missing or damaged)."""
+    raw = state.read_json(path) or {}
+    held: list[Recorded] = []
+    sizes = raw.get("sizes")
+    for index, item in enumerate(raw.get("queue", [])):
+        with contextlib.suppress(ProtocolError):
+            size = sizes[index] if isinstance(sizes, list) and index < len(sizes) else None
+            held.append(Recorded(GenerationId.from_json(item), size if isinstance(size, int) else None))
+    offset = raw.get("offset")
+    try:
+        ident = GenerationId.from_json(raw.get("generation"))
+    except ProtocolError:
+        return History(None, tuple(held))
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**62:
+        return History(None, tuple(held))
+    return History((ident, offset), tuple(held))
+
+
+class StatusFile:
+    """Writes the status file by the rule above; the caller hands it snapshots."""
+
+    def __init__(self, path: str, interval_s: float = STATUS_INTERVAL_S) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._saved_at = float("-inf")
+        self._last: dict[str, Any] | None = None
+        self._shape: list[Any] | None = None
+        self.owed = False
+
+    def save(self, snapshot: dict[str, Any], now: float, force: bool = False) -> None:
+        """Write ``snapshot`` now if the generations held changed (durably), if forced,
+        or if the interval has passed; otherwise owe it. OSError is the caller's."""
+        shape = [(q.get("dev"), q.get("ino")) for q in snapshot.get("queue", []) if isinstance(q, dict)]
+        new_shape = shape != self._shape
+        if not (force or new_shape or now - self._saved_at >= self.interval_s):
+            self.owed = snapshot != self._last
+            return
+        self.owed = False
+        self._saved_at = now
+        if snapshot == self._last:
+            return
+        state.write_json_atomically(self.path, snapshot, durable=new_shape or force)
+        self._last, self._shape = snapshot, shape
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until an owed write may be made, or None if nothing is owed."""
+        if not self.owed:
+            return None
+        return max(0.0, self._saved_at + self.interval_s - now)

@@ -1,0 +1,259 @@
+"""One pipe's client core, sans I/O: the file side, the conversation, what to send next.
+
+Rule 1: no sockets, no asyncio; time is passed in. ``client.py`` (asyncio)
+and the deterministic simulation drive the same object: they hand it the
+bytes that arrive and write the frames it returns, and call ``follow`` on
+every file event or tick, whatever the connection is doing.
+
+Rule 2: ``tailer.py`` decides which bytes go next and where to resume;
+``session.py`` decides what may be said when. This file joins the two: READY
+positions the tailer, ACK retires generations, each chunk goes out behind a
+GENERATION when it starts one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Final
+
+from tcppipe.errors import ConnectionLost, Refused
+from tcppipe.origin import OriginGeneration
+from tcppipe.protocol import (
+    FEATURE_PROGRESS,
+    FEATURE_ZSTD,
+    MAX_DATA_BYTES,
+    Hello,
+    NeedData,
+    Ready,
+    Refuse,
+)
+from tcppipe.session import Acked, ClientSession, ClientState
+from tcppipe.status import DRAINING, RECONNECTING, REFUSED, STREAMING
+from tcppipe.tailer import History, Resumed, Tailer
+
+if TYPE_CHECKING:
+    from tcppipe.compression import Compressor
+
+# DATA payloads up to this size go out in one piece with their header (one segment).
+COALESCE_BYTES: Final = 64 * 1024
+# Bytes handed out per ``outgoing`` call: the caller drains and looks at the file side between calls.
+BATCH_BYTES: Final = 4 * MAX_DATA_BYTES
+PROGRESS_INTERVAL_S: Final = 1.0
+
+
+class RetryLater(ConnectionLost):
+    """The server cannot take a defined pipe now (its destination cannot be opened)."""
+
+
+class PipeClient:
+    """The client side of one pipe, driven by an adapter that moves bytes and time."""
+
+    def __init__(
+        self,
+        path: str,
+        grace_s: float,
+        heartbeat_s: float,
+        *,
+        compress: bool = False,
+        full: bool = False,
+        history: History | None = None,
+    ) -> None:
+        self.path = path
+        self.tailer = Tailer(path, grace_s)
+        self.heartbeat_s = heartbeat_s
+        self.compress = compress
+        self.full = full
+        self.history = history or History()
+        self.session: ClientSession[OriginGeneration] | None = None
+        # Set at the first READY: from then on failures mean "reconnect", not "exit".
+        self.established = False
+        self.resumed: Resumed | None = None
+        self.compressor: Compressor | None = None
+        self.offline_state = RECONNECTING
+        self.generations_sent: set[tuple[int, int]] = set()
+        self.bytes_sent = 0
+        self.wire_bytes = 0
+        self.sent_any = False
+        self._progress_sent: tuple[int, int] | None = None
+        self._progress_at = float("-inf")
+
+    # -- the file side -----------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Open FILE (OriginError if it cannot be read)."""
+        self.tailer.open(now)
+
+    def follow(self, now: float) -> None:
+        self.tailer.follow(now)
+
+    def request_hup(self, now: float) -> None:
+        self.tailer.request_hup(now)
+
+    # -- the connection side -----------------------------------------------------
+
+    @property
+    def streaming(self) -> bool:
+        return self.session is not None and self.session.state is ClientState.STREAMING
+
+    def connect(self, now: float) -> bytes:
+        """A new connection: its HELLO. Whatever the last one sent counts for nothing now."""
+        features = (FEATURE_PROGRESS, FEATURE_ZSTD) if self.compress else (FEATURE_PROGRESS,)
+        restart = self.full and not self.established
+        self.session = ClientSession(Hello(self.path, features, self.heartbeat_s, restart=restart), now)
+        return self.session.start(now)
+
+    def disconnect(self) -> None:
+        self.session = None
+        self.compressor = None
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Bytes from the server (``b""``: it closed). Raises Refused (final), ConnectionLost
+        (reconnect) or ProtocolError."""
+        session = self.session
+        if session is None:
+            return
+        session.receive(data, now)
+        while True:
+            event = session.next_event()
+            if isinstance(event, NeedData):
+                return
+            if event is None:
+                raise ConnectionLost("server closed the connection")
+            if isinstance(event, Ready):
+                self._on_ready(event, now)
+            elif isinstance(event, Refuse):
+                self._on_refuse(event)
+            elif isinstance(event, Acked):
+                self.tailer.acknowledged(event.token, event.offset)
+
+    def _on_ready(self, ready: Ready, now: float) -> None:
+        first = not self.established
+        self.resumed = self.tailer.resume(
+            ready.record, ready.offset, now, first, full=self.full and first, history=self.history
+        )
+        self.compressor = None
+        if self.session is not None and FEATURE_ZSTD in self.session.features:
+            from tcppipe import compression  # zstandard loads only for -z
+
+            self.compressor = compression.Compressor()
+        self._progress_sent, self._progress_at = None, float("-inf")
+        self.established = True
+
+    def _on_refuse(self, refuse: Refuse) -> None:
+        if refuse.retry and self.established:
+            # A defined pipe whose destination cannot be opened right now: keep retrying.
+            self.offline_state = REFUSED
+            raise RetryLater(f"server cannot take the pipe now: {refuse.reason}")
+        if self.streaming:
+            raise Refused(f"server ended the pipe: {refuse.reason}")
+        raise Refused(f"server refused the pipe: {refuse.reason}")
+
+    def outgoing(self, now: float, budget: int = BATCH_BYTES) -> list[bytes]:
+        """The frames to write now: GENERATION and DATA while there is something to send,
+        PROGRESS when the origin's shape changed, PING when silence is due to end."""
+        session = self.session
+        frames: list[bytes] = []
+        if session is None or session.state is not ClientState.STREAMING:
+            return frames
+        self.offline_state = RECONNECTING
+        sent = 0
+        while sent < budget:
+            chunk = self.tailer.next_chunk(now, MAX_DATA_BYTES)
+            if chunk is None:
+                break
+            gen, data = chunk
+            if session.announced is not gen:
+                frames.append(session.send_generation(gen, gen.ident(), gen.position, now))
+                self.generations_sent.add((gen.dev, gen.ino))
+            payload, flags = (data, 0) if self.compressor is None else self.compressor.encode(data)
+            header = session.data_header(payload, flags, now)
+            if len(payload) <= COALESCE_BYTES:
+                frames.append(header + payload)
+            else:
+                frames += (header, payload)
+            self.tailer.advance(gen, len(data))
+            self.bytes_sent += len(data)
+            self.wire_bytes += len(payload)
+            sent += len(data)
+        if sent:
+            self.sent_any = True
+        progress = self._progress(now)
+        if progress is not None:
+            frames.append(session.send_progress(*progress, now))
+        if not frames and session.ping_due_in(now) <= 0:
+            frames.append(session.send_ping(now))
+        return frames
+
+    def _progress(self, now: float) -> tuple[int, int] | None:
+        """PROGRESS when the origin's end or the queue changed: a new queue at once, a new end
+        at most once a second (a busy origin would otherwise add a frame per tick)."""
+        if self.session is None or FEATURE_PROGRESS not in self.session.features:
+            return None
+        shape = (self.origin_end(), self.tailer.queued)
+        last = self._progress_sent
+        due = last is None or shape[1] != last[1] or now - self._progress_at >= PROGRESS_INTERVAL_S
+        if shape == last or not due:
+            return None
+        self._progress_sent, self._progress_at = shape, now
+        return shape
+
+    def origin_end(self) -> int:
+        gen = self.tailer.sending
+        try:
+            return gen.size()
+        except OSError:
+            return gen.position
+
+    # -- time ----------------------------------------------------------------------
+
+    def peer_dead(self, now: float) -> bool:
+        return self.session is not None and self.session.peer_dead(now)
+
+    def silence(self, now: float) -> float:
+        return 0.0 if self.session is None else self.session.silence(now)
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Seconds until this pipe must act by itself (a grace ending, a PING due)."""
+        times = [t for t in (self.tailer.next_wakeup(now),) if t is not None]
+        if self.streaming and self.session is not None:
+            times.append(self.session.ping_due_in(now))
+        return min(times) if times else None
+
+    # -- for the status file -------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.streaming:
+            return DRAINING if self.tailer.queued else STREAMING
+        return self.offline_state
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """What the status file should say now (None if FILE is not open)."""
+        if not self.tailer.gens:
+            return None
+        gen = self.tailer.sending
+        try:
+            ident = gen.ident()
+            held = [(g.ident(), g.size()) for g in self.tailer.gens if not g.closed]
+        except OSError:
+            return None
+        return {
+            "pid": os.getpid(),
+            "file": self.path,
+            "generation": ident.to_json(),
+            "offset": gen.acked,
+            "sent": gen.position,
+            "queue": [i.to_json() for i, _ in held],
+            "sizes": [size for _, size in held],
+            "state": self.state,
+            "origin_end": self.origin_end(),
+            "generations": len(self.generations_sent),
+            "bytes_sent": self.bytes_sent,
+            "wire_bytes": self.wire_bytes,
+        }
+
+    def take_notices(self) -> list[str]:
+        return self.tailer.take_notices()
+
+    def close(self) -> None:
+        self.tailer.close()
