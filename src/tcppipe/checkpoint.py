@@ -42,29 +42,32 @@ def load_history(path: str) -> History:
 
 
 class StatusFile:
-    """Writes the status file by the rule above; the caller hands it snapshots."""
+    """Writes the status file by the rule above; the caller asks ``due`` before it builds a snapshot."""
 
     def __init__(self, path: str, interval_s: float = STATUS_INTERVAL_S) -> None:
         self.path = path
         self.interval_s = interval_s
         self._saved_at = float("-inf")
         self._last: dict[str, Any] | None = None
-        self._shape: list[Any] | None = None
+        self._shape: list[tuple[int, int]] | None = None
         self.owed = False
 
-    def save(self, snapshot: dict[str, Any], now: float, force: bool = False) -> None:
-        """Write ``snapshot`` now if the generations held changed (durably), if forced,
-        or if the interval has passed; otherwise owe it. OSError is the caller's."""
-        shape = [(q.get("dev"), q.get("ino")) for q in snapshot.get("queue", []) if isinstance(q, dict)]
-        new_shape = shape != self._shape
-        if not (force or new_shape or now - self._saved_at >= self.interval_s):
-            self.owed = snapshot != self._last
-            return
+    def due(self, shape: list[tuple[int, int]], now: float, force: bool = False) -> bool:
+        """Should a snapshot be written now? ``shape`` is the (dev, ino) of each generation held.
+        A write that is not due yet is owed (see ``due_in``)."""
+        if force or shape != self._shape or now - self._saved_at >= self.interval_s:
+            return True
+        self.owed = True
+        return False
+
+    def save(self, snapshot: dict[str, Any], shape: list[tuple[int, int]], now: float, force: bool = False) -> None:
+        """Write ``snapshot`` (durably if the generations held changed or it is forced). OSError is the caller's."""
+        durable = force or shape != self._shape
         self.owed = False
         self._saved_at = now
         if snapshot == self._last:
             return
-        state.write_json_atomically(self.path, snapshot, durable=new_shape or force)
+        state.write_json_atomically(self.path, snapshot, durable=durable)
         self._last, self._shape = snapshot, shape
 
     def due_in(self, now: float) -> float | None:

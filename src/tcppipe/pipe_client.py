@@ -227,6 +227,10 @@ class PipeClient:
             return DRAINING if self.tailer.queued else STREAMING
         return self.offline_state
 
+    def shape(self) -> list[tuple[int, int]]:
+        """The (dev, ino) of every generation held, oldest first (cheap: no I/O)."""
+        return [(g.dev, g.ino) for g in self.tailer.gens if not g.closed]
+
     def snapshot(self) -> dict[str, Any] | None:
         """What the status file should say now (None if FILE is not open)."""
         if not self.tailer.gens:

@@ -396,30 +396,27 @@ class ServerSession:
         return self._heartbeat.silence(now)
 
 
-def admit_generation(
-    record: GenerationId | None, landed: int | None, ident: GenerationId, start: int, restart: bool
-) -> str | None:
+def admit_generation(record: GenerationId | None, landed: int | None, ident: GenerationId, start: int) -> str | None:
     """Why the destination must not take GENERATION(``ident``, ``start``), or None.
 
     The ledger's rule: bytes of the recorded generation continue exactly where
     they landed (never a gap, never an overlap); any other generation starts
     at its first byte. A destination without a record (a new pipe, or a lost
     state directory) takes the client's word: the client resumes from its own
-    status file then. ``restart`` (``tcppipe -n``, said in HELLO) admits the
-    recorded generation again from byte 0.
+    status file then.
 
-    Fingerprints of different lengths cannot be compared (each digests a
-    different prefix): the same inode with another length may be the recorded
-    generation or a new file in its inode (after copytruncate), so it may
-    continue where the record stands or start afresh at byte 0.
+    One overlap is admitted: byte 0 of the recorded inode. A copytruncated
+    file starts again at byte 0 in the same inode, possibly with the same
+    head (a CSV header), and ``tcppipe -n`` resends from byte 0 on purpose.
+    Refusing it would stop the pipe for good; it cannot open a gap.
     """
     if record is None or landed is None:
         return None
-    if (ident.dev, ident.ino) != (record.dev, record.ino):
-        return None if start == 0 else f"a new generation must start at byte 0, not {start}"
-    if start == landed:
+    if start == 0:
         return None
-    if start == 0 and (restart or ident.fp_len != record.fp_len or ident.fp_sha256 != record.fp_sha256):
+    if (ident.dev, ident.ino) != (record.dev, record.ino):
+        return f"a new generation must start at byte 0, not {start}"
+    if start == landed:
         return None
     what = "a gap" if start > landed else "an overlap"
     return f"GENERATION at byte {start} of the recorded generation, which has {landed} bytes landed ({what})"
