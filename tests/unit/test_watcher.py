@@ -23,7 +23,7 @@ def test_appends_to_neighbours_do_not_wake_but_own_appends_and_rotations_do(tmp_
     """1,000 pipes in one directory must not wake each other: only FILE's own appends and
     changes of directory entries (rotation) queue an event. The kernel queues inotify events
     inside the write, so the fd's readability right after it is the answer, with no waiting."""
-    log = logging.LoggerAdapter(logging.getLogger("test"), {})
+    log = logging.getLogger("test")
     own, neighbour = tmp_path / "own.log", tmp_path / "neighbour.log"
     own.write_bytes(b"")
     neighbour.write_bytes(b"")
