@@ -189,6 +189,11 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
     p.add_argument(
         "-z", dest="compress", action="store_true", help="compress on the wire with zstd (if the server takes it)"
     )
+    p.add_argument(
+        "--privileged-port",
+        action="store_true",
+        help="connect from a source port below 1024 (root only; for a tcppiped with --require-privileged-port)",
+    )
     _add_tls_options(p, "client")
     p.add_argument(
         "--heartbeat",
@@ -538,6 +543,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
             tls,
             compress=args.compress,
             show_progress=args.foreground and _is_terminal(sys.stderr),
+            privileged_port=args.privileged_port,
         )
         asyncio.run(run_client(opts, program.log, program.ready))
         program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import random
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from tcppipe.checkpoint import StatusFile, load_history
-from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable, describe_os_error
+from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable, UsageError, describe_os_error
 from tcppipe.origin import OriginGeneration, find_generation, matches, open_origin
 from tcppipe.pipe_client import PipeClient
 from tcppipe.progress import CatchUp
@@ -54,6 +56,9 @@ from tcppipe.tls import describe_tls_error
 from tcppipe.verify import Bisector, ChangedWhileVerifying, digest_ranges
 
 CONNECT_TIMEOUT_S: Final = 10.0
+# --privileged-port picks a free source port in this range (as rsh and NFS clients do).
+PRIVILEGED_PORTS: Final = (600, 1024)
+MAX_PORT_TRIES: Final = 64
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 GOODBYE_TIMEOUT_S: Final = 5.0
 # The server hashes up to the whole destination for one answer.
@@ -105,6 +110,8 @@ class ClientOptions:
     tls: ssl.SSLContext | None = None
     compress: bool = False
     show_progress: bool = False
+    # Connect from a source port below 1024 (root only), for servers that require one.
+    privileged_port: bool = False
 
 
 class Watcher:
@@ -302,7 +309,7 @@ class Client:
                     await self.send_event.wait()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await connect(self.opts.key, self.opts.bind, self.opts.tls)
+        return await connect(self.opts.key, self.opts.bind, self.opts.tls, self.opts.privileged_port)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tune(writer)
@@ -427,19 +434,53 @@ async def _read(reader: asyncio.StreamReader) -> bytes:
 
 
 async def connect(
-    key: PipeKey, bind: str | None, tls: ssl.SSLContext | None
+    key: PipeKey, bind: str | None, tls: ssl.SSLContext | None, privileged_port: bool = False
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to the server of ``key`` (TLS when ``tls`` is given), bounded in time."""
-    local = (bind, 0) if bind else None
+    server_hostname = key.host if tls else None
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-        return await asyncio.open_connection(
-            key.host,
-            key.port,
-            local_addr=local,
-            limit=MAX_DATA_BYTES,
-            ssl=tls,
-            server_hostname=key.host if tls else None,
-        )
+        if not privileged_port:
+            local = (bind, 0) if bind else None
+            return await asyncio.open_connection(
+                key.host, key.port, local_addr=local, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname
+            )
+        sock = await _connect_from_privileged_port(key, bind)
+        return await asyncio.open_connection(sock=sock, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname)
+
+
+async def _connect_from_privileged_port(key: PipeKey, bind: str | None) -> socket.socket:
+    """A socket bound to a free port below 1024 and connected to the server: only root
+    can bind one, so a server that requires it knows no other local user sent this."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(key.host, key.port, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"no address for {key.host}")
+    for family, kind, proto, _name, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            _bind_privileged(sock, bind or ("::" if family == socket.AF_INET6 else "0.0.0.0"))  # noqa: S104
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+            continue
+        return sock
+    raise failure
+
+
+def _bind_privileged(sock: socket.socket, host: str) -> None:
+    ports = list(range(PRIVILEGED_PORTS[0], PRIVILEGED_PORTS[1]))
+    random.shuffle(ports)
+    for port in ports[:MAX_PORT_TRIES]:
+        try:
+            sock.bind((host, port))
+            return
+        except PermissionError:
+            raise UsageError("--privileged-port needs root (a source port below 1024)") from None
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, f"no free source port below 1024 after {MAX_PORT_TRIES} tries")
 
 
 def describe(exc: BaseException) -> str:
