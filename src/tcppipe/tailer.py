@@ -230,6 +230,12 @@ class Tailer:
             adopted.append(OriginGeneration.adopt(found[0], found[1], now))
             recorded_found = recorded_found or i == 0
         self.gens = [*adopted, *self.gens]
+        if not any(matches(entry.ident, self.current.fd) for entry in listed):
+            self.notices.append(
+                f"{self.path} (inode {self.current.ino}) is new to this tcppipe: FILE was rotated while it was not"
+                " running; a generation that was FILE only in that time is not sent (tcppipe sends only files it"
+                " opened as FILE)"
+            )
         if recorded_found:
             return self._resume_at(0, offset, now, f"where the destination stands (rotated to {adopted[0].path})")
         for gen in self.gens:
