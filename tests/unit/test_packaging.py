@@ -32,6 +32,18 @@ def test_server_unit_runs_tcppiped_in_the_foreground_with_valid_options() -> Non
     assert args.foreground
     assert server_parser().parse_args(shlex.split(service["ExecStartPre"])[1:]).check
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["User"] == "tcppiped"
+    assert args.state_dir == "/var/lib/tcppiped"
+
+
+def test_socket_unit_holds_the_servers_port() -> None:
+    """tcppiped.socket listens on tcppiped's default port for tcppiped.service, which requires it."""
+    socket_unit = unit("tcppiped.socket")
+    assert socket_unit["Socket"]["ListenStream"] == str(server_parser().parse_args([]).port)
+    assert socket_unit["Socket"]["Service"] == "tcppiped.service"
+    assert "tcppiped.socket" in unit("tcppiped.service")["Unit"]["Requires"]
+    sysusers = (PACKAGING / "sysusers.d" / "tcppiped.conf").read_text()
+    assert "u tcppiped " in sysusers
 
 
 def test_client_template_unit_expands_to_a_valid_tcppipe_command() -> None:
@@ -81,7 +93,7 @@ def test_units_command_prints_and_installs_the_shipped_units(
     assert "# ---- tcppiped.service" in printed
     assert "# ---- tcppipe@.service" in printed
     assert server_main(["units", "--install", str(tmp_path / "units")]) == 0
-    for name in ("tcppiped.service", "tcppipe@.service"):
+    for name in ("tcppiped.service", "tcppiped.socket", "tcppipe@.service"):
         installed = (tmp_path / "units" / name).read_text()
         shipped = (PACKAGING / "systemd" / name).read_text()
         bindir = Path(shutil.which("tcppiped") or "/usr/local/bin/tcppiped").parent
