@@ -51,7 +51,7 @@ from tcppipe.protocol import (
 from tcppipe.session import Acked, ClientSession
 from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
-from tcppipe.tasks import TaskReaper
+from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import describe_tls_error
 from tcppipe.verify import Bisector, ChangedWhileVerifying, digest_ranges
 
@@ -211,6 +211,7 @@ class Client:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        log_loop_errors(loop, self.log)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_hup)

@@ -42,3 +42,18 @@ class TaskReaper:
             self.log.error(
                 "%s task %s died: %s: %s", self.prefix, task.get_name(), type(exc).__name__, exc, exc_info=exc
             )
+
+
+def log_loop_errors(loop: asyncio.AbstractEventLoop, log: logging.Logger) -> None:
+    """Send what asyncio would print on stderr (a callback that raised, an exception never
+    retrieved) to our logger instead: after detaching, stderr is /dev/null."""
+
+    def handle(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message", "error in the event loop"))
+        if isinstance(exc, BaseException):
+            log.error("internal error: %s: %s: %s", message, type(exc).__name__, exc, exc_info=exc)
+        else:
+            log.error("internal error: %s", message)
+
+    loop.set_exception_handler(handle)
