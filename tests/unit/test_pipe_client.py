@@ -1,0 +1,181 @@
+"""The client core against a real destination, no sockets: the resume rule and rotation in every network state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tcppipe.checkpoint import load_history
+from tcppipe.destination import Destination
+from tcppipe.pipe_client import PipeClient
+from tcppipe.protocol import Data, Generation, NeedData
+from tcppipe.session import ServerSession, admit_generation
+
+GRACE_S = 5.0
+
+
+class World:
+    """One origin FILE, one destination, and a connection whose bytes in flight can be lost."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.origin = tmp / "origin" / "app.log"
+        self.origin.parent.mkdir()
+        self.origin.write_bytes(b"")
+        self.dest_path = tmp / "dest" / "app.log"
+        self.state = tmp / "state"
+        self.status = tmp / "status.json"
+        self.now = 0.0
+        self.client = self.new_client()
+        self.server: ServerSession | None = None
+        self.dest: Destination | None = None
+        self.in_flight = b""
+
+    def new_client(self) -> PipeClient:
+        client = PipeClient(str(self.origin), GRACE_S, 15.0, history=load_history(str(self.status)))
+        client.start(self.now)
+        return client
+
+    def write(self, data: bytes) -> None:
+        with open(self.origin, "ab") as f:
+            f.write(data)
+
+    def rotate(self, name: str) -> None:
+        self.origin.rename(self.origin.parent / name)
+        self.origin.write_bytes(b"")
+
+    def connect(self) -> None:
+        self.server = ServerSession(self.now, (), 15.0)
+        self.in_flight = self.client.connect(self.now)
+        self.deliver()
+        self.dest = Destination.open(str(self.dest_path), str(self.state))
+        record, offset = self.dest.answer()
+        self.client.receive(self.server.ready(record, offset, self.now), self.now)
+
+    def send(self, deliver: bool = True) -> None:
+        """One round of the client's send loop; the bytes reach the server only if ``deliver``."""
+        self.in_flight += b"".join(self.client.outgoing(self.now))
+        if deliver:
+            self.deliver()
+
+    def deliver(self) -> None:
+        server = self.server
+        assert server is not None
+        if self.in_flight:
+            server.receive(self.in_flight, self.now)
+        self.in_flight = b""
+        for _ in range(10_000):
+            event = server.next_event()
+            if event is None or isinstance(event, NeedData):
+                break
+            assert self.dest is not None or not isinstance(event, Generation | Data)
+            if isinstance(event, Generation):
+                assert self.dest is not None
+                refusal = admit_generation(self.dest.record, self.dest.landed(), event.ident, event.start)
+                assert refusal is None, refusal
+                self.dest.begin_generation(event.ident, event.start)
+            elif isinstance(event, Data):
+                assert self.dest is not None
+                self.dest.write(event.payload)
+        ack = b"" if self.dest is None else server.ack(self.dest.landed() or 0, self.now)
+        if ack:
+            self.client.receive(ack, self.now)
+
+    def cut(self) -> None:
+        """The connection dies with every byte in flight lost."""
+        self.in_flight = b""
+        self.client.disconnect()
+        if self.dest is not None:
+            self.dest.close()
+        self.server = self.dest = None
+
+    def save_status(self) -> None:
+        from tcppipe.state import write_json_atomically
+
+        snapshot = self.client.snapshot()
+        assert snapshot is not None
+        write_json_atomically(str(self.status), snapshot)
+
+    def landed(self) -> bytes:
+        return self.dest_path.read_bytes() if self.dest_path.exists() else b""
+
+
+def test_a_queued_generation_resumes_from_byte_0_after_a_reset(tmp_path: Path) -> None:
+    """Issue 10 #2: bytes of the new generation lost in flight are resent from its first byte."""
+    world = World(tmp_path)
+    world.write(b"old generation\n")
+    world.connect()
+    world.send()
+    world.rotate("app.log.1")
+    world.client.request_hup(world.now)
+    world.write(b"new generation, first line\n")
+    world.send(deliver=False)  # GENERATION(new, 0) and its DATA are lost with the connection
+    world.cut()
+    world.write(b"new generation, second line\n")
+    world.connect()  # READY names the old generation, fully landed
+    world.send()
+    assert world.landed() == b"old generation\nnew generation, first line\nnew generation, second line\n"
+
+
+def test_rotations_while_connecting_are_all_followed(tmp_path: Path) -> None:
+    """Issue 10 #1: two rotations while no connection stands lose no generation."""
+    world = World(tmp_path)
+    world.write(b"one\n")
+    world.connect()
+    world.send()
+    world.cut()
+    world.rotate("app.log.2")
+    world.client.request_hup(world.now)
+    world.write(b"two\n")
+    world.client.follow(world.now)
+    world.rotate("app.log.1")
+    world.client.request_hup(world.now)
+    world.write(b"three\n")
+    world.connect()
+    for _ in range(5):
+        world.send()
+    assert world.landed() == b"one\ntwo\nthree\n"
+
+
+def test_many_quick_rotations_cost_one_grace_period(tmp_path: Path) -> None:
+    """Issue 10 #5: ten rotations without a signal are all sent once one grace period has passed."""
+    world = World(tmp_path)
+    world.connect()
+    expected = b""
+    for n in range(10):
+        line = b"generation %d\n" % n
+        world.write(line)
+        expected += line
+        world.now += 0.1
+        world.client.follow(world.now)
+        world.rotate(f"app.log.{n}")
+        world.client.follow(world.now)
+    world.now += GRACE_S + 0.5
+    for _ in range(30):
+        world.send()
+    assert world.landed() == expected
+
+
+def test_a_restart_sends_every_later_generation_when_the_recorded_one_is_gone(tmp_path: Path) -> None:
+    """Issue 10 #6: the recorded generation was deleted while tcppipe was down; the later ones still go, in order."""
+    world = World(tmp_path)
+    world.write(b"first\n")
+    world.connect()
+    world.send()
+    world.rotate("app.log.2")
+    world.client.follow(world.now)
+    world.write(b"second\n")
+    world.rotate("app.log.1")
+    world.client.follow(world.now)
+    world.write(b"third\n")
+    world.save_status()
+    world.cut()
+    world.client.close()  # kill -9: nothing of the second and third generation was sent
+    os.unlink(world.origin.parent / "app.log.2")  # the recorded generation is gone
+    world.client = world.new_client()
+    world.connect()
+    world.now += GRACE_S + 1
+    for _ in range(5):
+        world.send()
+    assert world.landed() == b"first\nsecond\nthird\n"
+    assert any("is gone" in n for n in world.client.take_notices())
