@@ -4,8 +4,10 @@ Writers append numbered, checksummed records of random length (some binary,
 some left without their newline for a while). Meanwhile, at random moments:
 kill -9 / SIGTERM of either side, origin rotations (with and without SIGHUP,
 bursts), destination rotation with SIGHUP, connections cut, stalled (a pulled
-cable), slowed and fed in tiny pieces by a proxy, the destination filesystem
-filled (ENOSPC) and made unwritable. At the end every destination must equal
+cable), slowed and fed in tiny pieces by a proxy, a black hole (new
+connections accepted and swallowed) spanning two rotations or a burst of
+them, a reset within a second of a rotation with bytes in flight, the
+destination filesystem filled (ENOSPC) and made unwritable. At the end every destination must equal
 its origin generations byte for byte; the report counts lines written,
 delivered, lost and duplicated, faults by kind, and delivery delays.
 
@@ -38,6 +40,8 @@ from tests.integration.proxy import Proxy
 BIN = Path(sys.executable).parent
 NOBODY = 65534
 SETTLE_TIMEOUT_S = 180.0
+# Longest wait for a reconnect to fall into a black hole: tcppipe's back-off cap (10 s) and a margin.
+RECONNECT_WAIT_S = 12.0
 
 
 def record(seq: int, rng: random.Random) -> bytes:
@@ -181,6 +185,7 @@ class Soak:
         self.stop_flag = threading.Event()
         self.filler: Path | None = None
         self.spawned = 0
+        self.settle_s = SETTLE_TIMEOUT_S
 
     # -- processes -------------------------------------------------------------------
 
@@ -348,6 +353,49 @@ class Soak:
             self.pause(1.0, 3.0)
             proxy.shaping.chunk_bytes = 65536
 
+    def black_hole(self, rotations: int, low: float, high: float) -> None:
+        """Swallow a pipe's reconnect and rotate its origin ``rotations`` times (with HUP)
+        while tcppipe waits in that one connection attempt, then let it through."""
+        pipe = self.rng.choice(self.pipes)
+        proxy = pipe.proxy
+        if not pipe.client_alive():
+            self.skipped["black hole with tcppipe down"] += 1
+            return
+        proxy.black_hole.set()
+        try:
+            proxy.cut_all()
+            deadline = time.monotonic() + RECONNECT_WAIT_S
+            while not proxy.swallowing() and time.monotonic() < deadline and pipe.client_alive():
+                self.stop_flag.wait(0.05)
+            if not proxy.swallowing():
+                self.skipped["black hole: no reconnect came"] += 1
+                return
+            for i in range(rotations):
+                if i:
+                    self.pause(low, high)
+                self.rotate_origin(pipe, hup=True)
+            self.pause(0.2, 1.0)
+        finally:
+            proxy.black_hole.clear()
+        if self.rng.random() < 0.5:
+            proxy.cut_all()  # else the swallowed attempt ends at tcppipe's handshake timeout
+
+    def reset_after_rotation(self) -> None:
+        """Rotate (HUP now or never), then within a second reset the connection, on a link
+        slow enough that the old generation's tail and the new one's head are in flight."""
+        pipe = self.rng.choice(self.pipes)
+        proxy = pipe.proxy
+        slow = self.rng.random() < 0.7
+        if slow:
+            proxy.shaping.chunk_bytes, proxy.shaping.rate_bytes_s = 4096, 20_000
+        try:
+            self.pause(0.0, 0.5)
+            self.rotate_origin(pipe, hup=self.rng.random() < 0.8)
+            self.pause(0.1, 1.0)
+            proxy.cut_all()
+        finally:
+            proxy.shaping.chunk_bytes, proxy.shaping.rate_bytes_s = 65536, 0
+
     def fill_disk(self) -> None:
         usage = os.statvfs(self.destfs)
         used_mb = (usage.f_blocks - usage.f_bfree) * usage.f_frsize / 1e6
@@ -406,6 +454,9 @@ class Soak:
             ("stall connection (pulled cable)", 1, lambda: self.network("stall")),
             ("slow connection (+50 ms)", 1, lambda: self.network("slow")),
             ("tiny TCP segments", 1, lambda: self.network("tiny")),
+            ("black hole spanning two rotations", 1, lambda: self.black_hole(2, 1.0, 2.5)),
+            ("reset within a second of a rotation", 2, self.reset_after_rotation),
+            ("rotate origin 3x while connecting", 1, lambda: self.black_hole(3, 0.1, 0.3)),
             ("destination disk full", 1, self.fill_disk),
             ("destination unwritable", 1, self.make_unwritable),
         ]
@@ -458,7 +509,7 @@ class Soak:
 
     def settle(self) -> bool:
         """Wait (bounded) until every destination holds its origin's bytes."""
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        deadline = time.monotonic() + self.settle_s
         while time.monotonic() < deadline:
             if all(p.dest_bytes() >= sum(f.stat().st_size for f in p.origin_files()) for p in self.pipes):
                 time.sleep(0.5)  # nothing more may arrive: a duplicate would show now
@@ -528,6 +579,9 @@ def main() -> int:
     parser.add_argument("--pipes", type=int, default=3)
     parser.add_argument("--rate", type=float, default=100.0, help="records per second per pipe (100)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--settle", type=float, default=SETTLE_TIMEOUT_S, help="seconds to wait for the pipes after the faults (180)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("soak: needs root (tmpfs mount, running tcppiped as nobody)", file=sys.stderr)
@@ -535,6 +589,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tcppipe-soak."))
     fs_mb = max(128, int(args.minutes * 60 * args.pipes * args.rate * 400 / 1e6 * 3) + 64)
     soak = Soak(work, args.seed, args.pipes, args.rate, fs_mb)
+    soak.settle_s = args.settle
     ok = False
     try:
         ok = soak.run(args.minutes * 60)

@@ -2,7 +2,10 @@
 
 Stalling stops reading both ways without closing anything: each end's kernel
 keeps the connection open and the peers hear nothing, as when a cable is
-pulled. Threads are bounded by a stop flag and socket timeouts.
+pulled. A black hole (``Proxy.black_hole``) is a middlebox that accepts new
+connections and swallows every byte they send, answering nothing and closing
+nothing: the client's connect succeeds and its handshake waits. Threads are
+bounded by a stop flag and socket timeouts.
 """
 
 from __future__ import annotations
@@ -34,19 +37,37 @@ class Shaping:
 
 
 class Link:
-    def __init__(self, client: socket.socket, server: socket.socket, shaping: Shaping | None = None) -> None:
+    def __init__(self, client: socket.socket, server: socket.socket | None, shaping: Shaping | None = None) -> None:
+        """Relay ``client`` to ``server``; with no server, swallow what the client sends (a black hole)."""
         self.shaping = shaping or Shaping()
-        self.sockets = (client, server)
+        self.sockets = (client,) if server is None else (client, server)
+        self.swallowing = server is None
         self.stalled = threading.Event()
         self.closed = threading.Event()
         for sock in self.sockets:
             sock.settimeout(POLL_S)
-        self.threads = [
-            threading.Thread(target=self._pump, args=(client, server), daemon=True),
-            threading.Thread(target=self._pump, args=(server, client), daemon=True),
-        ]
+        if server is None:
+            self.threads = [threading.Thread(target=self._swallow, args=(client,), daemon=True)]
+        else:
+            self.threads = [
+                threading.Thread(target=self._pump, args=(client, server), daemon=True),
+                threading.Thread(target=self._pump, args=(server, client), daemon=True),
+            ]
         for t in self.threads:
             t.start()
+
+    def _swallow(self, src: socket.socket) -> None:
+        """Read and drop until cut; the client's own close ends it too."""
+        while not self.closed.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+        self.cut()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         while not self.closed.is_set():
@@ -101,6 +122,8 @@ class Proxy:
         self.port = int(self.listener.getsockname()[1])
         self.links: list[Link] = []
         self.shaping = Shaping()
+        # Set: new connections are accepted and swallowed (never relayed), until cleared.
+        self.black_hole = threading.Event()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -113,6 +136,9 @@ class Proxy:
                 continue
             except OSError:
                 return
+            if self.black_hole.is_set():
+                self.links.append(Link(client, None, self.shaping))
+                continue
             try:
                 server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:
@@ -126,6 +152,10 @@ class Proxy:
 
     def live_links(self) -> list[Link]:
         return [link for link in self.links if not link.closed.is_set()]
+
+    def swallowing(self) -> list[Link]:
+        """Open connections accepted into the black hole."""
+        return [link for link in self.live_links() if link.swallowing]
 
     def cut_all(self) -> None:
         for link in self.links:
