@@ -134,8 +134,10 @@ def _open_directory(path: str, create: bool) -> int | None:
                 return None
             except OSError as exc:
                 kind = _lkind(fd, name)
-                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and kind is not None:
-                    raise _Unsafe(f"{where} is {kind}, not a directory") from None
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and kind == "a symbolic link":
+                    raise _Unsafe(f"{where} is a symbolic link (not followed)") from None
+                if exc.errno == errno.ENOTDIR and kind is not None:
+                    raise _Unsafe(f"Not a directory: {where} is {kind}") from None
                 raise
             os.close(fd)
             fd = child
