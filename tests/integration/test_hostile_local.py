@@ -55,8 +55,13 @@ def arena() -> Iterator[Path]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def refused(pipes: Pipes, origin: Path) -> subprocess.CompletedProcess[str]:
-    return pipes.run(pipes.client_args(origin), timeout=REFUSE_WAIT_S)
+def refused(pipes: Pipes, origin: Path, witness: Path) -> subprocess.CompletedProcess[str]:
+    """Run tcppipe, which must be refused (and so exit) within REFUSE_WAIT_S."""
+    try:
+        return pipes.run(pipes.client_args(origin), timeout=REFUSE_WAIT_S)
+    except subprocess.TimeoutExpired:
+        seen = sorted(os.listdir(witness)) if witness.is_dir() else witness.read_bytes()
+        pytest.fail(f"tcppipe was not refused within {REFUSE_WAIT_S} s; {witness.name} now holds {seen!r}")
 
 
 @needs_root
@@ -68,7 +73,7 @@ def test_symlinked_destination_to_a_root_file_is_refused(pipes: Pipes, arena: Pa
     as_nobody("ln", "-s", str(arena / "passwd"), str(dest))
     pipes.define(f"127.0.0.1:{origin} | {dest}")
     pipes.start_server()
-    result = refused(pipes, origin)
+    result = refused(pipes, origin, arena / "passwd")
     assert result.returncode == 3, result.stderr
     assert f"destination {dest} cannot be opened: it is a symbolic link" in result.stderr
     assert (arena / "passwd").read_bytes() == STAND_IN
@@ -83,7 +88,7 @@ def test_symlinked_destination_directory_is_refused(pipes: Pipes, arena: Path) -
     dest = arena / "archive" / "z1" / "job"
     pipes.define(f"127.0.0.1:{origin} | {dest}")
     pipes.start_server()
-    result = refused(pipes, origin)
+    result = refused(pipes, origin, arena / "cron.d")
     assert result.returncode == 3, result.stderr
     assert f"{arena}/archive/z1 is a symbolic link (not followed)" in result.stderr
     assert list((arena / "cron.d").iterdir()) == []
@@ -102,14 +107,18 @@ def test_symlink_planted_across_a_destination_rotation_is_not_followed(pipes: Pi
     dest.rename(arena / "archive" / "app.log.1")
     as_nobody("ln", "-s", str(arena / "passwd"), str(dest))
     server.send_signal(signal.SIGHUP)
-    line = pipes.syslog.wait_for("is a symbolic link")
-    assert f"destination {dest} cannot be opened" in line
+    pipes.syslog.wait_for("SIGHUP")
     with open(origin, "ab") as f:
         f.write(b"after rotation\n")
+    passwd = arena / "passwd"
+    wait_until(lambda: pipes.syslog.count("is a symbolic link") or passwd.read_bytes() != STAND_IN, what="the reopen")
+    assert passwd.read_bytes() == STAND_IN
+    line = pipes.syslog.wait_for("is a symbolic link")
+    assert f"destination {dest} cannot be opened" in line
     # The client's reconnects are refused for the same reason (retryable: the operator may fix it).
     wait_until(lambda: pipes.syslog.count("REFUSE: destination") >= 2, what="two refused reconnects")
     assert client.poll() is None
-    assert (arena / "passwd").read_bytes() == STAND_IN
+    assert passwd.read_bytes() == STAND_IN
     assert (arena / "archive" / "app.log.1").read_bytes() == b"before rotation\n"
     assert "Traceback" not in pipes.stderr_of(server)
 
@@ -126,7 +135,7 @@ def test_fifo_destination_is_refused_at_once_and_nothing_freezes(pipes: Pipes, a
     origin.write_bytes(b"still flowing\n")
     server = pipes.start_server()
     started = time.monotonic()
-    result = refused(pipes, trap_origin)
+    result = refused(pipes, trap_origin, arena / "archive")
     assert result.returncode == 3, result.stderr
     assert "it is a FIFO" in result.stderr
     assert time.monotonic() - started < 5
