@@ -23,6 +23,7 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
+from tcppipe import state
 from tcppipe.errors import Unreachable, describe_os_error
 
 REQUEST_TIMEOUT_S: Final = 5.0
@@ -92,6 +93,7 @@ async def serve(path: str, answer: Callable[[], dict[str, Any]]) -> asyncio.Abst
                 await writer.wait_closed()
 
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    os.close(state.open_checked_directory(os.path.dirname(path)))  # no one else may plant a socket here
     sock = _bind(path)
     try:
         return await asyncio.start_unix_server(handle, sock=sock)

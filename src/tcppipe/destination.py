@@ -178,8 +178,17 @@ def _open_file(path: str, flags: int, create: bool) -> int:
                     except FileExistsError:
                         pass
                     else:
-                        os.fchmod(fd, DEST_MODE)
+                        try:
+                            os.fchmod(fd, DEST_MODE)
+                        except BaseException:
+                            os.close(fd)
+                            raise
                         return fd
+                # Not even opened if it is plainly no regular file (opening some devices acts);
+                # the fstat after the open decides, whatever was swapped in between.
+                kind = _lkind(dir_fd, name)
+                if kind is not None and kind != "a regular file":
+                    raise _Unsafe(f"it is {kind}")
                 fd = os.open(name, flags | _FILE_FLAGS, dir_fd=dir_fd)
             except FileNotFoundError:
                 if create:

@@ -60,3 +60,13 @@ def test_asking_a_long_path_where_nobody_listens_is_one_line(tmp_path: Path) -> 
     os.makedirs(os.path.dirname(path))
     with pytest.raises(control.ControlError, match="no tcppiped answers"):
         control.ask_status(path)
+
+
+def test_a_control_directory_others_may_write_is_refused(tmp_path: Path) -> None:
+    """A control directory that every user may write is refused before anything is bound there."""
+    directory = tmp_path / "tcppiped"
+    directory.mkdir()
+    directory.chmod(0o777)
+    with pytest.raises(OSError, match="writable by every user"):
+        asyncio.run(_serve_and_ask(str(directory / "control-1.sock")))
+    assert list(directory.iterdir()) == []
