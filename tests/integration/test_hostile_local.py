@@ -189,3 +189,17 @@ def test_metrics_port_taken_is_logged_and_the_pipes_served(pipes: Pipes) -> None
         out = pipes.run([command("tcppiped"), "status", "-p", str(pipes.port), "--state-dir", str(pipes.server_state)])
         assert out.returncode == 0, out.stderr
         assert stop(server) == 0
+
+
+def test_state_directory_others_may_write_is_refused_in_one_line(pipes: Pipes) -> None:
+    """tcppipe with a --state-dir every user may write exits 2 with one line, creating nothing there."""
+    origin, _ = pipes.pipe("app.log")
+    shared = pipes.tmp / "shared-state"
+    shared.mkdir()
+    shared.chmod(0o777)
+    pipes.start_server()
+    result = pipes.run(pipes.client_args(origin, "--state-dir", str(shared)), timeout=REFUSE_WAIT_S)
+    assert result.returncode == 2, result.stderr
+    assert f"refusing state directory {shared}: it is writable by every user" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(shared.iterdir()) == []
