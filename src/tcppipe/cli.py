@@ -494,6 +494,7 @@ def units_main(argv: Sequence[str]) -> int:
 
 def client_main(argv: Sequence[str] | None = None) -> int:
     """tcppipe (and its status and verify commands)."""
+    os.umask(0o077)  # status, lock and temporary files are root's (or the user's) alone
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["status"]:
         return client_status_main(args_list[1:])
@@ -566,6 +567,7 @@ def _is_terminal(stream: object) -> bool:
 
 def server_main(argv: Sequence[str] | None = None) -> int:
     """tcppiped (and its status and units commands)."""
+    os.umask(0o027)  # nothing tcppiped makes is writable by its group or readable by others
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["status"]:
         return server_status_main(args_list[1:])

@@ -16,14 +16,32 @@ Rule 3: after ``mv dest dest.1`` and a reopen, ``base`` goes negative (the
 generation's first bytes are in dest.1); the sidecar also names the
 destination's inode, so a destination replaced behind our back invalidates the
 record instead of silently shifting it.
+
+Rule 4 (where bytes may go): tcppiped runs as root, and a destination path
+must never lead it elsewhere. The path is walked from ``/`` one component at a
+time, each opened relative to the one above with ``O_NOFOLLOW``: no symbolic
+link is followed anywhere on it, not in a directory and not at the file.
+Every directory on the way must be owned by root or by tcppiped's own user and
+writable by nobody else: not by "other" and not by a group other than root's
+or tcppiped's own, unless the directory is sticky (as ``/tmp`` is). Missing
+directories are created one level at a time, mode 0755 whatever the umask.
+The destination must be a regular file (a FIFO, device, socket or directory
+is refused at once; it is opened ``O_NONBLOCK`` so that a FIFO cannot hang the
+open). In a sticky directory that others may write, an existing destination
+must also be owned by root or tcppiped's user and have a single link. Every
+refusal is one line naming the path and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import posixpath
+import stat
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from tcppipe import state
 from tcppipe.errors import describe_os_error
@@ -38,35 +56,203 @@ class DestinationError(Exception):
     """The destination cannot be opened or written."""
 
 
+class _Unsafe(OSError):
+    """Rule 4 refuses the path; the message is the reason, mapped to DestinationError by the caller."""
+
+
 def record_path(state_dir: str, local: str) -> str:
     """Where the sidecar record of destination ``local`` lives."""
     digest = hashlib.sha256(local.encode()).hexdigest()[:24]
     return os.path.join(state_dir, "tcppiped", f"{digest}.json")
 
 
-def open_for_append(path: str) -> int:
-    """Open ``path`` for appending, creating it and its parent directories."""
+MAX_RECORD_OFFSET = 2**62  # far beyond any file: a record past it is corrupt or forged
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_ATTEMPTS = 3  # create/open races with a concurrent unlink: retried this often, no more
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _lkind(dir_fd: int, name: str) -> str | None:
+    """What ``name`` in ``dir_fd`` is, if it is not what was wanted (None if it cannot be seen)."""
     try:
-        os.makedirs(os.path.dirname(path), mode=DIR_MODE, exist_ok=True)
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, DEST_MODE)
+        return _kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return None
+
+
+def _components(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise _Unsafe("it is not an absolute path")
+    # No symlink is ever followed on the way, so ".." means what it says.
+    return [c for c in posixpath.normpath(path).split("/") if c]
+
+
+def _check_directory(fd: int, where: str) -> None:
+    reason = state.unsafe_directory_reason(os.fstat(fd))
+    if reason is not None:
+        raise _Unsafe(f"directory {where} {reason}")
+
+
+def _open_directory(path: str, create: bool) -> int | None:
+    """An O_PATH fd on directory ``path``, reached without following any symlink and each
+    level checked (Rule 4); missing levels created 0755 when ``create``, else None."""
+    fd = os.open("/", _DIR_FLAGS)
+    where = "/"
+    try:
+        _check_directory(fd, where)
+        for name in _components(path):
+            where = posixpath.join(where, name)
+            made = False
+            if create:
+                try:
+                    os.mkdir(name, DIR_MODE, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    pass
+            # A level made here is opened readable, for the fchmod O_PATH cannot do.
+            flags = _DIR_FLAGS & ~os.O_PATH | os.O_RDONLY if made else _DIR_FLAGS
+            try:
+                child = os.open(name, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if create:
+                    raise
+                os.close(fd)
+                return None
+            except OSError as exc:
+                kind = _lkind(fd, name)
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and kind == "a symbolic link":
+                    raise _Unsafe(f"{where} is a symbolic link (not followed)") from None
+                if exc.errno == errno.ENOTDIR and kind is not None:
+                    raise _Unsafe(f"Not a directory: {where} is {kind}") from None
+                raise
+            os.close(fd)
+            fd = child
+            if made:
+                # The umask must not decide who may write into the archive tree.
+                os.fchmod(fd, DIR_MODE)
+            _check_directory(fd, where)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_file(fd: int, dir_fd: int) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _Unsafe(f"it is {_kind(st.st_mode)}")
+    if os.fstat(dir_fd).st_mode & 0o022 == 0:
+        return
+    # Only a sticky directory passes Rule 4 while others may write in it: there a file
+    # someone else planted (or a hard link to one) is not ours to append to.
+    if not state.owned_by_us(st) or st.st_nlink != 1:
+        raise _Unsafe("it is not tcppiped's own file, in a directory others may write")
+
+
+def _open_file(path: str, flags: int, create: bool) -> int:
+    """``path`` opened with ``flags`` under Rule 4; FileNotFoundError if it (or a level) is missing."""
+    dir_fd = _open_directory(posixpath.dirname(posixpath.normpath(path)), create)
+    if dir_fd is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+    name = posixpath.basename(posixpath.normpath(path))
+    try:
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                if create:
+                    try:
+                        fd = os.open(name, flags | _FILE_FLAGS | os.O_CREAT | os.O_EXCL, DEST_MODE, dir_fd=dir_fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        try:
+                            os.fchmod(fd, DEST_MODE)
+                        except BaseException:
+                            os.close(fd)
+                            raise
+                        return fd
+                # Not even opened if it is plainly no regular file (opening some devices acts);
+                # the fstat after the open decides, whatever was swapped in between.
+                kind = _lkind(dir_fd, name)
+                if kind is not None and kind != "a regular file":
+                    raise _Unsafe(f"it is {kind}")
+                fd = os.open(name, flags | _FILE_FLAGS, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if create:
+                    continue  # unlinked between the two opens: create it again
+                raise
+            except OSError as exc:
+                kind = _lkind(dir_fd, name)
+                if kind is not None and exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EWOULDBLOCK):
+                    raise _Unsafe(f"it is {kind}") from None
+                raise
+            try:
+                _check_file(fd, dir_fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        raise _Unsafe("it keeps disappearing while it is opened")
+    finally:
+        os.close(dir_fd)
+
+
+def open_for_append(path: str) -> int:
+    """Open ``path`` for appending (and reading back), creating it and its parent
+    directories, under Rule 4."""
+    try:
+        return _open_file(path, os.O_RDWR | os.O_APPEND, create=True)
     except OSError as exc:
         raise DestinationError(f"destination {path} cannot be opened: {describe_os_error(exc)}") from None
 
 
 def _landed_in_renamed(path: str, dev: object, ino: object, base: int) -> int | None:
     """Bytes of the recorded generation in the renamed-away destination, if it is found."""
-    directory = os.path.dirname(path)
     try:
-        with os.scandir(directory) as entries:
-            for count, entry in enumerate(entries):
-                if count >= MAX_SCAN_ENTRIES:
-                    return None
-                st = entry.stat(follow_symlinks=False)
-                if (st.st_dev, st.st_ino) == (dev, ino):
-                    return st.st_size - base if st.st_size >= base else None
+        dir_fd = _open_directory(posixpath.dirname(posixpath.normpath(path)), create=False)
+        if dir_fd is None:
+            return None
+        try:
+            list_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            return _find_inode(list_fd, dev, ino, base)
+        finally:
+            os.close(list_fd)
     except OSError:
         return None
+
+
+def _find_inode(list_fd: int, dev: object, ino: object, base: int) -> int | None:
+    with os.scandir(list_fd) as entries:  # scandir reads a duplicate of list_fd
+        for count, entry in enumerate(entries):
+            if count >= MAX_SCAN_ENTRIES:
+                return None
+            st = entry.stat(follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == (dev, ino):
+                if not stat.S_ISREG(st.st_mode) or st.st_size < base:
+                    return None
+                return st.st_size - base
     return None
+
+
+def _plausible_base(base: object) -> TypeGuard[int]:
+    """A recorded base no real file could have (a forged or corrupt record) is no record."""
+    return isinstance(base, int) and not isinstance(base, bool) and -MAX_RECORD_OFFSET < base < MAX_RECORD_OFFSET
 
 
 @dataclass
@@ -93,7 +279,7 @@ class Destination:
         """Open read-only, to read what is held (``tcppipe verify``); never creates or
         records. None if there is no destination file yet."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_file(path, os.O_RDONLY, create=False)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -119,13 +305,13 @@ class Destination:
             record = GenerationId.from_json(raw.get("record"))
         except ProtocolError:
             return
-        if not isinstance(base, int):
+        if not _plausible_base(base):
             return
         if raw.get("dest_dev") != self.dev or raw.get("dest_ino") != self.ino:
             # Renamed away (rotated) while we were not looking: if the recorded
             # file is still beside this one, carry its count over; else no record.
             landed = _landed_in_renamed(self.path, raw.get("dest_dev"), raw.get("dest_ino"), base)
-            if landed is not None and self.writable:
+            if landed is not None and self.writable and _plausible_base(self.size() - landed):
                 self._save(record, self.size() - landed)
             return
         if self.size() < base:
@@ -153,10 +339,9 @@ class Destination:
         return record, offset
 
     def _read_at(self, offset: int, length: int) -> bytes:
-        # The fd is write-only; /proc reopens the very inode it holds for reading.
+        # The fd is open for reading too (O_APPEND governs writes only): no path, no reopen.
         try:
-            with open(f"/proc/self/fd/{self.fd}", "rb") as f:
-                return os.pread(f.fileno(), length, offset)
+            return os.pread(self.fd, length, offset)
         except OSError:
             return b""
 
@@ -197,19 +382,16 @@ class Destination:
 
     def reopen(self) -> bool:
         """Reopen by name (after rotation on this host); True if it was a new file."""
-        try:
-            st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == (self.dev, self.ino):
-                return False
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise DestinationError(f"cannot stat {self.path}: {describe_os_error(exc)}") from None
+        # Opened by name under Rule 4 (a link planted in place of the rotated file is
+        # refused, never followed), then compared with the file held.
+        new_fd = open_for_append(self.path)
+        st = os.fstat(new_fd)
+        if (st.st_dev, st.st_ino) == (self.dev, self.ino):
+            os.close(new_fd)
+            return False
         landed = self.landed()
         old_head = self.answer()[0]
-        new_fd = open_for_append(self.path)
         os.close(self.fd)
-        st = os.fstat(new_fd)
         self.fd, self.dev, self.ino = new_fd, st.st_dev, st.st_ino
         if landed is None:
             self.record = None

@@ -584,11 +584,7 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
     addresses = ", ".join(format_address(s.getsockname()) for s in listener.sockets)
     server.entries()
-    try:
-        controller = await _open_control_and_metrics(server)
-    except BadConfig:
-        listener.close()
-        raise
+    controller = await _open_control_and_metrics(server)
     log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
     on_listening()
     signals = asyncio.create_task(server.serve_signals())
@@ -597,9 +593,10 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         log.info("stopping")
     finally:
         listener.close()
-        controller.close()
-        with contextlib.suppress(OSError):
-            os.unlink(control.control_path(opts.state_dir, opts.port))
+        if controller is not None:
+            controller.close()
+            with contextlib.suppress(OSError):
+                os.unlink(control.control_path(opts.state_dir, opts.port))
         signals.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await signals
@@ -609,25 +606,35 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
                 await listener.wait_closed()
 
 
-async def _open_control_and_metrics(server: Server) -> asyncio.AbstractServer:
-    """The control socket for ``tcppiped status`` and, if asked, the metrics endpoint
-    (BadConfig naming the address if either cannot be had)."""
+async def _open_control_and_metrics(server: Server) -> asyncio.AbstractServer | None:
+    """The control socket for ``tcppiped status`` and, if asked, the metrics endpoint.
+    Both are conveniences: either failing is one error line, and the pipes are served
+    all the same (None when there is no control socket)."""
     opts = server.opts
     path = control.control_path(opts.state_dir, opts.port)
+    controller: asyncio.AbstractServer | None = None
     try:
         controller = await control.serve(path, server.status)
     except OSError as exc:
-        raise BadConfig(f"cannot create control socket {path}: {describe_os_error(exc)}") from None
+        server.log.error(
+            "cannot create control socket %s: %s; serving the pipes without tcppiped status",
+            path,
+            describe_os_error(exc),
+        )
     if opts.metrics is None:
         return controller
     from tcppipe.metrics import serve_metrics  # prometheus_client loads only with --metrics
 
-    server.stats.count_lines = True
     try:
         serve_metrics(opts.metrics[0], opts.metrics[1], server.stats)
     except OSError as exc:
-        controller.close()
-        raise BadConfig(f"cannot serve metrics on {format_address(opts.metrics)}: {describe_os_error(exc)}") from None
+        server.log.error(
+            "cannot serve metrics on %s: %s; serving the pipes without metrics",
+            format_address(opts.metrics),
+            describe_os_error(exc),
+        )
+        return controller
+    server.stats.count_lines = True
     server.log.info("metrics on http://%s/metrics", format_address(opts.metrics))
     return controller
 

@@ -9,6 +9,13 @@ skips the two fsyncs: a kill -9 cannot lose it either way.
 
 Rule 2: liveness is a held ``flock``, never a bare pid. A process killed with
 -9 releases its lock, so ``tcppipe -I`` cannot report a dead pid.
+
+Rule 3: no path is followed through a symbolic link at its last component
+(``O_NOFOLLOW`` on every open; temporary files are ``mkstemp``'s, never a
+guessable name), and a directory that holds these files must be owned by
+root or by the effective user and writable by no one else (not "other", not a
+group other than root's or ours), unless it is sticky. Anything else is
+refused with ``UnsafeDirectory``, one line naming the directory.
 """
 
 from __future__ import annotations
@@ -19,29 +26,97 @@ import hashlib
 import json
 import os
 import posixpath
+import stat
+import tempfile
 from dataclasses import dataclass
 from typing import Any
+
+from tcppipe.errors import UsageError
+
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeDirectory(UsageError, OSError):
+    """A state directory that someone other than root or this user could write in.
+
+    Also an OSError, so that every caller that maps a failed open to its own
+    one-line error (cli, the client's status writes, the server's records) maps
+    this one too, with this message as the reason."""
+
+
+def owned_by_us(st: os.stat_result) -> bool:
+    """Owned by root or by the effective user."""
+    return st.st_uid in (0, os.geteuid())
+
+
+def unsafe_directory_reason(st: os.stat_result) -> str | None:
+    """Why a directory with this stat must not be trusted (Rule 3), or None."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if not owned_by_us(st):
+        return f"is owned by uid {st.st_uid}, not by root or uid {os.geteuid()}"
+    if st.st_mode & stat.S_ISVTX:
+        return None  # like /tmp: others may create, but not replace or remove what is ours
+    if st.st_mode & stat.S_IWOTH:
+        return "is writable by every user"
+    if st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid()):
+        return f"is writable by group {st.st_gid}"
+    return None
+
+
+def open_checked_directory(directory: str) -> int:
+    """An fd on ``directory`` after Rule 3's check (UnsafeDirectory if it fails)."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        reason = unsafe_directory_reason(os.fstat(fd))
+    except OSError:
+        os.close(fd)
+        raise
+    if reason is not None:
+        os.close(fd)
+        raise UnsafeDirectory(f"refusing state directory {directory}: it {reason}")
+    return fd
+
+
+def _open_own_file(path: str, flags: int, mode: int = 0o644) -> int:
+    """Open ``path`` (not through a symlink) in a checked directory; a regular file only."""
+    dir_fd = open_checked_directory(os.path.dirname(path))
+    try:
+        fd = os.open(os.path.basename(path), flags | _NOFOLLOW, mode, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or not owned_by_us(st):
+        os.close(fd)
+        raise UnsafeDirectory(f"refusing {path}: not a regular file of root or uid {os.geteuid()}")
+    return fd
 
 
 def write_atomically(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves old or new content."""
     directory = os.path.dirname(path) or "."
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    dir_fd = open_checked_directory(directory)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        # mkstemp: O_EXCL|O_NOFOLLOW under a random name, so nothing planted is written through.
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        try:
+            try:
+                if mode != 0o600:
+                    os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if not durable:
-        return
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
+            os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -53,7 +128,9 @@ def write_json_atomically(path: str, value: dict[str, Any], durable: bool = True
 def read_json(path: str) -> dict[str, Any] | None:
     """A JSON object from ``path``, or None if it is missing or unreadable."""
     try:
-        with open(path, "rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
             value = json.load(f)
     except (OSError, ValueError):
         return None
@@ -103,7 +180,7 @@ class HeldLock:
     def acquire(cls, path: str) -> HeldLock | None:
         """Take the lock without waiting; None if another process holds it."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_own_file(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -135,8 +212,11 @@ class HeldLock:
 def holder_pid(path: str) -> int | None:
     """The pid recorded in a lock file whose flock is held by a live process."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
     except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         return None
     try:
         try:
@@ -154,7 +234,7 @@ def holder_pid(path: str) -> int | None:
 def exclusive(path: str) -> Any:
     """Hold a blocking exclusive flock on ``path`` for the ``with`` body."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _open_own_file(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import stat
 from pathlib import Path
 
-from tcppipe.destination import Destination, record_path
+import pytest
+
+from tcppipe.destination import Destination, DestinationError, record_path
 from tcppipe.protocol import GenerationId
 
 IDENT = GenerationId(1, 2, 0, hashlib.sha256(b"").hexdigest())
@@ -90,3 +95,113 @@ def test_rename_without_reopen_is_found_after_a_restart(tmp_path: Path) -> None:
     again.write(b"78")
     again.close()
     assert Destination.open(str(out), state).landed() == 8
+
+
+def test_symlinked_destination_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """A destination that is a symbolic link is refused, naming the link, and the target keeps its bytes."""
+    target = tmp_path / "passwd"
+    target.write_bytes(b"root:x:0:0\n")
+    (tmp_path / "out").symlink_to(target)
+    with pytest.raises(DestinationError, match="is a symbolic link"):
+        Destination.open(str(tmp_path / "out"), str(tmp_path / "state"))
+    assert target.read_bytes() == b"root:x:0:0\n"
+
+
+def test_symlinked_parent_directory_is_refused(tmp_path: Path) -> None:
+    """A symlinked directory on the way is not followed and nothing is created behind it."""
+    crond = tmp_path / "cron.d"
+    crond.mkdir()
+    (tmp_path / "archive").symlink_to(crond)
+    with pytest.raises(DestinationError, match=r"cannot be opened: .*/archive is a symbolic link \(not followed\)"):
+        Destination.open(str(tmp_path / "archive" / "job"), str(tmp_path / "state"))
+    assert list(crond.iterdir()) == []
+
+
+def test_fifo_destination_is_refused_at_once(tmp_path: Path) -> None:
+    """A FIFO in place of the destination is refused without waiting for a reader."""
+    os.mkfifo(tmp_path / "out")
+    with pytest.raises(DestinationError, match="is a FIFO"):
+        Destination.open(str(tmp_path / "out"), str(tmp_path / "state"))
+    with pytest.raises(DestinationError, match="is a FIFO"):
+        Destination.inspect(str(tmp_path / "out"), str(tmp_path / "state"))
+
+
+def test_directory_destination_is_refused(tmp_path: Path) -> None:
+    """A directory where the destination file should be is refused in one line."""
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DestinationError, match="is a directory"):
+        Destination.open(str(tmp_path / "out"), str(tmp_path / "state"))
+
+
+def test_parents_are_made_0755_and_the_file_0640_whatever_the_umask(tmp_path: Path) -> None:
+    """Under umask 0 each created level is 0755 and the destination 0640."""
+    old = os.umask(0)
+    try:
+        Destination.open(str(tmp_path / "a" / "b" / "out"), str(tmp_path / "state")).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "a" / "b" / "out").stat().st_mode) == 0o640
+
+
+def test_world_writable_parent_is_refused(tmp_path: Path) -> None:
+    """A directory on the way that every user may write (and is not sticky) is refused."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(DestinationError, match=r"cannot be opened: directory .*open is writable by every user"):
+        Destination.open(str(open_dir / "out"), str(tmp_path / "state"))
+    assert not (open_dir / "out").exists()
+
+
+def test_sticky_world_writable_parent_is_accepted(tmp_path: Path) -> None:
+    """A sticky directory like /tmp may be on the way (others cannot replace what is ours)."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    Destination.open(str(sticky / "sub" / "out"), str(tmp_path / "state")).close()
+    assert (sticky / "sub" / "out").exists()
+
+
+def test_symlink_planted_across_a_rotation_is_not_followed(tmp_path: Path) -> None:
+    """mv out out.1; ln -s target out; reopen: refused, and the target is unchanged."""
+    out, target = tmp_path / "out", tmp_path / "target"
+    target.write_bytes(b"secret")
+    dest = Destination.open(str(out), str(tmp_path / "state"))
+    dest.begin_generation(IDENT, 0)
+    dest.write(b"123")
+    out.rename(tmp_path / "out.1")
+    out.symlink_to(target)
+    with pytest.raises(DestinationError, match="is a symbolic link"):
+        dest.reopen()
+    dest.close()
+    assert target.read_bytes() == b"secret"
+
+
+def _forge_record(tmp_path: Path, base: object) -> tuple[Path, str]:
+    out, state = tmp_path / "out", str(tmp_path / "state")
+    dest = Destination.open(str(out), state)
+    dest.begin_generation(IDENT, 0)
+    dest.write(b"abc")
+    dest.close()
+    sidecar = Path(record_path(state, str(out)))
+    raw = json.loads(sidecar.read_text())
+    raw["base"] = base
+    sidecar.write_text(json.dumps(raw))
+    return out, state
+
+
+@pytest.mark.parametrize("base", [-(2**62), -(2**64), 2**64, 4, True, "0", None])
+def test_absurd_record_is_no_record(tmp_path: Path, base: object) -> None:
+    """A sidecar whose base no real file could have (or past the destination's end) is ignored."""
+    out, state = _forge_record(tmp_path, base)
+    assert Destination.open(str(out), state).answer() == (None, None)
+
+
+def test_plausible_negative_base_is_kept(tmp_path: Path) -> None:
+    """A negative base (the generation began in a rotated-away file) is a valid record."""
+    out, state = _forge_record(tmp_path, -10)
+    dest = Destination.open(str(out), state)
+    assert dest.landed() == 13
+    dest.close()
