@@ -21,8 +21,22 @@ PURE = [
     "status",
     "stats",
     "progress",
+    "session",
+    "pipe_client",
+    "checkpoint",
 ]
-FORBIDDEN = {"asyncio", "socket", "ssl", "tcppipe.client", "tcppipe.server", "tcppipe.cli", "tcppipe.control"}
+FORBIDDEN = {
+    "asyncio",
+    "socket",
+    "ssl",
+    "tcppipe.client",
+    "tcppipe.server",
+    "tcppipe.cli",
+    "tcppipe.control",
+    "tcppipe.logs",
+    "tcppipe.sockets",
+    "tcppipe.tasks",
+}
 
 
 def imported(module: str) -> set[str]:
