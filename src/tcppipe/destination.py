@@ -22,8 +22,9 @@ must never lead it elsewhere. The path is walked from ``/`` one component at a
 time, each opened relative to the one above with ``O_NOFOLLOW``: no symbolic
 link is followed anywhere on it, not in a directory and not at the file.
 Every directory on the way must be owned by root or by tcppiped's own user and
-writable by nobody else: not by "other" and not by a group other than root's
-or tcppiped's own, unless the directory is sticky (as ``/tmp`` is). Missing
+writable by no ordinary user: not by "other" and not by a group other than
+tcppiped's own or a system group (gid 999 or below: Ubuntu's ``/var/log`` is
+root:syslog 0775), unless the directory is sticky (as ``/tmp`` is). Missing
 directories are created one level at a time, mode 0755 whatever the umask.
 The destination must be a regular file (a FIFO, device, socket or directory
 is refused at once; it is opened ``O_NONBLOCK`` so that a FIFO cannot hang the

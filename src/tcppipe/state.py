@@ -13,8 +13,9 @@ Rule 2: liveness is a held ``flock``, never a bare pid. A process killed with
 Rule 3: no path is followed through a symbolic link at its last component
 (``O_NOFOLLOW`` on every open; temporary files are ``mkstemp``'s, never a
 guessable name), and a directory that holds these files must be owned by
-root or by the effective user and writable by no one else (not "other", not a
-group other than root's or ours), unless it is sticky. Anything else is
+root or by the effective user and writable by no ordinary user (not "other",
+not a group other than ours or a system group, gid 999 or below), unless it is
+sticky. Anything else is
 refused with ``UnsafeDirectory``, one line naming the directory.
 """
 
@@ -34,6 +35,9 @@ from typing import Any
 from tcppipe.errors import UsageError
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+# Groups up to this id are system groups (login.defs SYS_GID_MAX), whose members are
+# daemons, not people: Ubuntu's /var/log is root:syslog 0775 and must stay usable.
+SYSTEM_GID_MAX = 999
 
 
 class UnsafeDirectory(UsageError, OSError):
@@ -59,7 +63,7 @@ def unsafe_directory_reason(st: os.stat_result) -> str | None:
         return None  # like /tmp: others may create, but not replace or remove what is ours
     if st.st_mode & stat.S_IWOTH:
         return "is writable by every user"
-    if st.st_mode & stat.S_IWGRP and st.st_gid not in (0, os.getegid()):
+    if st.st_mode & stat.S_IWGRP and st.st_gid > SYSTEM_GID_MAX and st.st_gid != os.getegid():
         return f"is writable by group {st.st_gid}"
     return None
 
