@@ -23,7 +23,7 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -142,10 +142,15 @@ class PipeReceiver:
     """
 
     def __init__(
-        self, conn: ServerConnection, dest: Destination, stats: PipeStats, count_lines: bool, peer: str
+        self,
+        conn: ServerConnection,
+        dest: Destination,
+        stats: PipeStats,
+        count_lines: bool,
+        on_bug: Callable[[BaseException], None],
     ) -> None:
         self.conn, self.session = conn, conn.session
-        self.dest, self.stats, self.count_lines, self.peer = dest, stats, count_lines, peer
+        self.dest, self.stats, self.count_lines, self.on_bug = dest, stats, count_lines, on_bug
         self.loop = conn.loop
         self.ack_timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -187,7 +192,18 @@ class PipeReceiver:
         else:
             raise ProtocolError(f"unexpected {type(event).__name__} while streaming")  # pragma: no cover
         if self.ack_timer is None:
-            self.ack_timer = self.loop.call_later(ACK_DELAY_S, self._ack_due)
+            self.ack_timer = self.loop.call_later(ACK_DELAY_S, self._fire, self._ack_due)
+
+    def _fire(self, callback: Callable[[], None]) -> None:
+        """Run a timer's callback. What it raises is a bug: it ends this connection, and the
+        connection task's reaper logs it with the pipe (or, if the task has gone, ``on_bug``)."""
+        try:
+            callback()
+        except Exception as exc:
+            if self.conn.done.done():
+                self.on_bug(exc)
+            else:
+                self.conn.finish(exc)
 
     def _ack_due(self) -> None:
         self.ack_timer = None
@@ -263,6 +279,8 @@ class Server:
     per_host: dict[str, int] = field(default_factory=dict)
     live: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # What each task is for, for its reaper's line: a peer, then its pipe once known.
+    context: dict[asyncio.Task[Any], str] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     hup: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -298,14 +316,40 @@ class Server:
         return task
 
     def _reap(self, what: str, task: asyncio.Task[Any]) -> None:
-        """The done-callback of every task (asyncssh's ``_reap_task``)."""
+        """The done-callback of every task (asyncssh's ``_reap_task``): an exception is retrieved
+        here, and one that nobody expected is logged with what the task was for."""
         self.tasks.discard(task)
+        what = self.context.pop(task, what)
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
-            self.stats.errors_total += 1
-            self.log.error("%s: internal error: %s", what, escape(repr(exc)), exc_info=exc)
+            self._bug(what, exc)
+
+    def _bug(self, what: str, exc: BaseException) -> None:
+        self.stats.errors_total += 1
+        self.log.error("%s: internal error: %s", what, escape(repr(exc)), exc_info=exc)
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: what asyncio could not hand to anyone goes to syslog too."""
+        exc = context.get("exception")
+        message = escape(str(context.get("message", "unhandled error")))
+        self.stats.errors_total += 1
+        if isinstance(exc, BaseException):
+            self.log.error("event loop: internal error: %s: %s", message, escape(repr(exc)), exc_info=exc)
+        else:
+            self.log.error("event loop: internal error: %s", message)
+
+    async def listen(self) -> asyncio.Server:
+        """Listen on the configured address; every accepted connection gets its own session."""
+        loop = asyncio.get_running_loop()
+
+        def connection() -> ServerConnection:
+            return ServerConnection(ServerSession(loop.time(), SERVER_FEATURES, DEFAULT_HEARTBEAT_S), self.accepted)
+
+        return await loop.create_server(
+            connection, host=self.opts.bind, port=self.opts.port, reuse_address=True, backlog=512
+        )
 
     # -- connection handling --------------------------------------------------
 
@@ -384,7 +428,11 @@ class Server:
                 "no record" if offset is None else f"offset {offset}",
                 f", with {' '.join(features)}" if features else "",
             )
-            session.receiver = PipeReceiver(conn, session.dest, session.stats, self.stats.count_lines, peer)
+            where = f"{peer} pipe {entry.local}"
+            self.context[task] = where
+            session.receiver = PipeReceiver(
+                conn, session.dest, session.stats, self.stats.count_lines, functools.partial(self._bug, where)
+            )
             await session.receiver.run()
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
         except TimeoutError:
@@ -550,13 +598,8 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     holder.load_initial()
     server = Server(opts, log, holder)
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(
-        lambda: ServerConnection(ServerSession(loop.time(), SERVER_FEATURES, DEFAULT_HEARTBEAT_S), server.accepted),
-        host=opts.bind,
-        port=opts.port,
-        reuse_address=True,
-        backlog=512,
-    )
+    loop.set_exception_handler(server.loop_exception)
+    listener = await server.listen()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
