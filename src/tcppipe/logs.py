@@ -137,3 +137,44 @@ def drop_stderr_handlers() -> None:
     for handler in list(logger.handlers):
         if type(handler) is logging.StreamHandler:
             logger.removeHandler(handler)
+
+
+class RateLimitedLog:
+    """Warnings that a flood could multiply (dropped connections): at most
+    ``per_s`` lines a second; the rest are counted and summarised in one line
+    once the second is over ("suppressed K"), so syslog sees the flood's size
+    without its volume."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        per_s: int,
+        clock: Callable[[], float],
+        call_later: Callable[[float, Callable[[], None]], object],
+    ) -> None:
+        self.log, self.per_s, self.clock, self.call_later = log, per_s, clock, call_later
+        self._window_at = -1.0
+        self._lines = 0
+        self.suppressed = 0
+        self._flush_due = False
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._window_at >= 1.0:
+            self.flush()
+            self._window_at, self._lines = now, 0
+        if self._lines < self.per_s:
+            self._lines += 1
+            self.log.warning(message, *args)
+            return
+        self.suppressed += 1
+        if not self._flush_due:
+            self._flush_due = True
+            self.call_later(max(0.0, self._window_at + 1.0 - now), self.flush)
+
+    def flush(self) -> None:
+        """Say how many lines were left out, if any."""
+        self._flush_due = False
+        if self.suppressed:
+            self.log.warning("suppressed %d more lines about dropped connections", self.suppressed)
+            self.suppressed = 0

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
+import ipaddress
 import logging
 import os
 import resource
@@ -32,7 +34,7 @@ from tcppipe import control
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error
-from tcppipe.logs import escape
+from tcppipe.logs import RateLimitedLog, escape
 from tcppipe.protocol import (
     DEFAULT_HEARTBEAT_S,
     FEATURE_PROGRESS,
@@ -69,6 +71,20 @@ SHUTDOWN_TIMEOUT_S: Final = 10.0
 SERVER_FEATURES: Final = (FEATURE_ZSTD, FEATURE_PROGRESS)
 # A verify needs about log64(size) requests; more is a client gone astray.
 MAX_VERIFY_REQUESTS: Final = 64
+# Strangers (connections not yet answered READY) share a budget of their own,
+# in units of about 32 KiB of our memory: a plain stranger costs 1 (a few KiB of
+# socket and session, at most one HELLO of 16 KiB), a TLS one 8 (asyncio's TLS
+# layer holds a 256 KiB buffer from the handshake on). When the budget is full
+# the oldest stranger is closed: a flood cannot keep a real client out, only
+# hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
+STRANGER_UNITS: Final = 512
+STRANGER_UNITS_PER_SOURCE: Final = 128
+TLS_STRANGER_UNITS: Final = 8
+MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
+# After this many TLS strangers closed (about 5 MB of buffers), freed memory goes back to the system.
+TRIM_AFTER_TLS_STRANGERS: Final = 16
+# Lines a second about dropped connections; the rest are counted in a summary.
+DROP_LINES_PER_S: Final = 20
 
 
 def read_config(path: str) -> tuple[list[Entry], list[ConfigError]]:
@@ -257,6 +273,79 @@ class PipeSession:
     receiver: PipeReceiver | None = None
 
 
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where there is one (not on musl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    return None
+
+
+_MALLOC_TRIM: Final = _find_malloc_trim()
+
+
+def source_of(ip: str) -> str:
+    """Whose budget a connection counts against: its IPv4 address, or its IPv6 /64."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return ip
+
+
+class Strangers:
+    """The connections not yet answered READY, oldest first, and their cost in units.
+
+    ``charge`` admits a stranger (or raises its cost, at TLS) and names the
+    strangers to close to make room: first the oldest of its own source if
+    that source is over its share, then the oldest of all. A connection leaves
+    with ``release`` at READY, at REFUSE, or at its end.
+    """
+
+    def __init__(self, units: int, per_source: int) -> None:
+        self.units, self.per_source = units, per_source
+        self.charged: dict[asyncio.Task[Any], tuple[str, int]] = {}  # insertion order: oldest first
+        self.used = 0
+        self.by_source: dict[str, int] = {}
+
+    def charge(self, task: asyncio.Task[Any], source: str, units: int) -> list[asyncio.Task[Any]]:
+        self.release(task, keep_place=True)
+        self.charged[task] = (source, units)
+        self.used += units
+        self.by_source[source] = self.by_source.get(source, 0) + units
+        victims: list[asyncio.Task[Any]] = []
+        for other, (other_source, _units) in list(self.charged.items()):
+            if self.by_source.get(source, 0) <= self.per_source:
+                break
+            if other is not task and other_source == source:
+                victims.append(other)
+                self.release(other)
+        for other in list(self.charged):
+            if self.used <= self.units:
+                break
+            if other is not task:
+                victims.append(other)
+                self.release(other)
+        return victims
+
+    def release(self, task: asyncio.Task[Any], keep_place: bool = False) -> None:
+        charged = self.charged.get(task)
+        if charged is None:
+            return
+        source, units = charged
+        if not keep_place:
+            del self.charged[task]
+        self.used -= units
+        left = self.by_source[source] - units
+        if left > 0:
+            self.by_source[source] = left
+        else:
+            del self.by_source[source]
+
+    def __contains__(self, task: object) -> bool:
+        return task in self.charged
+
+
 @dataclass
 class ServerOptions:
     config_path: str
@@ -268,6 +357,8 @@ class ServerOptions:
     max_per_host: int = DEFAULT_MAX_PER_HOST
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     metrics: tuple[str, int] | None = None
+    stranger_units: int = STRANGER_UNITS
+    stranger_units_per_source: int = STRANGER_UNITS_PER_SOURCE
 
 
 @dataclass
@@ -285,7 +376,32 @@ class Server:
     hup: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stats: ServerStats = field(default_factory=ServerStats)
+    strangers: Strangers = field(init=False)
+    evicted: set[asyncio.Task[Any]] = field(default_factory=set)
+    _freed_tls: int = 0
+    drops: RateLimitedLog = field(init=False)
     _followed: list[Entry] | None = None
+
+    def __post_init__(self) -> None:
+        self.strangers = Strangers(self.opts.stranger_units, self.opts.stranger_units_per_source)
+        self.drops = RateLimitedLog(self.log, DROP_LINES_PER_S, time.monotonic, self._call_later)
+
+    def _call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        asyncio.get_running_loop().call_later(delay_s, callback)
+
+    def _charge(self, task: asyncio.Task[Any], peer_ip: str, units: int) -> None:
+        """Count ``task`` among the strangers; close the oldest ones if the budget is full."""
+        for victim in self.strangers.charge(task, source_of(peer_ip), units):
+            self.stats.strangers_closed_total += 1
+            self.evicted.add(victim)
+            victim.cancel()
+
+    def _trim(self) -> None:
+        """Give the memory of closed strangers back to the system. glibc keeps freed
+        TLS buffers (256 KiB each) in its heap, so 4,000 short-lived TLS strangers
+        would leave hundreds of MB resident although only 64 are alive at once."""
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
 
     def entries(self) -> list[Entry]:
         """The config in force (re-read if the file changed), with a stats row per pipe."""
@@ -370,15 +486,19 @@ class Server:
         self.stats.connections_open = self.live
         try:
             if self.live > self.opts.max_connections:
-                self.log.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
+                self.drops.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
             elif count > self.opts.max_per_host:
-                self.log.warning(
+                self.drops.warning(
                     "%s dropped: %d connections from %s (limit %d)", peer, count, peer_ip, self.opts.max_per_host
                 )
             else:
+                self._charge(task, peer_ip, 1)
                 await self._serve(conn, task, peer, peer_ip)
         finally:
             # Released before the (bounded) close, so a closing connection never counts against a new one.
+            stranger = task in self.strangers or task in self.evicted
+            self.strangers.release(task)
+            self.evicted.discard(task)
             self.live -= 1
             self.stats.connections_open = self.live
             left = self.per_host.get(peer_ip, 1) - 1
@@ -386,8 +506,18 @@ class Server:
                 self.per_host[peer_ip] = left
             else:
                 self.per_host.pop(peer_ip, None)
-            conn.close()
-            await conn.wait_closed()
+            if stranger:
+                # Nothing owed to a stranger (not even a flush): its memory goes now,
+                # not after a close that a TLS layer in mid-handshake would never report.
+                conn.abort()
+                if conn.tls_started:
+                    self._freed_tls += 1
+                    if self._freed_tls >= TRIM_AFTER_TLS_STRANGERS:
+                        self._freed_tls = 0
+                        conn.loop.call_soon(self._trim)
+            else:
+                conn.close()
+                await conn.wait_closed()
             conn.retrieve()
 
     async def _serve(self, conn: ServerConnection, task: asyncio.Task[Any], peer: str, peer_ip: str) -> None:
@@ -400,6 +530,7 @@ class Server:
                 hello = await conn.next_event()
             assert isinstance(hello, Hello)  # the session takes nothing else first
             entry = await self._authorize(peer_ip, hello.path, names)
+            self.strangers.release(task)  # answered now, either way
             if entry is None:
                 who = f"host {peer_ip}" if names is None else f"certificate {'/'.join(names[0] + names[1]) or '?'}"
                 await self._refuse(conn, peer, f"no pipe is defined for {who} and file {hello.path}")
@@ -436,25 +567,31 @@ class Server:
             await session.receiver.run()
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
         except TimeoutError:
-            self.log.warning("%s dropped: handshake not completed in %.1f s", peer, self.opts.handshake_timeout_s)
+            self.drops.warning("%s dropped: handshake not completed in %.1f s", peer, self.opts.handshake_timeout_s)
         except Inadmissible as exc:
             self.stats.refusals_total += 1
             self.log.warning("%s REFUSE: %s", peer, escape(str(exc)))
             conn.write(conn.session.refuse(str(exc), True, loop.time()))
         except ProtocolError as exc:
             self.stats.bad_frames_total += 1
-            self.log.warning("%s dropped: protocol error: %s", peer, escape(str(exc)))
+            log = self.drops.warning if task in self.strangers else self.log.warning
+            log("%s dropped: protocol error: %s", peer, escape(str(exc)))
         except ConnectionLost as exc:
-            self.log.info("%s connection lost: %s", peer, exc)
+            if task not in self.strangers:
+                self.log.info("%s connection lost: %s", peer, exc)
         except DestinationError as exc:
             self.stats.errors_total += 1
             self.log.error("%s dropped: %s", peer, exc)
         except OSError as exc:
-            self.log.warning("%s dropped: %s", peer, describe_tls_error(exc))
+            log = self.drops.warning if task in self.strangers else self.log.warning
+            log("%s dropped: %s", peer, escape(describe_tls_error(exc)))
         except asyncio.CancelledError:
             # Only this server cancels connection tasks (takeover, reload,
             # shutdown, the strangers' budget); the task then ends normally.
-            self.log.info("%s connection closed by the server", peer)
+            if task in self.evicted:
+                self.drops.warning("%s dropped: the budget for unauthenticated connections is full", peer)
+            else:
+                self.log.info("%s connection closed by the server", peer)
         finally:
             if session is not None:
                 if self.sessions.get(session.entry.local) is session:
@@ -504,6 +641,11 @@ class Server:
         """Upgrade to TLS when configured; the client certificate's names when one is required."""
         if self.opts.tls is None:
             return None
+        task = asyncio.current_task()
+        assert task is not None
+        # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once.
+        self._charge(task, str(conn.get_extra_info("peername")[0]), TLS_STRANGER_UNITS)
+        conn.tls_started = True
         await conn.start_tls(self.opts.tls)
         if self.opts.tls.verify_mode != ssl.CERT_REQUIRED:
             return None

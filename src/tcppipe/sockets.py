@@ -110,6 +110,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.tls = False
+        self.tls_started = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self._handler: Callable[[Event], None] | None = None
@@ -253,6 +254,12 @@ class ServerConnection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        self.finish(ConnectionLost("closed by the server"))
+
+    def abort(self) -> None:
+        """Close at once, dropping what is unsent (for strangers)."""
+        if self.transport is not None:
+            self.transport.abort()
         self.finish(ConnectionLost("closed by the server"))
 
     async def wait_closed(self, timeout_s: float = 5.0) -> None:
