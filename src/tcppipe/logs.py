@@ -10,12 +10,32 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from tcppipe.errors import describe_os_error
+
+# What a peer could use to forge, split or drop a log line: C0 and C1 controls
+# (newline, ESC), DEL, the Unicode line separators, lone surrogates (from
+# surrogateescape'd bytes; they make a strict encoder drop the whole line),
+# and the backslash itself, so an escape in the output is never ambiguous.
+_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape(text: str) -> str:
+    """A peer-supplied string made safe for one log line: every character in ``_UNSAFE``
+    becomes a visible escape (``\\n``, ``\\x1b``, ``\\udcff``)."""
+    return _UNSAFE.sub(_escaped, text)
 
 
 def parse_syslog_address(text: str) -> str | tuple[str, int]:
@@ -117,3 +137,44 @@ def drop_stderr_handlers() -> None:
     for handler in list(logger.handlers):
         if type(handler) is logging.StreamHandler:
             logger.removeHandler(handler)
+
+
+class RateLimitedLog:
+    """Warnings that a flood could multiply (dropped connections): at most
+    ``per_s`` lines a second; the rest are counted and summarised in one line
+    once the second is over ("suppressed K"), so syslog sees the flood's size
+    without its volume."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        per_s: int,
+        clock: Callable[[], float],
+        call_later: Callable[[float, Callable[[], None]], object],
+    ) -> None:
+        self.log, self.per_s, self.clock, self.call_later = log, per_s, clock, call_later
+        self._window_at = -1.0
+        self._lines = 0
+        self.suppressed = 0
+        self._flush_due = False
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._window_at >= 1.0:
+            self.flush()
+            self._window_at, self._lines = now, 0
+        if self._lines < self.per_s:
+            self._lines += 1
+            self.log.warning(message, *args)
+            return
+        self.suppressed += 1
+        if not self._flush_due:
+            self._flush_due = True
+            self.call_later(max(0.0, self._window_at + 1.0 - now), self.flush)
+
+    def flush(self) -> None:
+        """Say how many lines were left out, if any."""
+        self._flush_due = False
+        if self.suppressed:
+            self.log.warning("suppressed %d more lines about dropped connections", self.suppressed)
+            self.suppressed = 0

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
+import ipaddress
 import logging
 import os
 import resource
@@ -22,42 +25,39 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tcppipe import config as configuration
 from tcppipe import control
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error
+from tcppipe.logs import RateLimitedLog, escape
 from tcppipe.protocol import (
-    DATA_ZSTD,
-    DEAD_AFTER_HEARTBEATS,
+    DEFAULT_HEARTBEAT_S,
     FEATURE_PROGRESS,
     FEATURE_ZSTD,
+    MIN_HEARTBEAT_S,
     PURPOSE_VERIFY,
-    Ack,
     Data,
-    Decoder,
-    Digest,
     Event,
     Generation,
     Hello,
-    NeedData,
-    Ping,
     Progress,
     ProtocolError,
-    Ready,
-    Refuse,
     Verify,
-    encode,
     split_range,
 )
-from tcppipe.sockets import READ_BYTES, close_writer, format_address, next_event, peer_name, tune
+from tcppipe.session import ServerSession, admit_generation
+from tcppipe.sockets import ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
 from tcppipe.tls import certificate_names, describe_tls_error
 from tcppipe.verify import digest_ranges
+
+if TYPE_CHECKING:
+    from tcppipe.compression import Decompressor
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 # Connections beyond these are closed at once, before a byte is read: a flood
@@ -67,12 +67,24 @@ DEFAULT_MAX_PER_HOST: Final = 256
 RESOLVE_TIMEOUT_S: Final = 5.0
 TAKEOVER_TIMEOUT_S: Final = 10.0
 ACK_DELAY_S: Final = 0.05
-# Smallest receive while streaming (a frame in flight asks for its whole rest).
-RECEIVE_BYTES: Final = 64 * 1024
 SHUTDOWN_TIMEOUT_S: Final = 10.0
 SERVER_FEATURES: Final = (FEATURE_ZSTD, FEATURE_PROGRESS)
 # A verify needs about log64(size) requests; more is a client gone astray.
 MAX_VERIFY_REQUESTS: Final = 64
+# Strangers (connections not yet answered READY) share a budget of their own,
+# in units of about 32 KiB of our memory: a plain stranger costs 1 (a few KiB of
+# socket and session, at most one HELLO of 16 KiB), a TLS one 8 (asyncio's TLS
+# layer holds a 256 KiB buffer from the handshake on). When the budget is full
+# the oldest stranger is closed: a flood cannot keep a real client out, only
+# hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
+STRANGER_UNITS: Final = 512
+STRANGER_UNITS_PER_SOURCE: Final = 128
+TLS_STRANGER_UNITS: Final = 8
+MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
+# After this many TLS strangers closed (about 5 MB of buffers), freed memory goes back to the system.
+TRIM_AFTER_TLS_STRANGERS: Final = 16
+# Lines a second about dropped connections; the rest are counted in a summary.
+DROP_LINES_PER_S: Final = 20
 
 
 def read_config(path: str) -> tuple[list[Entry], list[ConfigError]]:
@@ -130,58 +142,125 @@ class ConfigHolder:
         return self.entries
 
 
-class FrameSink(asyncio.BufferedProtocol):
-    """The streaming phase's protocol: bytes are received into the decoder's own
-    buffer and each event is handled at once, so a DATA payload goes from the
-    socket to the destination with no copy in between."""
+class Inadmissible(ProtocolError):
+    """The client's GENERATION breaks the ledger's rule (``session.admit_generation``)."""
 
-    def __init__(self, decoder: Decoder, original: asyncio.BaseProtocol, handle: Callable[[Event], None]) -> None:
-        self.decoder, self.original, self.handle = decoder, original, handle
-        self.loop = asyncio.get_running_loop()
-        self.done: asyncio.Future[None] = self.loop.create_future()
-        self.heard_at = self.loop.time()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.decoder.get_buffer(max(sizehint, RECEIVE_BYTES))
+class PipeReceiver:
+    """One streaming connection's work: GENERATION/DATA/PROGRESS into the destination,
+    ACKs back; the adapter hands it events and time.
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.heard_at = self.loop.time()
-        self.decoder.buffer_updated(nbytes)
-        self.drain()
+    Rule: the destination is used only between construction and ``close()``.
+    ``close()`` is the one place that cancels the ACK timer, and it runs before
+    the destination closes; a late callback or event after it is a bug, caught
+    by an assertion instead of touching a descriptor number that may already
+    belong to another pipe's file.
+    """
 
-    def drain(self) -> None:
-        """Handle every complete event; the first failure ends the connection."""
-        try:
-            while not self.done.done():
-                event = self.decoder.next_event()
-                if event is None or isinstance(event, NeedData):
-                    return
-                self.handle(event)
-        except (ProtocolError, DestinationError) as exc:
-            self.finish(exc)
+    def __init__(
+        self,
+        conn: ServerConnection,
+        dest: Destination,
+        stats: PipeStats,
+        count_lines: bool,
+        on_bug: Callable[[BaseException], None],
+    ) -> None:
+        self.conn, self.session = conn, conn.session
+        self.dest, self.stats, self.count_lines, self.on_bug = dest, stats, count_lines, on_bug
+        self.loop = conn.loop
+        self.ack_timer: asyncio.TimerHandle | None = None
+        self.closed = False
+        hello = self.session.hello
+        assert hello is not None
+        self.restart = hello.restart
+        self.decompressor: Decompressor | None = None
+        if FEATURE_ZSTD in self.session.features:
+            from tcppipe.compression import Decompressor  # zstandard loads only when a client asks
 
-    def eof_received(self) -> bool:
-        try:
-            self.decoder.feed(b"")
-        except ProtocolError as exc:
-            self.finish(exc)
-            return False
-        self.drain()
-        self.finish(None)
-        return True  # keep our side open for the goodbye ACK
+            self.decompressor = Decompressor()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc or "peer closed the connection")
-        self.finish(ConnectionLost(reason))
-        self.original.connection_lost(exc)
-
-    def finish(self, exc: BaseException | None) -> None:
-        if self.done.done():
-            return
-        if exc is None:
-            self.done.set_result(None)
+    def handle(self, event: Event) -> None:
+        """One event from the client (called from the protocol as its bytes arrive)."""
+        assert not self.closed, "event for a closed destination"
+        stats, dest = self.stats, self.dest
+        if isinstance(event, Data):
+            payload = event.payload
+            stats.wire_bytes_total += len(payload)
+            if event.flags and self.decompressor is not None:
+                payload = self.decompressor.decode(payload, event.flags)
+            dest.write(payload)
+            stats.bytes_total += len(payload)
+            stats.last_byte_at = time.time()
+            if self.count_lines:
+                stats.lines_total += bytes(payload).count(b"\n")
+        elif isinstance(event, Generation):
+            old = dest.record
+            reason = admit_generation(old, dest.landed(), event.ident, event.start, self.restart)
+            if reason is not None:
+                raise Inadmissible(reason)
+            if old is None or (old.dev, old.ino) != (event.ident.dev, event.ident.ino):
+                stats.generations += 1
+                stats.rotations += old is not None
+            dest.begin_generation(event.ident, event.start)
+            self.send_ack()
+        elif isinstance(event, Progress):
+            stats.progress(event.end, event.queued)
         else:
-            self.done.set_exception(exc)
+            raise ProtocolError(f"unexpected {type(event).__name__} while streaming")  # pragma: no cover
+        if self.ack_timer is None:
+            self.ack_timer = self.loop.call_later(ACK_DELAY_S, self._fire, self._ack_due)
+
+    def _fire(self, callback: Callable[[], None]) -> None:
+        """Run a timer's callback. What it raises is a bug: it ends this connection, and the
+        connection task's reaper logs it with the pipe (or, if the task has gone, ``on_bug``)."""
+        try:
+            callback()
+        except Exception as exc:
+            if self.conn.done.done():
+                self.on_bug(exc)
+            else:
+                self.conn.finish(exc)
+
+    def _ack_due(self) -> None:
+        self.ack_timer = None
+        self.send_ack()
+
+    def send_ack(self, heartbeat: bool = False) -> None:
+        """ACK what has landed, if that is news (or a heartbeat is due)."""
+        assert not self.closed, "ACK of a closed destination"
+        landed = self.dest.landed() or 0
+        self.stats.generation_bytes = landed
+        self.conn.write(self.session.ack(landed, self.loop.time(), heartbeat))
+
+    async def run(self) -> None:
+        """Receive until the client says goodbye (answered with a last ACK), falls silent
+        or breaks the protocol (raised)."""
+        session, conn = self.session, self.conn
+        conn.receive_with(self.handle)
+        while True:
+            wait_s = max(session.heartbeat_due_in(self.loop.time()), MIN_HEARTBEAT_S)
+            finished, _pending = await asyncio.wait({conn.done}, timeout=wait_s)
+            if finished:
+                break
+            now = self.loop.time()
+            if session.peer_dead(now):
+                raise ConnectionLost(f"no word from the client for {session.silence(now):.1f} s")
+            if session.heartbeat_due_in(now) <= 0:
+                self.send_ack(heartbeat=True)
+            session.decoder.release_idle_buffer()
+        conn.done.result()  # raises why the connection ended, if it failed
+        self.send_ack()  # the client's goodbye: tell it exactly what landed
+
+    def close(self) -> None:
+        """Stop every timer, then close the destination; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        self.conn.finish(ConnectionLost("closed by the server"))
+        self.dest.close()
 
 
 @dataclass
@@ -191,6 +270,80 @@ class PipeSession:
     task: asyncio.Task[Any]
     stats: PipeStats
     dest: Destination | None = None
+    receiver: PipeReceiver | None = None
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where there is one (not on musl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    return None
+
+
+_MALLOC_TRIM: Final = _find_malloc_trim()
+
+
+def source_of(ip: str) -> str:
+    """Whose budget a connection counts against: its IPv4 address, or its IPv6 /64."""
+    with contextlib.suppress(ValueError):
+        address = ipaddress.ip_address(ip)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return ip
+
+
+class Strangers:
+    """The connections not yet answered READY, oldest first, and their cost in units.
+
+    ``charge`` admits a stranger (or raises its cost, at TLS) and names the
+    strangers to close to make room: first the oldest of its own source if
+    that source is over its share, then the oldest of all. A connection leaves
+    with ``release`` at READY, at REFUSE, or at its end.
+    """
+
+    def __init__(self, units: int, per_source: int) -> None:
+        self.units, self.per_source = units, per_source
+        self.charged: dict[asyncio.Task[Any], tuple[str, int]] = {}  # insertion order: oldest first
+        self.used = 0
+        self.by_source: dict[str, int] = {}
+
+    def charge(self, task: asyncio.Task[Any], source: str, units: int) -> list[asyncio.Task[Any]]:
+        self.release(task, keep_place=True)
+        self.charged[task] = (source, units)
+        self.used += units
+        self.by_source[source] = self.by_source.get(source, 0) + units
+        victims: list[asyncio.Task[Any]] = []
+        for other, (other_source, _units) in list(self.charged.items()):
+            if self.by_source.get(source, 0) <= self.per_source:
+                break
+            if other is not task and other_source == source:
+                victims.append(other)
+                self.release(other)
+        for other in list(self.charged):
+            if self.used <= self.units:
+                break
+            if other is not task:
+                victims.append(other)
+                self.release(other)
+        return victims
+
+    def release(self, task: asyncio.Task[Any], keep_place: bool = False) -> None:
+        charged = self.charged.get(task)
+        if charged is None:
+            return
+        source, units = charged
+        if not keep_place:
+            del self.charged[task]
+        self.used -= units
+        left = self.by_source[source] - units
+        if left > 0:
+            self.by_source[source] = left
+        else:
+            del self.by_source[source]
+
+    def __contains__(self, task: object) -> bool:
+        return task in self.charged
 
 
 @dataclass
@@ -204,6 +357,8 @@ class ServerOptions:
     max_per_host: int = DEFAULT_MAX_PER_HOST
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     metrics: tuple[str, int] | None = None
+    stranger_units: int = STRANGER_UNITS
+    stranger_units_per_source: int = STRANGER_UNITS_PER_SOURCE
 
 
 @dataclass
@@ -215,11 +370,38 @@ class Server:
     per_host: dict[str, int] = field(default_factory=dict)
     live: int = 0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # What each task is for, for its reaper's line: a peer, then its pipe once known.
+    context: dict[asyncio.Task[Any], str] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     hup: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stats: ServerStats = field(default_factory=ServerStats)
+    strangers: Strangers = field(init=False)
+    evicted: set[asyncio.Task[Any]] = field(default_factory=set)
+    _freed_tls: int = 0
+    drops: RateLimitedLog = field(init=False)
     _followed: list[Entry] | None = None
+
+    def __post_init__(self) -> None:
+        self.strangers = Strangers(self.opts.stranger_units, self.opts.stranger_units_per_source)
+        self.drops = RateLimitedLog(self.log, DROP_LINES_PER_S, time.monotonic, self._call_later)
+
+    def _call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        asyncio.get_running_loop().call_later(delay_s, callback)
+
+    def _charge(self, task: asyncio.Task[Any], peer_ip: str, units: int) -> None:
+        """Count ``task`` among the strangers; close the oldest ones if the budget is full."""
+        for victim in self.strangers.charge(task, source_of(peer_ip), units):
+            self.stats.strangers_closed_total += 1
+            self.evicted.add(victim)
+            victim.cancel()
+
+    def _trim(self) -> None:
+        """Give the memory of closed strangers back to the system. glibc keeps freed
+        TLS buffers (256 KiB each) in its heap, so 4,000 short-lived TLS strangers
+        would leave hundreds of MB resident although only 64 are alive at once."""
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
 
     def entries(self) -> list[Entry]:
         """The config in force (re-read if the file changed), with a stats row per pipe."""
@@ -240,15 +422,63 @@ class Server:
             "pipes": [row.to_json() for row in self.stats.rows()],
         }
 
+    # -- tasks ------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """Start a task this server tracks; if it dies of anything unexpected, syslog says so."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._reap, what))
+        return task
+
+    def _reap(self, what: str, task: asyncio.Task[Any]) -> None:
+        """The done-callback of every task (asyncssh's ``_reap_task``): an exception is retrieved
+        here, and one that nobody expected is logged with what the task was for."""
+        self.tasks.discard(task)
+        what = self.context.pop(task, what)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._bug(what, exc)
+
+    def _bug(self, what: str, exc: BaseException) -> None:
+        self.stats.errors_total += 1
+        self.log.error("%s: internal error: %s", what, escape(repr(exc)), exc_info=exc)
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: what asyncio could not hand to anyone goes to syslog too."""
+        exc = context.get("exception")
+        message = escape(str(context.get("message", "unhandled error")))
+        self.stats.errors_total += 1
+        if isinstance(exc, BaseException):
+            self.log.error("event loop: internal error: %s: %s", message, escape(repr(exc)), exc_info=exc)
+        else:
+            self.log.error("event loop: internal error: %s", message)
+
+    async def listen(self) -> asyncio.Server:
+        """Listen on the configured address; every accepted connection gets its own session."""
+        loop = asyncio.get_running_loop()
+
+        def connection() -> ServerConnection:
+            return ServerConnection(ServerSession(loop.time(), SERVER_FEATURES, DEFAULT_HEARTBEAT_S), self.accepted)
+
+        return await loop.create_server(
+            connection, host=self.opts.bind, port=self.opts.port, reuse_address=True, backlog=512
+        )
+
     # -- connection handling --------------------------------------------------
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def accepted(self, conn: ServerConnection) -> None:
+        """A new connection (from the protocol factory): its task starts now."""
+        self.spawn(self.handle(conn), conn.peer())
+
+    async def handle(self, conn: ServerConnection) -> None:
+        """One connection from accept to close (limits, handshake, then the pipe)."""
         task = asyncio.current_task()
         assert task is not None
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        peer = peer_name(writer)
-        peer_ip = str(writer.get_extra_info("peername")[0])
+        peer = conn.peer()
+        peer_ip = str(conn.get_extra_info("peername")[0])
         count = self.per_host.get(peer_ip, 0) + 1
         self.per_host[peer_ip] = count
         self.live += 1
@@ -256,15 +486,19 @@ class Server:
         self.stats.connections_open = self.live
         try:
             if self.live > self.opts.max_connections:
-                self.log.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
+                self.drops.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
             elif count > self.opts.max_per_host:
-                self.log.warning(
+                self.drops.warning(
                     "%s dropped: %d connections from %s (limit %d)", peer, count, peer_ip, self.opts.max_per_host
                 )
             else:
-                await self._serve(reader, writer, task, peer, peer_ip)
+                self._charge(task, peer_ip, 1)
+                await self._serve(conn, task, peer, peer_ip)
         finally:
             # Released before the (bounded) close, so a closing connection never counts against a new one.
+            stranger = task in self.strangers or task in self.evicted
+            self.strangers.release(task)
+            self.evicted.discard(task)
             self.live -= 1
             self.stats.connections_open = self.live
             left = self.per_host.get(peer_ip, 1) - 1
@@ -272,32 +506,37 @@ class Server:
                 self.per_host[peer_ip] = left
             else:
                 self.per_host.pop(peer_ip, None)
-            await close_writer(writer)
+            if stranger:
+                # Nothing owed to a stranger (not even a flush): its memory goes now,
+                # not after a close that a TLS layer in mid-handshake would never report.
+                conn.abort()
+                if conn.tls_started:
+                    self._freed_tls += 1
+                    if self._freed_tls >= TRIM_AFTER_TLS_STRANGERS:
+                        self._freed_tls = 0
+                        conn.loop.call_soon(self._trim)
+            else:
+                conn.close()
+                await conn.wait_closed()
+            conn.retrieve()
 
-    async def _serve(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        task: asyncio.Task[Any],
-        peer: str,
-        peer_ip: str,
-    ) -> None:
+    async def _serve(self, conn: ServerConnection, task: asyncio.Task[Any], peer: str, peer_ip: str) -> None:
         session: PipeSession | None = None
+        loop = conn.loop
         try:
-            tune(writer)
-            decoder = Decoder(copy_payloads=False)
+            tune_transport(conn.transport)  # type: ignore[arg-type]
             async with asyncio.timeout(self.opts.handshake_timeout_s):
-                names = await self._start_tls(writer)
-                hello = await next_event(reader, decoder)
-            if not isinstance(hello, Hello):
-                raise ProtocolError(f"expected HELLO, got {type(hello).__name__}")
+                names = await self._start_tls(conn)
+                hello = await conn.next_event()
+            assert isinstance(hello, Hello)  # the session takes nothing else first
             entry = await self._authorize(peer_ip, hello.path, names)
+            self.strangers.release(task)  # answered now, either way
             if entry is None:
                 who = f"host {peer_ip}" if names is None else f"certificate {'/'.join(names[0] + names[1]) or '?'}"
-                await self._refuse(writer, peer, f"no pipe is defined for {who} and file {hello.path}")
+                await self._refuse(conn, peer, f"no pipe is defined for {who} and file {hello.path}")
                 return
             if hello.purpose == PURPOSE_VERIFY:
-                await self._verify(reader, writer, decoder, entry, peer)
+                await self._verify(conn, entry, peer)
                 return
             session = PipeSession(entry, peer, task, self.stats.pipe(entry))
             await self._register(session)
@@ -305,107 +544,120 @@ class Server:
                 session.dest = Destination.open(entry.local, self.opts.state_dir)
             except DestinationError as exc:
                 session.stats.refused()
-                await self._refuse(writer, peer, str(exc), retry=True)
+                await self._refuse(conn, peer, str(exc), retry=True)
                 return
-            features = tuple(f for f in hello.features if f in SERVER_FEATURES)
             record, offset = session.dest.answer()
-            writer.write(encode(Ready(record, offset, features)))
+            conn.write(conn.session.ready(record, offset, loop.time()))
+            features = conn.session.features
             session.stats.connected(peer)
             session.stats.generation_bytes = offset
             self.log.info(
                 "%s pipe %s -> %s READY at %s%s",
                 peer,
-                hello.path,
+                escape(hello.path),
                 entry.local,
                 "no record" if offset is None else f"offset {offset}",
                 f", with {' '.join(features)}" if features else "",
             )
-            if FEATURE_ZSTD in features:
-                decoder.data_flags = DATA_ZSTD
-            await self._stream(reader, writer, decoder, session, hello.heartbeat_s)
+            where = f"{peer} pipe {entry.local}"
+            self.context[task] = where
+            session.receiver = PipeReceiver(
+                conn, session.dest, session.stats, self.stats.count_lines, functools.partial(self._bug, where)
+            )
+            await session.receiver.run()
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
         except TimeoutError:
-            self.log.warning("%s dropped: handshake not completed in %.1f s", peer, self.opts.handshake_timeout_s)
+            self.drops.warning("%s dropped: handshake not completed in %.1f s", peer, self.opts.handshake_timeout_s)
+        except Inadmissible as exc:
+            self.stats.refusals_total += 1
+            self.log.warning("%s REFUSE: %s", peer, escape(str(exc)))
+            conn.write(conn.session.refuse(str(exc), True, loop.time()))
         except ProtocolError as exc:
             self.stats.bad_frames_total += 1
-            self.log.warning("%s dropped: protocol error: %s", peer, exc)
+            log = self.drops.warning if task in self.strangers else self.log.warning
+            log("%s dropped: protocol error: %s", peer, escape(str(exc)))
         except ConnectionLost as exc:
-            self.log.info("%s connection lost: %s", peer, exc)
+            if task not in self.strangers:
+                self.log.info("%s connection lost: %s", peer, exc)
         except DestinationError as exc:
             self.stats.errors_total += 1
             self.log.error("%s dropped: %s", peer, exc)
         except OSError as exc:
-            self.log.warning("%s dropped: %s", peer, describe_tls_error(exc))
+            log = self.drops.warning if task in self.strangers else self.log.warning
+            log("%s dropped: %s", peer, escape(describe_tls_error(exc)))
         except asyncio.CancelledError:
             # Only this server cancels connection tasks (takeover, reload,
-            # shutdown). Ending normally keeps 3.11's StreamReaderProtocol
-            # from logging a traceback for a cancelled handler.
-            self.log.info("%s connection closed by the server", peer)
+            # shutdown, the strangers' budget); the task then ends normally.
+            if task in self.evicted:
+                self.drops.warning("%s dropped: the budget for unauthenticated connections is full", peer)
+            else:
+                self.log.info("%s connection closed by the server", peer)
         finally:
             if session is not None:
                 if self.sessions.get(session.entry.local) is session:
                     del self.sessions[session.entry.local]
                     session.stats.disconnected()
-                if session.dest is not None:
+                if session.receiver is not None:
+                    session.receiver.close()  # its timers first, then the destination
+                elif session.dest is not None:
                     session.dest.close()
 
-    async def _verify(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        decoder: Decoder,
-        entry: Entry,
-        peer: str,
-    ) -> None:
+    async def _verify(self, conn: ServerConnection, entry: Entry, peer: str) -> None:
         """Answer a verifying client: what the destination holds, then digests of
         the ranges it asks for, computed from the file itself off the event loop."""
+        session, loop = conn.session, conn.loop
         try:
             dest = Destination.inspect(entry.local, self.opts.state_dir)
         except DestinationError as exc:
-            await self._refuse(writer, peer, str(exc))
+            await self._refuse(conn, peer, str(exc))
             return
         held = None if dest is None else dest.held()
         if dest is None or held is None:
-            writer.write(encode(Ready(None, None)))
+            conn.write(session.ready(None, None, loop.time()))
             if dest is not None:
                 dest.close()
             return
         record, first, offset = held
-        writer.write(encode(Ready(record, offset, (), first)))
+        conn.write(session.ready(record, offset, loop.time(), first))
         self.log.info("%s verifies %s", peer, entry.local)
         try:
             for _ in range(MAX_VERIFY_REQUESTS):
                 async with asyncio.timeout(self.opts.handshake_timeout_s):
                     try:
-                        event = await next_event(reader, decoder)
+                        event = await conn.next_event()
                     except ConnectionLost:
                         return  # the client has its answer
-                if not isinstance(event, Verify):
-                    raise ProtocolError(f"expected VERIFY, got {type(event).__name__}")
+                assert isinstance(event, Verify)  # the session takes nothing else now
                 landed = dest.landed()
                 if landed is None or event.start < first or event.end > landed:
                     raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
                 ranges = split_range(event.start, event.end, event.parts)
                 digests = await asyncio.to_thread(digest_ranges, dest.fd, ranges, dest.base)
-                writer.write(encode(Digest(tuple(digests))))
+                conn.write(session.digest(tuple(digests), loop.time()))
         finally:
             dest.close()
 
-    async def _start_tls(self, writer: asyncio.StreamWriter) -> tuple[list[str], list[str]] | None:
+    async def _start_tls(self, conn: ServerConnection) -> tuple[list[str], list[str]] | None:
         """Upgrade to TLS when configured; the client certificate's names when one is required."""
         if self.opts.tls is None:
             return None
-        await writer.start_tls(self.opts.tls)
+        task = asyncio.current_task()
+        assert task is not None
+        # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once.
+        self._charge(task, str(conn.get_extra_info("peername")[0]), TLS_STRANGER_UNITS)
+        conn.tls_started = True
+        await conn.start_tls(self.opts.tls)
         if self.opts.tls.verify_mode != ssl.CERT_REQUIRED:
             return None
-        return certificate_names(writer.get_extra_info("peercert"))
+        return certificate_names(conn.get_extra_info("peercert"))
 
-    async def _refuse(self, writer: asyncio.StreamWriter, peer: str, reason: str, retry: bool = False) -> None:
+    async def _refuse(self, conn: ServerConnection, peer: str, reason: str, retry: bool = False) -> None:
         self.stats.refusals_total += 1
-        self.log.warning("%s REFUSE: %s", peer, reason)
-        writer.write(encode(Refuse(reason, retry)))
-        with contextlib.suppress(OSError):
-            await writer.drain()
+        self.log.warning("%s REFUSE: %s", peer, escape(reason))
+        conn.write(conn.session.refuse(reason, retry, conn.loop.time()))
+        with contextlib.suppress(OSError, ConnectionLost):
+            async with asyncio.timeout(self.opts.handshake_timeout_s):
+                await conn.drain()
 
     async def _authorize(self, peer_ip: str, path: str, names: tuple[list[str], list[str]] | None) -> Entry | None:
         for entry in configuration.candidates(self.entries(), path):
@@ -442,94 +694,6 @@ class Server:
                 old.task.cancel()
                 await asyncio.wait({old.task}, timeout=TAKEOVER_TIMEOUT_S)
             self.sessions[local] = session
-
-    async def _stream(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        decoder: Decoder,
-        session: PipeSession,
-        heartbeat_s: float,
-    ) -> None:
-        """Append the client's DATA until it says goodbye, falls silent or breaks the protocol."""
-        loop = asyncio.get_running_loop()
-        dest, stats = session.dest, session.stats
-        assert dest is not None
-        dead_after = heartbeat_s * DEAD_AFTER_HEARTBEATS
-        generations = 0
-        acked: tuple[int, int] | None = None
-        ack_timer: asyncio.TimerHandle | None = None
-        decompressor = None
-        if decoder.data_flags & DATA_ZSTD:
-            from tcppipe.compression import Decompressor  # zstandard loads only when a client asks
-
-            decompressor = Decompressor()
-        count_lines = self.stats.count_lines
-
-        def send_ack(heartbeat: bool = False) -> None:
-            nonlocal acked, ack_timer
-            ack_timer = None
-            landed = dest.landed() or 0
-            stats.generation_bytes = landed
-            if writer.is_closing() or ((generations, landed) == acked and not heartbeat):
-                return
-            acked = (generations, landed)
-            writer.write(encode(Ack(generations, landed)))
-
-        def handle(event: Event) -> None:
-            nonlocal generations, ack_timer
-            if isinstance(event, Data):
-                if generations == 0:
-                    raise ProtocolError("DATA before GENERATION")
-                payload = event.payload
-                stats.wire_bytes_total += len(payload)
-                if event.flags and decompressor is not None:
-                    payload = decompressor.decode(payload, event.flags)
-                dest.write(payload)
-                stats.bytes_total += len(payload)
-                stats.last_byte_at = time.time()
-                if count_lines:
-                    stats.lines_total += bytes(payload).count(b"\n")
-            elif isinstance(event, Generation):
-                old = dest.record
-                if old is None or (old.dev, old.ino) != (event.ident.dev, event.ident.ino):
-                    stats.generations += 1
-                    stats.rotations += old is not None
-                dest.begin_generation(event.ident, event.start)
-                generations += 1
-                send_ack()
-            elif isinstance(event, Progress):
-                stats.progress(event.end, event.queued)
-            elif not isinstance(event, Ping):  # a PING only proves the client is alive
-                raise ProtocolError(f"unexpected {type(event).__name__} while streaming")
-            if ack_timer is None:
-                ack_timer = loop.call_later(ACK_DELAY_S, send_ack)
-
-        sink = FrameSink(decoder, writer.transport.get_protocol(), handle)
-        # Bytes a client sent before READY (it should not) are in the stream reader.
-        leftover = bytes(getattr(reader, "_buffer", b""))
-        writer.transport.set_protocol(sink)
-        if leftover:
-            decoder.feed(leftover)
-        sink.drain()
-        try:
-            for _ in range(1 << 62):
-                finished, _pending = await asyncio.wait({sink.done}, timeout=heartbeat_s)
-                if finished:
-                    break
-                silent = loop.time() - sink.heard_at
-                if silent > dead_after:
-                    raise ConnectionLost(f"no word from the client for {silent:.1f} s")
-                send_ack(heartbeat=True)
-                decoder.release_idle_buffer()
-            sink.done.result()  # raises why the connection ended, if it failed
-            send_ack()  # the client's goodbye: tell it exactly what landed
-        finally:
-            if ack_timer is not None:
-                ack_timer.cancel()
-            sink.finish(ConnectionLost("closed by the server"))
-            if not sink.done.cancelled() and sink.done.done():
-                sink.done.exception()  # retrieved: no "exception never retrieved" noise
 
     # -- signals ------------------------------------------------------------------
 
@@ -576,9 +740,8 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     holder.load_initial()
     server = Server(opts, log, holder)
     loop = asyncio.get_running_loop()
-    listener = await asyncio.start_server(
-        server.handle, host=opts.bind, port=opts.port, reuse_address=True, limit=READ_BYTES, backlog=512
-    )
+    loop.set_exception_handler(server.loop_exception)
+    listener = await server.listen()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
@@ -587,7 +750,7 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     controller = await _open_control_and_metrics(server)
     log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
     on_listening()
-    signals = asyncio.create_task(server.serve_signals())
+    signals = server.spawn(server.serve_signals(), "signal handling")
     try:
         await server.stop.wait()
         log.info("stopping")

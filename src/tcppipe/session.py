@@ -293,6 +293,9 @@ class ServerSession:
         self._heartbeat = _Heartbeat(heartbeat_s, now)
         self.generations = 0
         self._acked: tuple[int, int] | None = None
+        # The client's goodbye (end of stream while streaming) is answered by one
+        # last ACK of exactly what landed, although the conversation is over.
+        self._goodbye = False
         self._narrow()
 
     def _narrow(self) -> None:
@@ -319,6 +322,7 @@ class ServerSession:
         while True:
             event = self.decoder.next_event()
             if event is None:
+                self._goodbye = self.state is ServerState.STREAMING
                 self.state = ServerState.CLOSED
                 self._narrow()
                 return None
@@ -362,14 +366,15 @@ class ServerSession:
     def refuse(self, reason: str, retry: bool, now: float) -> bytes:
         """REFUSE, at the handshake or to end a pipe; the conversation is over."""
         self.state = ServerState.CLOSED
+        self._goodbye = False
         self._narrow()
         self._heartbeat.sent(now)
         return encode(Refuse(reason, retry))
 
     def ack(self, landed: int, now: float, heartbeat: bool = False) -> bytes:
         """ACK of what has landed of the latest GENERATION, if it says something new
-        (or a heartbeat is wanted); else no bytes."""
-        if self.state is not ServerState.STREAMING:
+        (or a heartbeat is wanted); else no bytes. Also the goodbye's answer."""
+        if self.state is not ServerState.STREAMING and not self._goodbye:
             return b""
         current = (self.generations, landed)
         if current == self._acked and not heartbeat:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Final
+import ssl
+from collections.abc import Callable
+from typing import Any, Final
 
 from tcppipe.errors import ConnectionLost, describe_os_error
 from tcppipe.protocol import Decoder, Event, NeedData, ProtocolError
+from tcppipe.session import ServerSession
 
 READ_BYTES: Final = 256 * 1024
 # Dead peers (a pulled cable) are noticed within about KEEPIDLE + INTVL*CNT
@@ -25,7 +28,12 @@ WRITE_HIGH_WATER_BYTES: Final = 4 * 1024 * 1024
 
 def tune(writer: asyncio.StreamWriter) -> None:
     """TCP keepalive, a bound on unacknowledged data, and a deep write buffer."""
-    sock = writer.get_extra_info("socket")
+    tune_transport(writer.transport)
+
+
+def tune_transport(transport: asyncio.BaseTransport) -> None:
+    """TCP keepalive, a bound on unacknowledged data, and a deep write buffer."""
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -36,7 +44,8 @@ def tune(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (OSError, AttributeError):
             pass
-    writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
 
 
 async def next_event(reader: asyncio.StreamReader, decoder: Decoder) -> Event:
@@ -75,3 +84,195 @@ def format_address(address: object) -> str:
 
 def peer_name(writer: asyncio.StreamWriter) -> str:
     return format_address(writer.get_extra_info("peername"))
+
+
+# Before READY a connection is a stranger's: it is read a little at a time, so
+# what it costs us is what it has sent (at most one HELLO), never what it announced.
+PREAUTH_READ_BYTES: Final = 4096
+# Smallest receive while streaming (a frame in flight asks for its whole rest).
+RECEIVE_BYTES: Final = 64 * 1024
+
+
+class ServerConnection(asyncio.BufferedProtocol):
+    """One accepted connection, from the socket into its ``ServerSession``'s buffer.
+
+    Two modes. Pulled (the handshake, verify): ``await next_event()`` reads
+    until one event is whole, then stops reading, so a peer can never push
+    more than one small frame ahead of us. Pushed (streaming): ``receive_with``
+    installs a handler that gets each event as soon as its bytes are in, with
+    no copy between the socket and the destination. Either way the end of the
+    connection (clean, failed, or the handler's error) resolves ``done``.
+    """
+
+    def __init__(self, session: ServerSession, on_made: Callable[[ServerConnection], None]) -> None:
+        self.session = session
+        self.on_made = on_made
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.tls = False
+        self.tls_started = False
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self._handler: Callable[[Event], None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+
+    # -- asyncio's side ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self.transport is not None:
+            return  # the TLS layer announcing itself again: same connection
+        self.transport = transport
+        # Not a byte is read until the server decides (TLS first, or budget).
+        transport.pause_reading()
+        self.on_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._handler is None:
+            return self.session.get_buffer(PREAUTH_READ_BYTES)[:PREAUTH_READ_BYTES]
+        return self.session.get_buffer(max(sizehint, RECEIVE_BYTES))
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.session.buffer_updated(nbytes, self.loop.time())
+        self._advance()
+
+    def eof_received(self) -> bool:
+        try:
+            self.session.receive(b"", self.loop.time())
+        except ProtocolError as exc:
+            self.finish(exc)
+            return False
+        self._advance()
+        # Keep our side open for the goodbye ACK (TLS cannot half-close).
+        return not self.tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc or "peer closed the connection")
+        self.finish(ConnectionLost(reason))
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- the server's side ---------------------------------------------------
+
+    def _advance(self) -> None:
+        if self._handler is None:
+            self._wake()
+            return
+        try:
+            while not self.done.done():
+                event = self.session.next_event()
+                if event is None:
+                    self.finish(None)
+                    return
+                if isinstance(event, NeedData):
+                    return
+                self._handler(event)
+        except Exception as exc:  # the connection task re-raises it (and logs a bug)
+            self.finish(exc)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _reading(self, on: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if on and not transport.is_reading():
+            transport.resume_reading()
+        elif not on and transport.is_reading():
+            transport.pause_reading()
+
+    async def next_event(self) -> Event:
+        """Read until one event is whole (then stop reading); ConnectionLost at the end."""
+        while True:
+            event = self.session.next_event()
+            if event is None:
+                raise ConnectionLost("peer closed the connection")
+            if not isinstance(event, NeedData):
+                self._reading(False)
+                return event
+            if self.done.done():
+                self.done.result()
+                raise ConnectionLost("peer closed the connection")
+            self._wakeup = self.loop.create_future()
+            self._reading(True)
+            await self._wakeup
+
+    def receive_with(self, handler: Callable[[Event], None]) -> None:
+        """Hand every later event to ``handler`` as it arrives (bytes already in go first)."""
+        self._handler = handler
+        self._advance()
+        self._reading(True)
+
+    def finish(self, exc: BaseException | None) -> None:
+        """End the conversation: ``done`` says why (None: the client said goodbye)."""
+        if self.done.done():
+            return
+        self._handler = None if exc is not None else self._handler
+        if exc is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(exc)
+        self._reading(False)
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self._writable is not None:
+            await self._writable
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        """Upgrade to TLS as the server (nothing has been read before it)."""
+        assert self.transport is not None
+        upgraded = await self.loop.start_tls(self.transport, self, context, server_side=True)
+        assert isinstance(upgraded, asyncio.Transport)
+        self.transport, self.tls = upgraded, True
+        self._reading(False)
+
+    def get_extra_info(self, name: str) -> Any:
+        return None if self.transport is None else self.transport.get_extra_info(name)
+
+    def peer(self) -> str:
+        return format_address(self.get_extra_info("peername"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.finish(ConnectionLost("closed by the server"))
+
+    def abort(self) -> None:
+        """Close at once, dropping what is unsent (for strangers)."""
+        if self.transport is not None:
+            self.transport.abort()
+        self.finish(ConnectionLost("closed by the server"))
+
+    async def wait_closed(self, timeout_s: float = 5.0) -> None:
+        """Bounded: a peer that does not take our last bytes is cut off."""
+        if self.transport is None:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self.closed)
+        except TimeoutError:
+            self.transport.abort()
+
+    def retrieve(self) -> None:
+        """Mark ``done``'s outcome as seen (no 'exception never retrieved')."""
+        if self.done.done() and not self.done.cancelled():
+            self.done.exception()

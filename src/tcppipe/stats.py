@@ -80,6 +80,7 @@ class ServerStats:
     connections_open: int = 0
     bad_frames_total: int = 0
     errors_total: int = 0
+    strangers_closed_total: int = 0
     refusals_total: int = 0
     started_at: float = field(default_factory=time.time)
 

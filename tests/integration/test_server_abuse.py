@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import socket
 import struct
 import time
@@ -10,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcppipe.protocol import FrameType, Hello, encode
-from tests.integration.conftest import Pipes, same_bytes, size, wait_until
+from tcppipe.protocol import FrameType, Generation, GenerationId, Hello, data_header, encode
+from tests.integration.conftest import Pipes, same_bytes, size, stop, wait_until
 from tests.integration.test_restart import Writer
 
 
@@ -64,13 +66,14 @@ def assert_live_pipe_exact(pipes: Pipes, writer: Writer) -> None:
     ("wire", "logged"),
     [
         (encode(Hello("/x"))[:12], "peer closed mid-frame"),
-        (struct.pack("!BBII", FrameType.DATA, 0, 1 << 30, 0), "over the limit"),
+        (struct.pack("!BBII", FrameType.DATA, 0, 1 << 30, 0), "unexpected DATA frame now"),
+        (struct.pack("!BBII", FrameType.HELLO, 0, 1 << 20, 0), "over the limit"),
         (struct.pack("!BBII", FrameType.HELLO, 0, 2, 0) + b"{}", "checksum mismatch"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, "unknown frame type 22"),
     ],
 )
 def test_bad_frames_close_only_that_connection(live_pipe: tuple[Pipes, Writer], wire: bytes, logged: str) -> None:
-    """Truncated, oversized, corrupt and foreign bytes: that connection is closed with a syslog line naming the peer."""
+    """Truncated, out-of-turn, oversized, corrupt, foreign bytes: that connection is closed, logged with its peer."""
     pipes, writer = live_pipe
     pipes.start_server()
     pipes.start_client(pipes.tmp / "origin" / "live.log")
@@ -152,3 +155,54 @@ def test_client_silent_after_ready_is_dropped_after_three_heartbeats(pipes: Pipe
         pipes.syslog.wait_for("no word from the client", timeout=10)
         assert time.monotonic() - started < 5
         assert closed_by_server(s)
+
+
+def test_forged_generation_gap_is_refused(pipes: Pipes) -> None:
+    """A GENERATION that would leave a gap in the recorded generation is answered REFUSE, logged, and closed."""
+    origin, dest = pipes.pipe("ledger.log")
+    origin.write_bytes(b"one\n")
+    pipes.start_server()
+    client = pipes.start_client(origin)
+    wait_until(lambda: size(dest) == 4, what="first line landed")
+    stop(client)
+    record = json.loads(next((pipes.server_state).rglob("*.json")).read_text())
+    ident = GenerationId.from_json(record["record"])
+    with connect(pipes) as s:
+        s.sendall(encode(Hello(str(origin))) + encode(Generation(ident, 100)))
+        s.settimeout(10)
+        assert s.recv(4096)[0] == FrameType.READY
+        assert closed_by_server(s)
+    message = pipes.syslog.wait_for("REFUSE: GENERATION at byte 100")
+    assert "(a gap)" in message
+    assert dest.read_bytes() == b"one\n"
+
+
+def test_ack_timer_never_outlives_its_destination(pipes: Pipes) -> None:
+    """Two GENERATIONs and a quick goodbye: no ACK timer fires on the closed destination (issue 10 #3)."""
+    origin, dest = pipes.pipe("timer.log")
+    server = pipes.start_server()
+    first, second = GenerationId(1, 1, 0, hashlib.sha256(b"").hexdigest()), None
+    for round_ in range(20):
+        second = GenerationId(1, 1000 + round_, 0, hashlib.sha256(b"").hexdigest())
+        with connect(pipes) as s:
+            payload = b"x\n"
+            s.sendall(
+                encode(Hello(str(origin), restart=True))
+                + encode(Generation(first, 0))
+                + data_header(payload)
+                + payload
+                + encode(Generation(second, 0))
+            )
+            s.shutdown(socket.SHUT_WR)
+            assert closed_by_server(s)
+        first = second
+    pipes.syslog.wait_for("closed by the client")
+    # The old code's orphaned timer fired 50 ms after the close; an absence can only
+    # be waited for, so give it ten times that.
+    time.sleep(0.5)
+    assert server.poll() is None
+    stderr = pipes.stderr_of(server)
+    assert "Bad file descriptor" not in stderr
+    assert "Traceback" not in stderr
+    assert all("internal error" not in line for line in pipes.syslog.drain())
+    assert dest.exists()
