@@ -11,6 +11,7 @@ import argparse
 import multiprocessing
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tests.sim.schedule import Result, run_schedule, shrink
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[Result] = []
     done = 0
     faults_total = 0
+    results: Iterator[Result]
     if args.workers > 1:
         pool = multiprocessing.Pool(args.workers)
         results = pool.imap_unordered(_one, jobs, chunksize=4)

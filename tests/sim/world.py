@@ -19,6 +19,7 @@ an allowed tail; equal at quiescence.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import os
 import random
@@ -263,22 +264,18 @@ class Conn:
 
     def reset_from(self, side: str, delay: float | None) -> None:
         """That side vanished (RST): all bytes in flight lost; the other side learns after ``delay``."""
-        if side == "client":
-            self.client = None
-        else:
-            self.server = None
+        client, server = self.client, self.server
+        self.client = None if side == "client" else client
+        self.server = None if side == "server" else server
         self.up.buf.clear()
         self.down.buf.clear()
         self.up.gone = self.down.gone = True
         if self.broken or delay is None:
             return
-        other = self.server if side == "client" else self.client
         w = self.world
-        if side == "client" and other is not None:
-            server_conn = other
-            w.at(w.now + delay, lambda: server_conn.lost("reset by the client"))
-        elif other is not None:
-            client = other
+        if side == "client" and server is not None:
+            w.at(w.now + delay, lambda: server.lost("reset by the client"))
+        elif side == "server" and client is not None:
             w.at(w.now + delay, lambda: client.lost(self, "connection reset"))
 
     def cut(self, keep_up: int, keep_down: int, client_learns: float | None, server_learns: float | None) -> None:
@@ -627,9 +624,9 @@ class ServerProc:
             sc.conn.reset_from("server", self.world.rng.uniform(0.0005, 0.01))
 
     def hup(self) -> None:
-        if self.active is not None and self.active.dest is not None and self.active.open:
-            if self.active.dest.reopen():
-                self.world.log("server: reopened destination")
+        active = self.active
+        if active is not None and active.dest is not None and active.open and active.dest.reopen():
+            self.world.log("server: reopened destination")
 
 
 # -- the world ----------------------------------------------------------------------------------
@@ -946,7 +943,7 @@ class World:
             if client is not None:
                 self.at(
                     self.now + self.rng.uniform(0.0005, 0.01),
-                    lambda c=client, k=conn: c.lost(k, "reset by a middlebox"),
+                    functools.partial(client.lost, conn, "reset by a middlebox"),
                 )
         self.blackholed = []
 
