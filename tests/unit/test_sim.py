@@ -1,0 +1,77 @@
+"""The deterministic simulation (tests/sim) inside the normal suite: a few hundred schedules, and proof it can fail."""
+
+from __future__ import annotations
+
+import pytest
+
+from tcppipe.tailer import Tailer
+from tests.sim.schedule import generate, known_bug, run_actions, run_schedule, shrink
+from tests.sim.world import Action
+
+
+def _run_many(first: int, count: int, faults: int) -> None:
+    for seed in range(first, first + count):
+        result = run_schedule(seed, faults)
+        assert result.ok or known_bug(result) is not None, f"seed {seed} (--faults {faults}): {result.message}"
+
+
+def test_schedules_with_few_faults_stay_exact() -> None:
+    """Two hundred schedules of a few faults each: the destination is always a prefix, and equal at quiescence."""
+    _run_many(10_000, 200, 3)
+
+
+def test_schedules_with_dozens_of_faults_stay_exact() -> None:
+    """Forty schedules with about twenty faults each stay exact."""
+    _run_many(20_000, 40, 12)
+
+
+def test_a_schedule_replays_exactly() -> None:
+    """The same seed makes the same actions and the same outcome."""
+    a, _ = generate(5, 10)
+    b, _ = generate(5, 10)
+    assert [str(x) for x in a] == [str(x) for x in b]
+    assert run_schedule(5, 10).ok == run_schedule(5, 10).ok
+
+
+def test_a_writer_faster_than_the_grace_drains_within_the_bound() -> None:
+    """Fifteen rotations 0.1 s apart without a SIGHUP cost one grace, not fifteen."""
+    actions = []
+    t = 0.1
+    for _ in range(15):
+        actions.append(Action(round(t, 3), "write", {"size": 300}))
+        actions.append(Action(round(t + 0.05, 3), "rotate", {"hup": None}))
+        t += 0.1
+    assert run_actions(1, actions, {"backups": 20}).ok
+
+
+def test_the_simulator_catches_a_skipped_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted bug (the tailer skips a byte after each large read) fails, and shrinks to a short case."""
+    real = Tailer.advance
+
+    def skipping(self: Tailer, gen: object, count: int) -> None:
+        real(self, gen, count + (1 if count > 500 else 0))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Tailer, "advance", skipping)
+    result = run_schedule(3, 5)
+    assert not result.ok
+    assert "diverges" in result.message
+    keep, shrunk = shrink(3, 5, budget=60)
+    assert not shrunk.ok
+    assert len(keep) < len(result.actions)
+
+
+def test_the_simulator_catches_a_resume_that_forgets_later_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failure 2 planted again (later generations not reset on READY) fails some schedule."""
+
+    def old_resume_at(self: Tailer, index: int, position: int, now: float, how: str) -> object:
+        for gen in self.gens[:index]:
+            gen.close()
+        self.gens = self.gens[index:]
+        gen = self.gens[0]
+        self._position(gen, min(position, gen.size()))
+        from tcppipe.tailer import Resumed
+
+        return Resumed(gen.path, position, how)
+
+    monkeypatch.setattr(Tailer, "_resume_at", old_resume_at)
+    assert any(not run_schedule(seed, 20).ok for seed in range(1, 40))
