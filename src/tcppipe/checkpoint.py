@@ -26,11 +26,11 @@ def load_history(path: str) -> History:
     """What the previous run's status file says (empty if it is missing or damaged)."""
     raw = state.read_json(path) or {}
     held: list[Recorded] = []
-    sizes = raw.get("sizes")
+    sizes, igens = raw.get("sizes"), raw.get("igens")
     for index, item in enumerate(raw.get("queue", [])):
         with contextlib.suppress(ProtocolError):
-            size = sizes[index] if isinstance(sizes, list) and index < len(sizes) else None
-            held.append(Recorded(GenerationId.from_json(item), size if isinstance(size, int) else None))
+            size, igen = _nth_int(sizes, index), _nth_int(igens, index)
+            held.append(Recorded(GenerationId.from_json(item), size, igen))
     offset = raw.get("offset")
     try:
         ident = GenerationId.from_json(raw.get("generation"))
@@ -39,6 +39,11 @@ def load_history(path: str) -> History:
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**62:
         return History(None, tuple(held))
     return History((ident, offset), tuple(held))
+
+
+def _nth_int(values: object, index: int) -> int | None:
+    value = values[index] if isinstance(values, list) and index < len(values) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class StatusFile:

@@ -411,17 +411,11 @@ class Client:
                 sys.stderr.flush()
 
     def _save_status(self, force: bool = False) -> None:
-        now = time.monotonic()
-        shape = self.core.shape()
-        if not shape or not self.status_file.due(shape, now, force):
-            return
-        snapshot = self.core.snapshot()
-        if snapshot is None:
-            return
         key = self.opts.key
-        snapshot.update(host=key.host, port=key.port, last_byte_at=self.last_byte_at)
         try:
-            self.status_file.save(snapshot, shape, now, force=force)
+            self.core.save_status(
+                self.status_file, time.monotonic(), force, host=key.host, port=key.port, last_byte_at=self.last_byte_at
+            )
         except OSError as exc:
             self.say(logging.WARNING, "cannot write status file %s: %s", self.status_file.path, describe_os_error(exc))
 

@@ -11,9 +11,11 @@ is moved, and a new file that reuses an inode is told apart by its head.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import stat
+import struct
 from dataclasses import dataclass, field
 
 from tcppipe.errors import OriginError, describe_os_error
@@ -21,6 +23,8 @@ from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId
 
 # How many directory entries a search for a rotated generation may look at.
 MAX_SCAN_ENTRIES = 10_000
+# _IOR('v', 1, long): the inode's generation number.
+FS_IOC_GETVERSION = 0x80087601
 
 
 def open_origin(path: str) -> int:
@@ -65,9 +69,24 @@ def matches(record: GenerationId, fd: int) -> bool:
         return False
 
 
-def find_generation(directory: str, record: GenerationId) -> tuple[str, int] | None:
+def inode_generation(fd: int) -> int | None:
+    """The file system's generation number of the inode (ext4, xfs, btrfs), or None.
+
+    A new file that reuses a freed inode number gets a new one, so it tells a
+    rotated generation from a later file in its inode even when neither has a
+    head to compare yet (an empty file)."""
+    try:
+        raw = fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8))
+    except OSError:
+        return None
+    value: int = struct.unpack("l", raw)[0]
+    return value
+
+
+def find_generation(directory: str, record: GenerationId, igen: int | None = None) -> tuple[str, int] | None:
     """Search ``directory`` for the file that is generation ``record`` (a rotated
-    origin after a restart); its path and an open fd, or None."""
+    origin after a restart), with inode generation ``igen`` if it is known; its
+    path and an open fd, or None."""
     try:
         with os.scandir(directory) as entries:
             for count, entry in enumerate(entries):
@@ -77,7 +96,7 @@ def find_generation(directory: str, record: GenerationId) -> tuple[str, int] | N
                     if entry.inode() != record.ino or not entry.is_file(follow_symlinks=False):
                         continue
                     fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-                    if matches(record, fd):
+                    if matches(record, fd) and (igen is None or inode_generation(fd) in (None, igen)):
                         return entry.path, fd
                     os.close(fd)
     except OSError:
@@ -99,6 +118,9 @@ class OriginGeneration:
     # When the file side last saw it grow (or when it was replaced at FILE): the grace clock.
     last_growth: float = 0.0
     seen_size: int = 0
+    # Its first bytes (up to FINGERPRINT_BYTES) as read while it was whole: its identity.
+    head: bytes = field(default=b"", repr=False)
+    igen: int | None = None
     # Truncated: nothing more is read from it.
     finished: bool = False
     # A SIGHUP came after it was replaced: it goes as soon as it is read to its end.
@@ -123,6 +145,7 @@ class OriginGeneration:
             high_water=st.st_size,
             last_growth=now,
             seen_size=st.st_size,
+            igen=inode_generation(fd),
         )
 
     def observe(self, now: float) -> None:
@@ -139,7 +162,29 @@ class OriginGeneration:
             self.high_water = max(self.high_water, size)
 
     def ident(self) -> GenerationId:
-        return identify(self.fd)
+        """Its identity: inode and a digest of its head, as it was before any truncation.
+
+        The head is kept (up to FINGERPRINT_BYTES), because after copytruncate the
+        same inode holds other bytes: the truncated generation must keep the identity
+        of what it was, or it would pass for its successor (and the reverse)."""
+        if not self.finished and len(self.head) < FINGERPRINT_BYTES:
+            st = os.fstat(self.fd)
+            if st.st_size >= self.high_water:  # not truncated behind our back
+                self.head = os.pread(self.fd, min(st.st_size, FINGERPRINT_BYTES), 0)
+        return GenerationId(self.dev, self.ino, len(self.head), hashlib.sha256(self.head).hexdigest())
+
+    def matches(self, record: GenerationId) -> bool:
+        """Is this generation the one ``record`` names (its inode, and its head as it was)?"""
+        if (record.dev, record.ino) != (self.dev, self.ino):
+            return False
+        if len(self.head) < record.fp_len:
+            try:
+                self.ident()
+            except OSError:
+                return False
+        if len(self.head) < record.fp_len:
+            return False
+        return hashlib.sha256(self.head[: record.fp_len]).hexdigest() == record.fp_sha256
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Final
 
+from tcppipe.checkpoint import StatusFile
 from tcppipe.errors import ConnectionLost, Refused
 from tcppipe.origin import OriginGeneration
 from tcppipe.protocol import (
     FEATURE_PROGRESS,
     FEATURE_ZSTD,
     MAX_DATA_BYTES,
+    GenerationId,
     Hello,
     NeedData,
     Ready,
@@ -29,7 +31,7 @@ from tcppipe.protocol import (
 )
 from tcppipe.session import Acked, ClientSession, ClientState
 from tcppipe.status import DRAINING, RECONNECTING, REFUSED, STREAMING
-from tcppipe.tailer import History, Resumed, Tailer
+from tcppipe.tailer import History, Recorded, Resumed, Tailer
 
 if TYPE_CHECKING:
     from tcppipe.compression import Compressor
@@ -76,6 +78,10 @@ class PipeClient:
         self.sent_any = False
         self._progress_sent: tuple[int, int] | None = None
         self._progress_at = float("-inf")
+        # What an earlier run recorded and this one does not hold, but a restart still needs:
+        # until the first READY all of the last run's list; then the recorded generation if it
+        # was gone (the server's record still names it) until an ACK moves the record on.
+        self.remembered: tuple[Recorded, ...] = ()
 
     # -- the file side -----------------------------------------------------------
 
@@ -125,6 +131,7 @@ class PipeClient:
                 self._on_refuse(event)
             elif isinstance(event, Acked):
                 self.tailer.acknowledged(event.token, event.offset)
+                self.remembered = ()
 
     def _on_ready(self, ready: Ready, now: float) -> None:
         first = not self.established
@@ -137,6 +144,9 @@ class PipeClient:
 
             self.compressor = compression.Compressor()
         self._progress_sent, self._progress_at = None, float("-inf")
+        if first:
+            gone = self.tailer.gone_record
+            self.remembered = () if gone is None else (gone,)
         self.established = True
 
     def _on_refuse(self, refuse: Refuse) -> None:
@@ -227,9 +237,17 @@ class PipeClient:
             return DRAINING if self.tailer.queued else STREAMING
         return self.offline_state
 
+    def _kept(self) -> list[Recorded]:
+        """The generations the status file lists ahead of those held (see ``remembered``)."""
+        if self.established:
+            return list(self.remembered)
+        gens = [g for g in self.tailer.gens if not g.closed]
+        return [r for r in self.history.held if not any(r.names(g) for g in gens)]
+
     def shape(self) -> list[tuple[int, int]]:
-        """The (dev, ino) of every generation held, oldest first (cheap: no I/O)."""
-        return [(g.dev, g.ino) for g in self.tailer.gens if not g.closed]
+        """The (dev, ino) of every generation the status file lists, oldest first."""
+        kept = [(r.ident.dev, r.ident.ino) for r in self._kept()]
+        return kept + [(g.dev, g.ino) for g in self.tailer.gens if not g.closed]
 
     def snapshot(self) -> dict[str, Any] | None:
         """What the status file should say now (None if FILE is not open)."""
@@ -238,23 +256,39 @@ class PipeClient:
         gen = self.tailer.sending
         try:
             ident = gen.ident()
-            held = [(g.ident(), g.size()) for g in self.tailer.gens if not g.closed]
+            held = [Recorded(g.ident(), g.size(), g.igen) for g in self.tailer.gens if not g.closed]
         except OSError:
             return None
+        listed = self._kept() + held
+        position: tuple[GenerationId, int] = (ident, gen.acked)
+        if not self.established and self.history.position is not None:
+            position = self.history.position  # until READY, where the last run stood
         return {
             "pid": os.getpid(),
             "file": self.path,
-            "generation": ident.to_json(),
-            "offset": gen.acked,
+            "generation": position[0].to_json(),
+            "offset": position[1],
             "sent": gen.position,
-            "queue": [i.to_json() for i, _ in held],
-            "sizes": [size for _, size in held],
+            "queue": [r.ident.to_json() for r in listed],
+            "sizes": [r.size for r in listed],
+            "igens": [r.igen for r in listed],
             "state": self.state,
             "origin_end": self.origin_end(),
             "generations": len(self.generations_sent),
             "bytes_sent": self.bytes_sent,
             "wire_bytes": self.wire_bytes,
         }
+
+    def save_status(self, status: StatusFile, now: float, force: bool = False, **extra: object) -> None:
+        """Write the status file by its rules (``checkpoint.py``); OSError is the caller's."""
+        shape = self.shape()
+        if not shape or not status.due(shape, now, force):
+            return
+        snapshot = self.snapshot()
+        if snapshot is None:
+            return
+        snapshot.update(extra)
+        status.save(snapshot, shape, now, force=force)
 
     def take_notices(self) -> list[str]:
         return self.tailer.take_notices()

@@ -170,9 +170,6 @@ class PipeReceiver:
         self.loop = conn.loop
         self.ack_timer: asyncio.TimerHandle | None = None
         self.closed = False
-        hello = self.session.hello
-        assert hello is not None
-        self.restart = hello.restart
         self.decompressor: Decompressor | None = None
         if FEATURE_ZSTD in self.session.features:
             from tcppipe.compression import Decompressor  # zstandard loads only when a client asks
@@ -195,7 +192,7 @@ class PipeReceiver:
                 stats.lines_total += bytes(payload).count(b"\n")
         elif isinstance(event, Generation):
             old = dest.record
-            reason = admit_generation(old, dest.landed(), event.ident, event.start, self.restart)
+            reason = admit_generation(old, dest.landed(), event.ident, event.start)
             if reason is not None:
                 raise Inadmissible(reason)
             if old is None or (old.dev, old.ino) != (event.ident.dev, event.ident.ino):

@@ -49,6 +49,14 @@ class Recorded:
 
     ident: GenerationId
     size: int | None = None
+    igen: int | None = None
+
+    def names(self, gen: OriginGeneration) -> bool:
+        """Is ``gen`` the generation recorded here (its head, and its inode's generation
+        number where both are known: a reused inode number is another file)?"""
+        if self.igen is not None and gen.igen is not None and self.igen != gen.igen:
+            return False
+        return gen.matches(self.ident)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,8 @@ class Tailer:
         self.notices: list[str] = []
         self._missing_reported = False
         self._reopen_error: str | None = None
+        # After a restart: the recorded generation, listed by the last run but found nowhere.
+        self.gone_record: Recorded | None = None
 
     # -- what is held ------------------------------------------------------------
 
@@ -176,45 +186,87 @@ class Tailer:
             self.gens = held[-1:]
             self._position(self.current, 0)
             return Resumed(self.current.path, 0, "from the first byte (-n)")
+        target: tuple[GenerationId, int] | None = None
+        how = "where the destination stands"
         if record is not None and offset is not None:
-            for index, gen in enumerate(held):
-                if matches(record, gen.fd):
-                    return self._resume_at(index, offset, now, "where the destination stands")
+            target = record, offset
+        else:
+            if not first:
+                # No record on a reconnect: no GENERATION of ours has landed since the server
+                # lost or never had one. Start again at the oldest generation held (older
+                # ones were closed only once a later one was acknowledged), at what it
+                # acknowledged of it.
+                gen = self.gens[0]
+                return self._resume_at(0, gen.acked, now, "where the server last acknowledged")
+            target = None if history is None else history.position
+            how = "from the status file (the server has no record)"
+        if target is not None:
+            ident, at = target
+            # Newest first: after copytruncate two held generations share an inode, and
+            # the record names the newer one unless its head says otherwise.
+            for index in range(len(held) - 1, -1, -1):
+                if held[index].matches(ident) and (not first or self._not_a_reused_inode(held[index], ident, history)):
+                    return self._resume_at(index, at, now, how)
             if first and history is not None:
-                adopted = self._adopt_recorded(record, offset, history, now)
+                adopted = self._adopt_recorded(ident, at, history, now)
                 if adopted is not None:
                     return adopted
             how = "from the first byte (the destination holds a generation this tcppipe does not hold)"
-        elif first and history is not None and history.position is not None:
-            ident, position = history.position
-            for index, gen in enumerate(held):
-                if matches(ident, gen.fd):
-                    return self._resume_at(index, position, now, "from the status file (the server has no record)")
-            how = "from the first byte (new pipe)"
-        elif not first:
-            # The server lost its record while we ran: what it acknowledged to us stands.
-            gen = self.sending
-            return self._resume_at(self.gens.index(gen), gen.acked, now, "where the server last acknowledged")
         else:
             how = "from the first byte (new pipe)"
         for gen in held:
             self._position(gen, 0)
         return Resumed(self.sending.path, 0, how)
 
+    @staticmethod
+    def _not_a_reused_inode(gen: OriginGeneration, ident: GenerationId, history: History | None) -> bool:
+        """After a restart FILE may reuse the inode number of a deleted generation whose
+        head (an empty file's) proves nothing: the status file's inode generation says."""
+        if history is None:
+            return True
+        listed = [r for r in history.held if r.ident == ident] or [
+            r for r in history.held if same_generation(r.ident, ident)
+        ]
+        known = [r for r in listed if r.igen is not None]
+        if not known or gen.igen is None:
+            return True
+        return any(r.igen == gen.igen for r in known)
+
     def _adopt_recorded(self, record: GenerationId, offset: int, history: History, now: float) -> Resumed | None:
         """After a restart: the recorded generation and those listed after it, found beside FILE (Rule 4)."""
         listed = history.held
-        start = next((i for i, r in enumerate(listed) if same_generation(r.ident, record)), None)
+        # An exact identity first; a digest of another length cannot be compared, so a
+        # listed generation in the same inode is taken for it only when none is exact.
+        start = next((i for i, r in enumerate(listed) if r.ident == record), None)
+        if start is None:
+            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, record)), None)
         if start is None:
             return None
         directory = os.path.dirname(self.path) or "/"
         adopted: list[OriginGeneration] = []
         recorded_found = False
-        for i, entry in enumerate(listed[start:]):
-            if any(matches(entry.ident, gen.fd) for gen in self.gens):
+        later = listed[start:]
+        for i, entry in enumerate(later):
+            if any(entry.names(gen) for gen in self.gens):
                 break  # held already (FILE itself): the held ones follow
-            # Searched by our own record of it, never by what the server says.
-            found = find_generation(directory, entry.ident)
+            inode = (entry.ident.dev, entry.ident.ino)
+            if any((e.ident.dev, e.ident.ino) == inode for e in later[i + 1 :]):
+                # A later generation lives in the same inode (copytruncate): this one's
+                # bytes are gone from it, whatever its (perhaps empty) head says.
+                self.notices.append(
+                    f"generation inode {entry.ident.ino} was truncated: what was not sent of it is lost"
+                )
+                if i == 0:
+                    self.gone_record = entry
+                continue
+            # Searched by our own record of it, never by what the server says; the recorded
+            # generation must also match the server's record, whose head may be longer.
+            found = find_generation(directory, entry.ident, entry.igen)
+            if found is not None and i == 0 and not matches(record, found[1]):
+                os.close(found[1])
+                found = None
+            if found is None and i == 0:
+                self.gone_record = entry
             if found is None:
                 tail = entry.size is not None and i == 0
                 lost = (
@@ -230,7 +282,7 @@ class Tailer:
             adopted.append(OriginGeneration.adopt(found[0], found[1], now))
             recorded_found = recorded_found or i == 0
         self.gens = [*adopted, *self.gens]
-        if not any(matches(entry.ident, self.current.fd) for entry in listed):
+        if not any(entry.names(self.current) for entry in listed):
             self.notices.append(
                 f"{self.path} (inode {self.current.ino}) is new to this tcppipe: FILE was rotated while it was not"
                 " running; a generation that was FILE only in that time is not sent (tcppipe sends only files it"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tests.sim.schedule import Result, known_bug, run_schedule, shrink
+from tests.sim.schedule import Result, run_schedule, shrink
 
 
 def _one(job: tuple[int, int, dict[str, Any]]) -> Result:
@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     jobs = [(args.seed + k, args.faults, opts) for k in range(args.schedules)]
     failures: list[Result] = []
-    known: dict[str, list[int]] = {}
     done = 0
     faults_total = 0
     results: Iterator[Result]
@@ -81,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         for result in results:
             done += 1
             faults_total += result.faults
-            bug = None if result.ok else known_bug(result)
-            if bug is not None:
-                known.setdefault(bug, []).append(result.seed)
-            elif not result.ok:
+            if not result.ok:
                 failures.append(result)
                 if len(failures) == 1 or args.max_failures == 0 or len(failures) <= args.max_failures:
                     print(f"FAIL seed {result.seed}: {result.message.splitlines()[0]}")
@@ -98,10 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         f"schedules run: {done}; faults per schedule: {faults_total / max(done, 1):.1f} "
         f"(--faults {args.faults}); time: {elapsed:.1f} s; failures: {len(failures)}"
     )
-    for bug, seeds in sorted(known.items()):
-        print(
-            f"known bug {bug} (see KNOWN_BUGS in tests/sim/schedule.py): {len(seeds)} schedules, e.g. seed {seeds[:5]}"
-        )
     if failures:
         report(min(failures, key=lambda r: r.seed), args.faults, opts, not args.no_shrink)
         return 1

@@ -38,41 +38,6 @@ FAULT_KINDS = (
 )
 
 
-# Real bugs the simulation found in src/, worked around here until they are fixed
-# (each switch is an option of the World or of ``generate``; turn it off to see the bug):
-#
-# A (pipe_client.py snapshot, client.py saves it before READY): a restarted client writes
-#   its status file before its first READY listing only FILE, which forgets the generations
-#   the previous run recorded; a second restart before READY cannot adopt them.
-#   Workaround "workaround_a": until READY the sim keeps the previous run's list in front.
-# B (tailer.py resume): when the server has no record yet, a restart looks for the status
-#   file's generation only at FILE, never beside it: a recorded generation rotated away while
-#   tcppipe was down is skipped. Workaround "workaround_b": the model allows that loss.
-# C (tailer.py _adopt_recorded / snapshot identity after copytruncate, session.py
-#   admit_generation): after copytruncate the truncated generation and its successor share an
-#   inode; the status file's identity of the old one is read from the fd (the new content),
-#   so after a kill -9 and a rename the restart "finds" the recorded generation in the new
-#   content and resumes it at the old offset (its head lost, its rest appended as the old
-#   generation); the server admits it since only the offset is compared.
-#   Workaround "workaround_c": no copytruncate in a schedule that kills or restarts tcppipe.
-# D (tailer.py _adopt_recorded / resume): a restart that found the recorded generation gone
-#   adopts the later ones, but its status file then no longer lists the generation the
-#   server's record names; killed again before the next generation's GENERATION lands, the
-#   next restart matches the record against nothing in its list, adopts nothing and starts
-#   FILE from byte 0: the rotated generations still on disk are skipped.
-#   No workaround in the world: a failing run whose trace shows it is counted as known (D).
-KNOWN_BUGS = ("A", "B", "C", "D")
-
-
-def known_bug(result: Result) -> str | None:
-    """The known bug a failed run shows, if any (a temporary skip list by signature)."""
-    trace = "\n".join(result.trace)
-    gone = trace.find("the recorded one is gone")
-    if gone != -1 and trace.find("the destination holds a generation this tcppipe does not hold", gone) != -1:
-        return "D"
-    return None
-
-
 def _hup(rng: random.Random) -> float | None:
     r = rng.random()
     if r < 0.35:
@@ -104,8 +69,6 @@ def generate(seed: int, faults: int) -> tuple[list[Action], dict[str, Any]]:
         actions.append(_write(rng, t))
     kinds, weights = zip(*FAULT_KINDS, strict=True)
     chosen = rng.choices(kinds, weights, k=faults)
-    if "C" in KNOWN_BUGS and {"kill_client", "takeover"} & set(chosen):
-        chosen = [k if k != "copytruncate" else "rotate" for k in chosen]  # workaround_c
     for kind in chosen:
         t = rng.uniform(0.2, duration)
         if kind == "rotate":

@@ -31,9 +31,9 @@ from typing import Any
 
 from tcppipe.checkpoint import StatusFile, load_history
 from tcppipe.client import HANDSHAKE_TIMEOUT_S, Backoff
-from tcppipe.destination import Destination, DestinationError, record_path
+from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import ConnectionLost, OriginError, Refused
-from tcppipe.origin import matches
+from tcppipe.origin import inode_generation, matches
 from tcppipe.pipe_client import PipeClient
 from tcppipe.protocol import DEAD_AFTER_HEARTBEATS, Data, Generation, Hello, NeedData, ProtocolError
 from tcppipe.server import ACK_DELAY_S, SERVER_FEATURES
@@ -348,30 +348,7 @@ class ClientProc:
             self.pump()
 
     def save_status(self, force: bool = False) -> None:
-        snapshot = self.core.snapshot()
-        if snapshot is None:
-            return
-        if not self.core.established and self.world.opts.get("workaround_a", True):
-            snapshot = self._keep_history(snapshot)
-        self.status.save(snapshot, self.world.now, force=force)
-
-    def _keep_history(self, snapshot: dict[str, Any]) -> dict[str, Any]:
-        """TEMPORARY workaround of real bug A (KNOWN_BUGS in schedule.py): before its first
-        READY a restarted client's snapshot lists only what it holds (FILE), so writing it
-        forgets the generations the previous run recorded, and a second restart (kill -9,
-        or an exit on "cannot connect") can no longer adopt them. Until READY the sim
-        keeps the previous run's position and list in front of what this run holds."""
-        history = self.core.history
-        queue, sizes = list(snapshot["queue"]), list(snapshot["sizes"])
-        gens = [g for g in self.core.tailer.gens if not g.closed]
-        old = [r for r in history.held if not any(matches(r.ident, g.fd) for g in gens)]
-        snapshot = dict(snapshot)
-        snapshot["queue"] = [r.ident.to_json() for r in old] + queue
-        snapshot["sizes"] = [r.size for r in old] + sizes
-        if history.position is not None:
-            snapshot["generation"] = history.position[0].to_json()
-            snapshot["offset"] = history.position[1]
-        return snapshot
+        self.core.save_status(self.status, self.world.now, force)
 
     # the connection side
 
@@ -550,7 +527,7 @@ class ServerConn:
         assert dest is not None
         if isinstance(event, Generation):
             assert self.hello is not None
-            why = admit_generation(dest.record, dest.landed(), event.ident, event.start, self.hello.restart)
+            why = admit_generation(dest.record, dest.landed(), event.ident, event.start)
             if why is not None:
                 self.world.admission_refusals.append(why)
                 raise ProtocolError(f"GENERATION refused: {why}")
@@ -756,18 +733,16 @@ class World:
 
     def _recorded(self, name: str) -> bool:
         """Does the client's status file list the generation now at ``name``?"""
-        if self.opts.get("workaround_b", True) and not os.path.exists(record_path(self.server_state, self.dest_path)):
-            # TEMPORARY workaround of real bug B (KNOWN_BUGS in schedule.py): while the server
-            # has no record, a restart looks for the status file's generation only at FILE,
-            # never beside it, so a recorded generation rotated away is not adopted.
-            return False
         history = load_history(self.status_path)
         try:
             fd = os.open(self._path(name), os.O_RDONLY)
         except OSError:
             return False
         try:
-            return any(matches(r.ident, fd) for r in history.held)
+            # The client's own test (origin.find_generation): the head, and the inode's
+            # generation number where the file system has one (ext4 reuses inode numbers).
+            igen = inode_generation(fd)
+            return any(matches(r.ident, fd) and (r.igen is None or igen in (None, r.igen)) for r in history.held)
         finally:
             os.close(fd)
 

@@ -25,7 +25,7 @@ from tcppipe.protocol import (
     encode,
 )
 from tcppipe.server import ConfigHolder, PipeReceiver, Server, ServerOptions
-from tcppipe.session import ServerSession, ServerState, admit_generation
+from tcppipe.session import ServerSession, ServerState
 
 IDENT = GenerationId(1, 2, 4, "ab" * 32)
 
@@ -80,26 +80,6 @@ def test_no_ack_after_a_refusal() -> None:
     session = streaming()
     session.refuse("no", True, 1.0)
     assert session.ack(5, 1.0) == b""
-
-
-@pytest.mark.parametrize(
-    ("record", "landed", "ident", "start", "restart", "admitted"),
-    [
-        (None, None, IDENT, 77, False, True),
-        (IDENT, 10, IDENT, 10, False, True),
-        (IDENT, 10, IDENT, 11, False, False),
-        (IDENT, 10, IDENT, 9, False, False),
-        (IDENT, 10, IDENT, 0, False, False),
-        (IDENT, 10, IDENT, 0, True, True),
-        (IDENT, 10, GenerationId(1, 3, 4, "cd" * 32), 0, False, True),
-        (IDENT, 10, GenerationId(1, 3, 4, "cd" * 32), 5, False, False),
-    ],
-)
-def test_admission_rule(
-    record: GenerationId | None, landed: int | None, ident: GenerationId, start: int, restart: bool, admitted: bool
-) -> None:
-    """The recorded generation continues where it landed; any other starts at 0; -n restarts the recorded one."""
-    assert (admit_generation(record, landed, ident, start, restart) is None) is admitted
 
 
 # -- the adapter's tasks: a bug in any of them reaches our logger, with its peer --

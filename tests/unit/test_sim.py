@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from tcppipe.tailer import Tailer
-from tests.sim.schedule import generate, known_bug, run_actions, run_schedule, shrink
+from tests.sim.schedule import generate, run_actions, run_schedule, shrink
 from tests.sim.world import Action
 
 
 def _run_many(first: int, count: int, faults: int) -> None:
     for seed in range(first, first + count):
         result = run_schedule(seed, faults)
-        assert result.ok or known_bug(result) is not None, f"seed {seed} (--faults {faults}): {result.message}"
+        assert result.ok, f"seed {seed} (--faults {faults}): {result.message}"
 
 
 def test_schedules_with_few_faults_stay_exact() -> None:
