@@ -254,13 +254,15 @@ class PipeClient:
         if not self.tailer.gens:
             return None
         gen = self.tailer.sending
+        # Where to stand if the server has no record: the oldest generation held (older ones
+        # are closed only once a later one is acknowledged), at what was acknowledged of it.
+        oldest = self.tailer.gens[0]
         try:
-            ident = gen.ident()
             held = [Recorded(g.ident(), g.size(), g.igen) for g in self.tailer.gens if not g.closed]
+            position: tuple[GenerationId, int] = (oldest.ident(), oldest.acked)
         except OSError:
             return None
         listed = self._kept() + held
-        position: tuple[GenerationId, int] = (ident, gen.acked)
         if not self.established and self.history.position is not None:
             position = self.history.position  # until READY, where the last run stood
         return {

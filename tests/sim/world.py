@@ -33,7 +33,7 @@ from tcppipe.checkpoint import StatusFile, load_history
 from tcppipe.client import HANDSHAKE_TIMEOUT_S, Backoff
 from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import ConnectionLost, OriginError, Refused
-from tcppipe.origin import inode_generation, matches
+from tcppipe.origin import identify
 from tcppipe.pipe_client import PipeClient
 from tcppipe.protocol import DEAD_AFTER_HEARTBEATS, Data, Generation, Hello, NeedData, ProtocolError
 from tcppipe.server import ACK_DELAY_S, SERVER_FEATURES
@@ -340,6 +340,7 @@ class ClientProc:
         else:
             self.core.follow(now)
         self.world.notes(self.core.take_notices())
+        self.world.mark_held(self.core)
         self.save_status()
         owed = self.status.due_in(now)
         if owed is not None:
@@ -395,6 +396,7 @@ class ClientProc:
             if resumed is not None:
                 self.world.log(f"client READY: {resumed.path} from byte {resumed.position}, {resumed.how}")
             self.world.notes(self.core.take_notices())
+            self.world.mark_held(self.core)
             self.save_status(force=True)
             self.file_side()  # the old client followed only here (no_offline_follow)
             self.pump()
@@ -633,6 +635,7 @@ class World:
         self.keep = int(self.opts.get("backups", 3))
         self.gens: list[Gen] = []
         self.names: dict[str, int] = {}  # origin file name -> generation index (-1: not a stream file)
+        self.ever_held: set[int] = set()  # generations some running tcppipe held open
         self.checker = Checker(self.gens)
         self.dest_rotations = 0
         self.dest_fed: dict[int, int] = {}  # destination inode -> bytes fed to the checker
@@ -731,20 +734,24 @@ class World:
     def _client_alive(self) -> bool:
         return self.client is not None and self.client.alive
 
-    def _recorded(self, name: str) -> bool:
-        """Does the client's status file list the generation now at ``name``?"""
-        history = load_history(self.status_path)
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            # The client's own test (origin.find_generation): the head, and the inode's
-            # generation number where the file system has one (ext4 reuses inode numbers).
-            igen = inode_generation(fd)
-            return any(matches(r.ident, fd) and (r.igen is None or igen in (None, r.igen)) for r in history.held)
-        finally:
-            os.close(fd)
+    def mark_held(self, core: PipeClient) -> None:
+        """Note each generation a running tcppipe holds open as itself (ground truth for the
+        model: tcppipe may skip only generations no tcppipe ever held, which its status
+        file cannot have recorded)."""
+        gens = [g for g in core.tailer.gens if not g.closed]
+        for name, index in self.names.items():
+            if index < 0 or index in self.ever_held:
+                continue
+            try:
+                fd = os.open(self._path(name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                ident = identify(fd)
+                if any(g.matches(ident) for g in gens):
+                    self.ever_held.add(index)
+            finally:
+                os.close(fd)
 
     def _held(self, name: str) -> bool:
         """Does a running tcppipe hold the file now at ``name`` open?"""
@@ -772,8 +779,8 @@ class World:
             index = self.names[a]
             g = self.gens[index]
             g.sealed = True
-            if g.tail_ok is None and not self._held(a) and not self._recorded(a):
-                g.tail_ok = "rotated away, neither held nor recorded"
+            if g.tail_ok is None and not self._held(a) and index not in self.ever_held:
+                g.tail_ok = "rotated away while no tcppipe ran, never held by one"
         os.rename(self._path(a), self._path(b))
         self.names[b] = self.names.pop(a)
 
