@@ -6,6 +6,8 @@ adapter's edge); only ``cli.py`` turns them into an exit status.
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -14,6 +16,26 @@ EXIT_UNREACHABLE = 4
 EXIT_CONFIG = 5
 EXIT_RUNNING = 6
 EXIT_ORIGIN = 7
+
+
+# What a peer could use to forge, split or drop a log line: C0 and C1 controls
+# (newline, ESC), DEL, the Unicode line separators, lone surrogates (from
+# surrogateescape'd bytes; they make a strict encoder drop the whole line),
+# and the backslash itself, so an escape in the output is never ambiguous.
+_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape(text: str) -> str:
+    """A peer-supplied string made safe for one log line: every character in ``_UNSAFE``
+    becomes a visible escape (``\\n``, ``\\x1b``, ``\\udcff``)."""
+    return _UNSAFE.sub(_escaped, text)
 
 
 def describe_os_error(exc: OSError) -> str:

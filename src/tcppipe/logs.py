@@ -10,32 +10,12 @@ import contextlib
 import logging
 import logging.handlers
 import os
-import re
 import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from tcppipe.errors import describe_os_error
-
-# What a peer could use to forge, split or drop a log line: C0 and C1 controls
-# (newline, ESC), DEL, the Unicode line separators, lone surrogates (from
-# surrogateescape'd bytes; they make a strict encoder drop the whole line),
-# and the backslash itself, so an escape in the output is never ambiguous.
-_UNSAFE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
-
-
-def _escaped(match: re.Match[str]) -> str:
-    ch = match.group()
-    code = ord(ch)
-    return _NAMED.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-def escape(text: str) -> str:
-    """A peer-supplied string made safe for one log line: every character in ``_UNSAFE``
-    becomes a visible escape (``\\n``, ``\\x1b``, ``\\udcff``)."""
-    return _UNSAFE.sub(_escaped, text)
 
 
 def parse_syslog_address(text: str) -> str | tuple[str, int]:
@@ -67,7 +47,8 @@ class QuietSysLogHandler(logging.handlers.SysLogHandler):
         try:
             message = self.ident + self.format(record) + ("\000" if self.append_nul else "")
             priority = self.encodePriority(self.facility, self.mapPriority(record.levelname))
-            data = f"<{priority}>{message}".encode()
+            # A lone surrogate (bytes from a peer, surrogateescape'd) must not drop the line.
+            data = f"<{priority}>{message}".encode("utf-8", "backslashreplace")
             if not self.unixsocket:
                 self.socket.sendto(data, self.address)
                 return

@@ -17,7 +17,7 @@ import os
 from typing import TYPE_CHECKING, Any, Final
 
 from tcppipe.checkpoint import StatusFile
-from tcppipe.errors import ConnectionLost, Refused
+from tcppipe.errors import ConnectionLost, Refused, escape
 from tcppipe.origin import OriginGeneration
 from tcppipe.protocol import (
     FEATURE_PROGRESS,
@@ -150,13 +150,14 @@ class PipeClient:
         self.established = True
 
     def _on_refuse(self, refuse: Refuse) -> None:
+        reason = escape(refuse.reason)  # the server's words, logged: one line, no control characters
         if refuse.retry and self.established:
             # A defined pipe whose destination cannot be opened right now: keep retrying.
             self.offline_state = REFUSED
-            raise RetryLater(f"server cannot take the pipe now: {refuse.reason}")
+            raise RetryLater(f"server cannot take the pipe now: {reason}")
         if self.streaming:
-            raise Refused(f"server ended the pipe: {refuse.reason}")
-        raise Refused(f"server refused the pipe: {refuse.reason}")
+            raise Refused(f"server ended the pipe: {reason}")
+        raise Refused(f"server refused the pipe: {reason}")
 
     def outgoing(self, now: float, budget: int = BATCH_BYTES) -> list[bytes]:
         """The frames to write now: GENERATION and DATA while there is something to send,

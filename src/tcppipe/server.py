@@ -33,8 +33,8 @@ from tcppipe import config as configuration
 from tcppipe import control
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
-from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error
-from tcppipe.logs import RateLimitedLog, escape
+from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error, escape
+from tcppipe.logs import RateLimitedLog
 from tcppipe.protocol import (
     DEFAULT_HEARTBEAT_S,
     FEATURE_PROGRESS,
