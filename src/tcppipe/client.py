@@ -222,15 +222,19 @@ class Client:
         self.watcher = Watcher(self.opts.key.path, self.file_event.set, self.log)
         self._follow_files()
         files = self.tasks.spawn(self._file_side(), "file side")
+        # Without its file side a pipe would miss rotations: if that task dies (a bug; the
+        # reaper has logged it), the pipe stops and the program exits with an error.
+        files.add_done_callback(lambda _task: self.request_stop())
         try:
             await self._connect_forever()
         finally:
             files.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await files
+            await asyncio.wait({files})
             self.watcher.close()
             self._save_status(force=True)
             self.core.close()
+        if not files.cancelled() and files.exception() is not None:
+            raise RuntimeError(f"the file side of {self.opts.key.path} died: {files.exception()!r}")
 
     async def _file_side(self) -> None:
         """Follow FILE through rotations whatever the connection is doing (Rule 1 of tailer.py)."""
