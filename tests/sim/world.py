@@ -43,9 +43,12 @@ HEARTBEAT_S = 1.0
 GRACE_S = 2.0
 INTERVAL_S = 1.0  # -t (the default)
 BACKOFF_CAP_S = 10.0
-# After the last fault: a dead peer noticed (3 heartbeats and the next check),
-# one capped back-off, the grace, and a little for the transfer itself.
-QUIET_S = GRACE_S + BACKOFF_CAP_S + (DEAD_AFTER_HEARTBEATS + 1) * HEARTBEAT_S + 2.0
+# After the last fault: a dead peer noticed (3 heartbeats and the next check while
+# streaming; the handshake timeout when the last fault cut a connection silently
+# during its handshake, where no heartbeat runs), one capped back-off, the grace,
+# and a little for the transfer itself.
+DEAD_PEER_NOTICED_S = max(HANDSHAKE_TIMEOUT_S, (DEAD_AFTER_HEARTBEATS + 1) * HEARTBEAT_S)
+QUIET_S = GRACE_S + BACKOFF_CAP_S + DEAD_PEER_NOTICED_S + 2.0
 FOLLOW_DELAY_S = 0.0003  # inotify: the file side runs this soon after an origin event
 
 
