@@ -53,6 +53,7 @@ from tcppipe.protocol import (
 from tcppipe.session import ServerSession, admit_generation
 from tcppipe.sockets import ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
+from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import certificate_names, describe_tls_error
 from tcppipe.verify import digest_ranges
 
@@ -366,9 +367,8 @@ class Server:
     sessions: dict[str, PipeSession] = field(default_factory=dict)
     per_host: dict[str, int] = field(default_factory=dict)
     live: int = 0
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    # What each task is for, for its reaper's line: a peer, then its pipe once known.
-    context: dict[asyncio.Task[Any], str] = field(default_factory=dict)
+    # Every task, and what it is for (a peer, then its pipe once known), for its death's line.
+    reaper: TaskReaper = field(init=False)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     hup: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -380,6 +380,7 @@ class Server:
     _followed: list[Entry] | None = None
 
     def __post_init__(self) -> None:
+        self.reaper = TaskReaper(self.log, on_error=self._count_error)
         self.strangers = Strangers(self.opts.stranger_units, self.opts.stranger_units_per_source)
         self.drops = RateLimitedLog(self.log, DROP_LINES_PER_S, time.monotonic, self._call_later)
 
@@ -421,37 +422,17 @@ class Server:
 
     # -- tasks ------------------------------------------------------------------
 
+    @property
+    def tasks(self) -> set[asyncio.Task[Any]]:
+        """Every task this server runs (connections and signal handling)."""
+        return self.reaper.tasks
+
     def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
         """Start a task this server tracks; if it dies of anything unexpected, syslog says so."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(functools.partial(self._reap, what))
-        return task
+        return self.reaper.spawn(coro, what)
 
-    def _reap(self, what: str, task: asyncio.Task[Any]) -> None:
-        """The done-callback of every task (asyncssh's ``_reap_task``): an exception is retrieved
-        here, and one that nobody expected is logged with what the task was for."""
-        self.tasks.discard(task)
-        what = self.context.pop(task, what)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._bug(what, exc)
-
-    def _bug(self, what: str, exc: BaseException) -> None:
+    def _count_error(self) -> None:
         self.stats.errors_total += 1
-        self.log.error("%s: internal error: %s", what, escape(repr(exc)), exc_info=exc)
-
-    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """The loop's exception handler: what asyncio could not hand to anyone goes to syslog too."""
-        exc = context.get("exception")
-        message = escape(str(context.get("message", "unhandled error")))
-        self.stats.errors_total += 1
-        if isinstance(exc, BaseException):
-            self.log.error("event loop: internal error: %s: %s", message, escape(repr(exc)), exc_info=exc)
-        else:
-            self.log.error("event loop: internal error: %s", message)
 
     async def listen(self) -> asyncio.Server:
         """Listen on the configured address; every accepted connection gets its own session."""
@@ -557,9 +538,9 @@ class Server:
                 f", with {' '.join(features)}" if features else "",
             )
             where = f"{peer} pipe {entry.local}"
-            self.context[task] = where
+            self.reaper.relabel(task, where)
             session.receiver = PipeReceiver(
-                conn, session.dest, session.stats, self.stats.count_lines, functools.partial(self._bug, where)
+                conn, session.dest, session.stats, self.stats.count_lines, functools.partial(self.reaper.report, where)
             )
             await session.receiver.run()
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
@@ -723,9 +704,7 @@ class Server:
 
     async def shutdown(self) -> None:
         """Cancel every connection and wait until each has closed its destination."""
-        tasks = [t for t in self.tasks if not t.done()]
-        for t in tasks:
-            t.cancel()
+        tasks = self.reaper.cancel_all()
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
 
@@ -737,7 +716,7 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     holder.load_initial()
     server = Server(opts, log, holder)
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(server.loop_exception)
+    log_loop_errors(loop, log, server._count_error)
     listener = await server.listen()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop.set)
