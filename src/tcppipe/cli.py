@@ -267,6 +267,11 @@ def server_parser() -> argparse.ArgumentParser:
         metavar="ADDR:PORT",
         help="serve Prometheus metrics at http://ADDR:PORT/metrics (off)",
     )
+    p.add_argument(
+        "--require-privileged-port",
+        action="store_true",
+        help="without TLS, close connections from a source port of 1024 or more (only root can bind below)",
+    )
     return p
 
 
@@ -614,6 +619,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             args.max_per_host,
             args.handshake_timeout,
             args.metrics,
+            require_privileged_port=args.require_privileged_port,
         )
         try:
             asyncio.run(run_server(opts, program.log, program.ready))

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from tcppipe.compression import Decompressor
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
+PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
 # Connections beyond these are closed at once, before a byte is read: a flood
 # from one host cannot starve the others, nor all together exhaust our fds.
 DEFAULT_MAX_CONNECTIONS: Final = 4096
@@ -269,6 +270,7 @@ class PipeSession:
     stats: PipeStats
     dest: Destination | None = None
     receiver: PipeReceiver | None = None
+    peer_ip: str = ""
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -357,6 +359,8 @@ class ServerOptions:
     metrics: tuple[str, int] | None = None
     stranger_units: int = STRANGER_UNITS
     stranger_units_per_source: int = STRANGER_UNITS_PER_SOURCE
+    # Plain mode only: a source port below 1024 means root (or CAP_NET_BIND_SERVICE) on the origin host.
+    require_privileged_port: bool = False
 
 
 @dataclass
@@ -456,14 +460,21 @@ class Server:
         task = asyncio.current_task()
         assert task is not None
         peer = conn.peer()
-        peer_ip = str(conn.get_extra_info("peername")[0])
+        peer_ip, peer_port = (conn.get_extra_info("peername") or ("?", 0))[:2]
+        peer_ip = str(peer_ip)
         count = self.per_host.get(peer_ip, 0) + 1
         self.per_host[peer_ip] = count
         self.live += 1
         self.stats.connections_total += 1
         self.stats.connections_open = self.live
         try:
-            if self.live > self.opts.max_connections:
+            if self.opts.require_privileged_port and self.opts.tls is None and int(peer_port) >= PRIVILEGED_PORTS:
+                # Closed before a byte is read: an unprivileged process on the origin host is no client.
+                self.stats.refusals_total += 1
+                self.drops.warning(
+                    "%s dropped: source port %d is not privileged (--require-privileged-port)", peer, peer_port
+                )
+            elif self.live > self.opts.max_connections:
                 self.drops.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
             elif count > self.opts.max_per_host:
                 self.drops.warning(
@@ -516,7 +527,7 @@ class Server:
             if hello.purpose == PURPOSE_VERIFY:
                 await self._verify(conn, entry, peer)
                 return
-            session = PipeSession(entry, peer, task, self.stats.pipe(entry))
+            session = PipeSession(entry, peer, task, self.stats.pipe(entry), peer_ip=peer_ip)
             await self._register(session)
             try:
                 session.dest = Destination.open(entry.local, self.opts.state_dir)
@@ -668,7 +679,19 @@ class Server:
         async with lock:
             old = self.sessions.get(local)
             if old is not None and not old.task.done():
-                self.log.info("%s takes over pipe %s from %s", session.peer, local, old.peer)
+                if old.peer_ip == session.peer_ip:
+                    # A real client reconnects so only after its connection broke; otherwise another
+                    # process on the origin host may be speaking for the client.
+                    self.log.warning(
+                        "%s takes over pipe %s from %s, from the same address: if the old connection was alive,"
+                        " another process on %s may be impersonating the client",
+                        session.peer,
+                        local,
+                        old.peer,
+                        session.peer_ip,
+                    )
+                else:
+                    self.log.info("%s takes over pipe %s from %s", session.peer, local, old.peer)
                 old.task.cancel()
                 await asyncio.wait({old.task}, timeout=TAKEOVER_TIMEOUT_S)
             self.sessions[local] = session
