@@ -112,6 +112,11 @@ files:
 exit status:
   0 ok   1 internal error   2 usage   4 status: no tcppiped answers
   5 config errors or cannot listen   6 already running
+  75 the port stayed in use for 60 s (retried meanwhile; a restart may help)
+
+socket activation:
+  started by systemd with LISTEN_FDS (tcppiped.socket), tcppiped serves on the
+  sockets passed and binds nothing itself (-p then only names the control socket)
 
 examples:
   tcppiped --check -f /etc/tcppipe.conf

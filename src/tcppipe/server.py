@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import functools
 import ipaddress
 import logging
@@ -31,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tcppipe import config as configuration
 from tcppipe import control
+from tcppipe.activation import ActivationError, inherited_sockets
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
-from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error, escape
+from tcppipe.errors import EXIT_TEMPFAIL, BadConfig, ConnectionLost, TcppipeError, describe_os_error, escape
 from tcppipe.logs import RateLimitedLog
 from tcppipe.protocol import (
     DEFAULT_HEARTBEAT_S,
@@ -85,6 +87,12 @@ TLS_STRANGER_UNITS: Final = 8
 MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
 # After this many TLS strangers closed (about 5 MB of buffers), freed memory goes back to the system.
 TRIM_AFTER_TLS_STRANGERS: Final = 16
+# "Address in use" at start (a restart racing the old process, or a squatter) is retried this
+# long, with a line at the first failure and then every BIND_RETRY_LOG_S, before tcppiped gives
+# up with EX_TEMPFAIL (which the unit restarts).
+BIND_RETRY_S: Final = 60.0
+BIND_RETRY_LOG_S: Final = 10.0
+BIND_RETRY_STEP_S: Final = 0.25
 # Lines a second about dropped connections; the rest are counted in a summary.
 DROP_LINES_PER_S: Final = 20
 
@@ -142,6 +150,12 @@ class ConfigHolder:
     def current(self) -> list[Entry]:
         self.reload()
         return self.entries
+
+
+class PortInUse(TcppipeError):
+    """The listening port stayed in use for BIND_RETRY_S: a temporary failure, to be retried."""
+
+    exit_code = EXIT_TEMPFAIL
 
 
 class Inadmissible(ProtocolError):
@@ -438,16 +452,48 @@ class Server:
     def _count_error(self) -> None:
         self.stats.errors_total += 1
 
+    def _connection(self) -> ServerConnection:
+        """The protocol of one accepted connection, with its own session."""
+        loop = asyncio.get_running_loop()
+        return ServerConnection(ServerSession(loop.time(), SERVER_FEATURES, DEFAULT_HEARTBEAT_S), self.accepted)
+
     async def listen(self) -> asyncio.Server:
         """Listen on the configured address; every accepted connection gets its own session."""
         loop = asyncio.get_running_loop()
-
-        def connection() -> ServerConnection:
-            return ServerConnection(ServerSession(loop.time(), SERVER_FEATURES, DEFAULT_HEARTBEAT_S), self.accepted)
-
         return await loop.create_server(
-            connection, host=self.opts.bind, port=self.opts.port, reuse_address=True, backlog=512
+            self._connection, host=self.opts.bind, port=self.opts.port, reuse_address=True, backlog=512
         )
+
+    async def listen_all(self) -> list[asyncio.Server]:
+        """Serve on the sockets systemd passed (socket activation), else bind, retrying "address in use"."""
+        loop = asyncio.get_running_loop()
+        try:
+            inherited = inherited_sockets()
+        except ActivationError as exc:
+            raise BadConfig(str(exc)) from None
+        if inherited:
+            return [await loop.create_server(self._connection, sock=sock, backlog=512) for sock in inherited]
+        start = loop.time()
+        logged_at: float | None = None
+        while True:
+            try:
+                return [await self.listen()]
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                now = loop.time()
+                where = f"{self.opts.bind or '*'} port {self.opts.port}"
+                if now - start >= BIND_RETRY_S:
+                    raise PortInUse(f"cannot listen on {where}: still in use after {BIND_RETRY_S:.0f} s") from None
+                if logged_at is None or now - logged_at >= BIND_RETRY_LOG_S:
+                    logged_at = now
+                    self.log.warning(
+                        "cannot listen on %s: %s; retrying for up to %.0f s",
+                        where,
+                        describe_os_error(exc),
+                        BIND_RETRY_S - (now - start),
+                    )
+            await asyncio.sleep(BIND_RETRY_STEP_S)
 
     # -- connection handling --------------------------------------------------
 
@@ -740,11 +786,11 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     server = Server(opts, log, holder)
     loop = asyncio.get_running_loop()
     log_loop_errors(loop, log, server._count_error)
-    listener = await server.listen()
+    listeners = await server.listen_all()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
-    addresses = ", ".join(format_address(s.getsockname()) for s in listener.sockets)
+    addresses = ", ".join(format_address(s.getsockname()) for listener in listeners for s in listener.sockets)
     server.entries()
     controller = await _open_control_and_metrics(server)
     log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
@@ -754,7 +800,8 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         await server.stop.wait()
         log.info("stopping")
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         if controller is not None:
             controller.close()
             with contextlib.suppress(OSError):
@@ -765,7 +812,8 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         await server.shutdown()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
-                await listener.wait_closed()
+                for listener in listeners:
+                    await listener.wait_closed()
 
 
 async def _open_control_and_metrics(server: Server) -> asyncio.AbstractServer | None:
