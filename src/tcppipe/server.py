@@ -23,10 +23,10 @@ import logging
 import os
 import resource
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -52,6 +52,7 @@ from tcppipe.protocol import (
     Verify,
     split_range,
 )
+from tcppipe.resolver import NameCache
 from tcppipe.session import ServerSession, admit_generation
 from tcppipe.sockets import ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
@@ -68,7 +69,9 @@ PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
 # from one host cannot starve the others, nor all together exhaust our fds.
 DEFAULT_MAX_CONNECTIONS: Final = 4096
 DEFAULT_MAX_PER_HOST: Final = 256
-RESOLVE_TIMEOUT_S: Final = 5.0
+# Verify digests read whole destination files: their own threads, so they never starve
+# name lookups (the loop's default executor), at most one per pipe and DIGEST_THREADS in all.
+DIGEST_THREADS: Final = 4
 TAKEOVER_TIMEOUT_S: Final = 10.0
 ACK_DELAY_S: Final = 0.05
 SHUTDOWN_TIMEOUT_S: Final = 10.0
@@ -156,6 +159,13 @@ class PortInUse(TcppipeError):
     """The listening port stayed in use for BIND_RETRY_S: a temporary failure, to be retried."""
 
     exit_code = EXIT_TEMPFAIL
+
+
+class Unresolved(Exception):
+    """An entry that might be the peer's names a host whose addresses are not known now."""
+
+    def __init__(self, host: str, error: str) -> None:
+        super().__init__(f"cannot resolve {host}: {error}; retry later")
 
 
 class Inadmissible(ProtocolError):
@@ -396,8 +406,13 @@ class Server:
     _freed_tls: int = 0
     drops: RateLimitedLog = field(init=False)
     _followed: list[Entry] | None = None
+    resolver: NameCache = field(init=False)
+    digests: ThreadPoolExecutor = field(init=False)
+    digest_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.resolver = NameCache(self.log)
+        self.digests = ThreadPoolExecutor(DIGEST_THREADS, thread_name_prefix="digest")
         self.reaper = TaskReaper(self.log, on_error=self._count_error)
         self.strangers = Strangers(self.opts.stranger_units, self.opts.stranger_units_per_source)
         self.drops = RateLimitedLog(self.log, DROP_LINES_PER_S, time.monotonic, self._call_later)
@@ -425,6 +440,7 @@ class Server:
         if entries is not self._followed:
             self.stats.follow_config(entries)
             self._followed = entries
+            self.resolver.want(e.host for e in entries if e.address is None)
         return entries
 
     def status(self) -> dict[str, Any]:
@@ -564,7 +580,12 @@ class Server:
                 names = await self._start_tls(conn)
                 hello = await conn.next_event()
             assert isinstance(hello, Hello)  # the session takes nothing else first
-            entry = await self._authorize(peer_ip, hello.path, names)
+            try:
+                entry = self._authorize(peer_ip, hello.path, names)
+            except Unresolved as exc:
+                self.strangers.release(task)
+                await self._refuse(conn, peer, str(exc), retry=True)
+                return
             self.strangers.release(task)  # answered now, either way
             if entry is None:
                 who = f"host {peer_ip}" if names is None else f"certificate {'/'.join(names[0] + names[1]) or '?'}"
@@ -667,7 +688,8 @@ class Server:
                 if landed is None or event.start < first or event.end > landed:
                     raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
                 ranges = split_range(event.start, event.end, event.parts)
-                digests = await asyncio.to_thread(digest_ranges, dest.fd, ranges, dest.base)
+                async with self.digest_locks.setdefault(entry.local, asyncio.Lock()):
+                    digests = await loop.run_in_executor(self.digests, digest_ranges, dest.fd, ranges, dest.base)
                 conn.write(session.digest(tuple(digests), loop.time()))
         finally:
             dest.close()
@@ -694,29 +716,31 @@ class Server:
             async with asyncio.timeout(self.opts.handshake_timeout_s):
                 await conn.drain()
 
-    async def _authorize(self, peer_ip: str, path: str, names: tuple[list[str], list[str]] | None) -> Entry | None:
+    def _authorize(self, peer_ip: str, path: str, names: tuple[list[str], list[str]] | None) -> Entry | None:
+        """The entry for this peer and path, from the name cache only (a connection never
+        waits for DNS); Unresolved if none matched but a name entry could not be checked."""
+        unresolved: Unresolved | None = None
         for entry in configuration.candidates(self.entries(), path):
             if names is not None:
                 # Mutual TLS: the certificate, not the source address, says who the peer is.
                 if configuration.host_matches_certificate(entry, *names):
                     return entry
                 continue
-            resolved: list[str] = []
+            addresses: tuple[str, ...] = ()
             if entry.address is None:
-                resolved = await self._resolve(entry.host)
-            if configuration.host_matches(entry, peer_ip, resolved):
+                known = self.resolver.get(entry.host)
+                if known is None:
+                    unresolved = unresolved or Unresolved(entry.host, "not looked up yet")
+                    continue
+                if known.error is not None and not known.addresses:
+                    unresolved = unresolved or Unresolved(entry.host, known.error)
+                    continue
+                addresses = known.addresses
+            if configuration.host_matches(entry, peer_ip, addresses):
                 return entry
+        if unresolved is not None:
+            raise unresolved
         return None
-
-    async def _resolve(self, host: str) -> list[str]:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except (OSError, TimeoutError) as exc:
-            self.log.warning("cannot resolve %s: %s", host, exc)
-            return []
-        return [str(info[4][0]) for info in infos]
 
     async def _register(self, session: PipeSession) -> None:
         """Make ``session`` the pipe's only connection, ending an older one first."""
@@ -773,9 +797,11 @@ class Server:
 
     async def shutdown(self) -> None:
         """Cancel every connection and wait until each has closed its destination."""
+        self.resolver.close()
         tasks = self.reaper.cancel_all()
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
+        self.digests.shutdown(wait=False, cancel_futures=True)
 
 
 async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any) -> None:
@@ -786,6 +812,9 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     server = Server(opts, log, holder)
     loop = asyncio.get_running_loop()
     log_loop_errors(loop, log, server._count_error)
+    server.entries()
+    await server.resolver.refresh()  # the config's names, resolved before the first connection
+    server.spawn(server.resolver.run(), "name refresh")
     listeners = await server.listen_all()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop.set)
