@@ -112,6 +112,11 @@ files:
 exit status:
   0 ok   1 internal error   2 usage   4 status: no tcppiped answers
   5 config errors or cannot listen   6 already running
+  75 the port stayed in use for 60 s (retried meanwhile; a restart may help)
+
+socket activation:
+  started by systemd with LISTEN_FDS (tcppiped.socket), tcppiped serves on the
+  sockets passed and binds nothing itself (-p then only names the control socket)
 
 examples:
   tcppiped --check -f /etc/tcppipe.conf
@@ -266,6 +271,11 @@ def server_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="ADDR:PORT",
         help="serve Prometheus metrics at http://ADDR:PORT/metrics (off)",
+    )
+    p.add_argument(
+        "--require-privileged-port",
+        action="store_true",
+        help="without TLS, close connections from a source port of 1024 or more (only root can bind below)",
     )
     return p
 
@@ -614,6 +624,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             args.max_per_host,
             args.handshake_timeout,
             args.metrics,
+            require_privileged_port=args.require_privileged_port,
         )
         try:
             asyncio.run(run_server(opts, program.log, program.ready))

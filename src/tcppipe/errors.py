@@ -16,6 +16,8 @@ EXIT_UNREACHABLE = 4
 EXIT_CONFIG = 5
 EXIT_RUNNING = 6
 EXIT_ORIGIN = 7
+# sysexits.h EX_TEMPFAIL: try again later (tcppiped's port stayed in use); the unit restarts it.
+EXIT_TEMPFAIL = 75
 
 
 # What a peer could use to forge, split or drop a log line: C0 and C1 controls

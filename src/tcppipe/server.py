@@ -16,24 +16,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import functools
 import ipaddress
 import logging
 import os
 import resource
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from tcppipe import config as configuration
 from tcppipe import control
+from tcppipe.activation import ActivationError, inherited_sockets
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
-from tcppipe.errors import BadConfig, ConnectionLost, describe_os_error, escape
+from tcppipe.errors import EXIT_TEMPFAIL, BadConfig, ConnectionLost, TcppipeError, describe_os_error, escape
 from tcppipe.logs import RateLimitedLog
 from tcppipe.protocol import (
     DEFAULT_HEARTBEAT_S,
@@ -50,9 +52,11 @@ from tcppipe.protocol import (
     Verify,
     split_range,
 )
+from tcppipe.resolver import NameCache
 from tcppipe.session import ServerSession, admit_generation
 from tcppipe.sockets import ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
+from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import certificate_names, describe_tls_error
 from tcppipe.verify import digest_ranges
 
@@ -60,11 +64,14 @@ if TYPE_CHECKING:
     from tcppipe.compression import Decompressor
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
+PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
 # Connections beyond these are closed at once, before a byte is read: a flood
 # from one host cannot starve the others, nor all together exhaust our fds.
 DEFAULT_MAX_CONNECTIONS: Final = 4096
 DEFAULT_MAX_PER_HOST: Final = 256
-RESOLVE_TIMEOUT_S: Final = 5.0
+# Verify digests read whole destination files: their own threads, so they never starve
+# name lookups (the loop's default executor), at most one per pipe and DIGEST_THREADS in all.
+DIGEST_THREADS: Final = 4
 TAKEOVER_TIMEOUT_S: Final = 10.0
 ACK_DELAY_S: Final = 0.05
 SHUTDOWN_TIMEOUT_S: Final = 10.0
@@ -83,6 +90,12 @@ TLS_STRANGER_UNITS: Final = 8
 MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
 # After this many TLS strangers closed (about 5 MB of buffers), freed memory goes back to the system.
 TRIM_AFTER_TLS_STRANGERS: Final = 16
+# "Address in use" at start (a restart racing the old process, or a squatter) is retried this
+# long, with a line at the first failure and then every BIND_RETRY_LOG_S, before tcppiped gives
+# up with EX_TEMPFAIL (which the unit restarts).
+BIND_RETRY_S: Final = 60.0
+BIND_RETRY_LOG_S: Final = 10.0
+BIND_RETRY_STEP_S: Final = 0.25
 # Lines a second about dropped connections; the rest are counted in a summary.
 DROP_LINES_PER_S: Final = 20
 
@@ -140,6 +153,19 @@ class ConfigHolder:
     def current(self) -> list[Entry]:
         self.reload()
         return self.entries
+
+
+class PortInUse(TcppipeError):
+    """The listening port stayed in use for BIND_RETRY_S: a temporary failure, to be retried."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class Unresolved(Exception):
+    """An entry that might be the peer's names a host whose addresses are not known now."""
+
+    def __init__(self, host: str, error: str) -> None:
+        super().__init__(f"cannot resolve {host}: {error}; retry later")
 
 
 class Inadmissible(ProtocolError):
@@ -268,6 +294,7 @@ class PipeSession:
     stats: PipeStats
     dest: Destination | None = None
     receiver: PipeReceiver | None = None
+    peer_ip: str = ""
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -356,6 +383,8 @@ class ServerOptions:
     metrics: tuple[str, int] | None = None
     stranger_units: int = STRANGER_UNITS
     stranger_units_per_source: int = STRANGER_UNITS_PER_SOURCE
+    # Plain mode only: a source port below 1024 means root (or CAP_NET_BIND_SERVICE) on the origin host.
+    require_privileged_port: bool = False
 
 
 @dataclass
@@ -366,9 +395,8 @@ class Server:
     sessions: dict[str, PipeSession] = field(default_factory=dict)
     per_host: dict[str, int] = field(default_factory=dict)
     live: int = 0
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    # What each task is for, for its reaper's line: a peer, then its pipe once known.
-    context: dict[asyncio.Task[Any], str] = field(default_factory=dict)
+    # Every task, and what it is for (a peer, then its pipe once known), for its death's line.
+    reaper: TaskReaper = field(init=False)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     hup: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -378,8 +406,14 @@ class Server:
     _freed_tls: int = 0
     drops: RateLimitedLog = field(init=False)
     _followed: list[Entry] | None = None
+    resolver: NameCache = field(init=False)
+    digests: ThreadPoolExecutor = field(init=False)
+    digest_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.resolver = NameCache(self.log)
+        self.digests = ThreadPoolExecutor(DIGEST_THREADS, thread_name_prefix="digest")
+        self.reaper = TaskReaper(self.log, on_error=self._count_error)
         self.strangers = Strangers(self.opts.stranger_units, self.opts.stranger_units_per_source)
         self.drops = RateLimitedLog(self.log, DROP_LINES_PER_S, time.monotonic, self._call_later)
 
@@ -406,6 +440,7 @@ class Server:
         if entries is not self._followed:
             self.stats.follow_config(entries)
             self._followed = entries
+            self.resolver.want(e.host for e in entries if e.address is None)
         return entries
 
     def status(self) -> dict[str, Any]:
@@ -421,48 +456,60 @@ class Server:
 
     # -- tasks ------------------------------------------------------------------
 
+    @property
+    def tasks(self) -> set[asyncio.Task[Any]]:
+        """Every task this server runs (connections and signal handling)."""
+        return self.reaper.tasks
+
     def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
         """Start a task this server tracks; if it dies of anything unexpected, syslog says so."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(functools.partial(self._reap, what))
-        return task
+        return self.reaper.spawn(coro, what)
 
-    def _reap(self, what: str, task: asyncio.Task[Any]) -> None:
-        """The done-callback of every task (asyncssh's ``_reap_task``): an exception is retrieved
-        here, and one that nobody expected is logged with what the task was for."""
-        self.tasks.discard(task)
-        what = self.context.pop(task, what)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self._bug(what, exc)
-
-    def _bug(self, what: str, exc: BaseException) -> None:
+    def _count_error(self) -> None:
         self.stats.errors_total += 1
-        self.log.error("%s: internal error: %s", what, escape(repr(exc)), exc_info=exc)
 
-    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """The loop's exception handler: what asyncio could not hand to anyone goes to syslog too."""
-        exc = context.get("exception")
-        message = escape(str(context.get("message", "unhandled error")))
-        self.stats.errors_total += 1
-        if isinstance(exc, BaseException):
-            self.log.error("event loop: internal error: %s: %s", message, escape(repr(exc)), exc_info=exc)
-        else:
-            self.log.error("event loop: internal error: %s", message)
+    def _connection(self) -> ServerConnection:
+        """The protocol of one accepted connection, with its own session."""
+        loop = asyncio.get_running_loop()
+        return ServerConnection(ServerSession(loop.time(), SERVER_FEATURES, DEFAULT_HEARTBEAT_S), self.accepted)
 
     async def listen(self) -> asyncio.Server:
         """Listen on the configured address; every accepted connection gets its own session."""
         loop = asyncio.get_running_loop()
-
-        def connection() -> ServerConnection:
-            return ServerConnection(ServerSession(loop.time(), SERVER_FEATURES, DEFAULT_HEARTBEAT_S), self.accepted)
-
         return await loop.create_server(
-            connection, host=self.opts.bind, port=self.opts.port, reuse_address=True, backlog=512
+            self._connection, host=self.opts.bind, port=self.opts.port, reuse_address=True, backlog=512
         )
+
+    async def listen_all(self) -> list[asyncio.Server]:
+        """Serve on the sockets systemd passed (socket activation), else bind, retrying "address in use"."""
+        loop = asyncio.get_running_loop()
+        try:
+            inherited = inherited_sockets()
+        except ActivationError as exc:
+            raise BadConfig(str(exc)) from None
+        if inherited:
+            return [await loop.create_server(self._connection, sock=sock, backlog=512) for sock in inherited]
+        start = loop.time()
+        logged_at: float | None = None
+        while True:
+            try:
+                return [await self.listen()]
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                now = loop.time()
+                where = f"{self.opts.bind or '*'} port {self.opts.port}"
+                if now - start >= BIND_RETRY_S:
+                    raise PortInUse(f"cannot listen on {where}: still in use after {BIND_RETRY_S:.0f} s") from None
+                if logged_at is None or now - logged_at >= BIND_RETRY_LOG_S:
+                    logged_at = now
+                    self.log.warning(
+                        "cannot listen on %s: %s; retrying for up to %.0f s",
+                        where,
+                        describe_os_error(exc),
+                        BIND_RETRY_S - (now - start),
+                    )
+            await asyncio.sleep(BIND_RETRY_STEP_S)
 
     # -- connection handling --------------------------------------------------
 
@@ -475,14 +522,21 @@ class Server:
         task = asyncio.current_task()
         assert task is not None
         peer = conn.peer()
-        peer_ip = str(conn.get_extra_info("peername")[0])
+        peer_ip, peer_port = (conn.get_extra_info("peername") or ("?", 0))[:2]
+        peer_ip = str(peer_ip)
         count = self.per_host.get(peer_ip, 0) + 1
         self.per_host[peer_ip] = count
         self.live += 1
         self.stats.connections_total += 1
         self.stats.connections_open = self.live
         try:
-            if self.live > self.opts.max_connections:
+            if self.opts.require_privileged_port and self.opts.tls is None and int(peer_port) >= PRIVILEGED_PORTS:
+                # Closed before a byte is read: an unprivileged process on the origin host is no client.
+                self.stats.refusals_total += 1
+                self.drops.warning(
+                    "%s dropped: source port %d is not privileged (--require-privileged-port)", peer, peer_port
+                )
+            elif self.live > self.opts.max_connections:
                 self.drops.warning("%s dropped: %d connections (limit %d)", peer, self.live, self.opts.max_connections)
             elif count > self.opts.max_per_host:
                 self.drops.warning(
@@ -526,7 +580,12 @@ class Server:
                 names = await self._start_tls(conn)
                 hello = await conn.next_event()
             assert isinstance(hello, Hello)  # the session takes nothing else first
-            entry = await self._authorize(peer_ip, hello.path, names)
+            try:
+                entry = self._authorize(peer_ip, hello.path, names)
+            except Unresolved as exc:
+                self.strangers.release(task)
+                await self._refuse(conn, peer, str(exc), retry=True)
+                return
             self.strangers.release(task)  # answered now, either way
             if entry is None:
                 who = f"host {peer_ip}" if names is None else f"certificate {'/'.join(names[0] + names[1]) or '?'}"
@@ -535,7 +594,7 @@ class Server:
             if hello.purpose == PURPOSE_VERIFY:
                 await self._verify(conn, entry, peer)
                 return
-            session = PipeSession(entry, peer, task, self.stats.pipe(entry))
+            session = PipeSession(entry, peer, task, self.stats.pipe(entry), peer_ip=peer_ip)
             await self._register(session)
             try:
                 session.dest = Destination.open(entry.local, self.opts.state_dir)
@@ -557,9 +616,9 @@ class Server:
                 f", with {' '.join(features)}" if features else "",
             )
             where = f"{peer} pipe {entry.local}"
-            self.context[task] = where
+            self.reaper.relabel(task, where)
             session.receiver = PipeReceiver(
-                conn, session.dest, session.stats, self.stats.count_lines, functools.partial(self._bug, where)
+                conn, session.dest, session.stats, self.stats.count_lines, functools.partial(self.reaper.report, where)
             )
             await session.receiver.run()
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
@@ -629,7 +688,8 @@ class Server:
                 if landed is None or event.start < first or event.end > landed:
                     raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
                 ranges = split_range(event.start, event.end, event.parts)
-                digests = await asyncio.to_thread(digest_ranges, dest.fd, ranges, dest.base)
+                async with self.digest_locks.setdefault(entry.local, asyncio.Lock()):
+                    digests = await loop.run_in_executor(self.digests, digest_ranges, dest.fd, ranges, dest.base)
                 conn.write(session.digest(tuple(digests), loop.time()))
         finally:
             dest.close()
@@ -656,29 +716,31 @@ class Server:
             async with asyncio.timeout(self.opts.handshake_timeout_s):
                 await conn.drain()
 
-    async def _authorize(self, peer_ip: str, path: str, names: tuple[list[str], list[str]] | None) -> Entry | None:
+    def _authorize(self, peer_ip: str, path: str, names: tuple[list[str], list[str]] | None) -> Entry | None:
+        """The entry for this peer and path, from the name cache only (a connection never
+        waits for DNS); Unresolved if none matched but a name entry could not be checked."""
+        unresolved: Unresolved | None = None
         for entry in configuration.candidates(self.entries(), path):
             if names is not None:
                 # Mutual TLS: the certificate, not the source address, says who the peer is.
                 if configuration.host_matches_certificate(entry, *names):
                     return entry
                 continue
-            resolved: list[str] = []
+            addresses: tuple[str, ...] = ()
             if entry.address is None:
-                resolved = await self._resolve(entry.host)
-            if configuration.host_matches(entry, peer_ip, resolved):
+                known = self.resolver.get(entry.host)
+                if known is None:
+                    unresolved = unresolved or Unresolved(entry.host, "not looked up yet")
+                    continue
+                if known.error is not None and not known.addresses:
+                    unresolved = unresolved or Unresolved(entry.host, known.error)
+                    continue
+                addresses = known.addresses
+            if configuration.host_matches(entry, peer_ip, addresses):
                 return entry
+        if unresolved is not None:
+            raise unresolved
         return None
-
-    async def _resolve(self, host: str) -> list[str]:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except (OSError, TimeoutError) as exc:
-            self.log.warning("cannot resolve %s: %s", host, exc)
-            return []
-        return [str(info[4][0]) for info in infos]
 
     async def _register(self, session: PipeSession) -> None:
         """Make ``session`` the pipe's only connection, ending an older one first."""
@@ -687,7 +749,19 @@ class Server:
         async with lock:
             old = self.sessions.get(local)
             if old is not None and not old.task.done():
-                self.log.info("%s takes over pipe %s from %s", session.peer, local, old.peer)
+                if old.peer_ip == session.peer_ip:
+                    # A real client reconnects so only after its connection broke; otherwise another
+                    # process on the origin host may be speaking for the client.
+                    self.log.warning(
+                        "%s takes over pipe %s from %s, from the same address: if the old connection was alive,"
+                        " another process on %s may be impersonating the client",
+                        session.peer,
+                        local,
+                        old.peer,
+                        session.peer_ip,
+                    )
+                else:
+                    self.log.info("%s takes over pipe %s from %s", session.peer, local, old.peer)
                 old.task.cancel()
                 await asyncio.wait({old.task}, timeout=TAKEOVER_TIMEOUT_S)
             self.sessions[local] = session
@@ -723,11 +797,11 @@ class Server:
 
     async def shutdown(self) -> None:
         """Cancel every connection and wait until each has closed its destination."""
-        tasks = [t for t in self.tasks if not t.done()]
-        for t in tasks:
-            t.cancel()
+        self.resolver.close()
+        tasks = self.reaper.cancel_all()
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
+        self.digests.shutdown(wait=False, cancel_futures=True)
 
 
 async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any) -> None:
@@ -737,12 +811,15 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     holder.load_initial()
     server = Server(opts, log, holder)
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(server.loop_exception)
-    listener = await server.listen()
+    log_loop_errors(loop, log, server._count_error)
+    server.entries()
+    await server.resolver.refresh()  # the config's names, resolved before the first connection
+    server.spawn(server.resolver.run(), "name refresh")
+    listeners = await server.listen_all()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.hup.set)
-    addresses = ", ".join(format_address(s.getsockname()) for s in listener.sockets)
+    addresses = ", ".join(format_address(s.getsockname()) for listener in listeners for s in listener.sockets)
     server.entries()
     controller = await _open_control_and_metrics(server)
     log.info("listening on %s with %d pipes from %s", addresses, len(holder.entries), opts.config_path)
@@ -752,7 +829,8 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         await server.stop.wait()
         log.info("stopping")
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
         if controller is not None:
             controller.close()
             with contextlib.suppress(OSError):
@@ -763,7 +841,8 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
         await server.shutdown()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
-                await listener.wait_closed()
+                for listener in listeners:
+                    await listener.wait_closed()
 
 
 async def _open_control_and_metrics(server: Server) -> asyncio.AbstractServer | None:

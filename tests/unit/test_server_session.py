@@ -135,7 +135,7 @@ async def hello_and_wait(port: int) -> None:
 def test_a_connection_task_that_raises_is_logged_with_its_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in a connection's handling (here: authorising raises KeyError) is one error line naming the peer."""
 
-    async def broken(*_args: object) -> None:
+    def broken(*_args: object) -> None:
         raise KeyError("boom")
 
     async def body(server: Server, port: int) -> None:
