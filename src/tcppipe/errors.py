@@ -65,6 +65,13 @@ class Refused(TcppipeError):
     exit_code = EXIT_REFUSED
 
 
+class RefusedForNow(Refused):
+    """The server answered REFUSE for a passing reason (its destination cannot be
+    opened, a name cannot be resolved): a supervisor should start us again later."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
 class Unreachable(TcppipeError):
     """No connection to the server at start."""
 

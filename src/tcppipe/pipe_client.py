@@ -17,7 +17,7 @@ import os
 from typing import TYPE_CHECKING, Any, Final
 
 from tcppipe.checkpoint import StatusFile
-from tcppipe.errors import ConnectionLost, Refused, escape
+from tcppipe.errors import ConnectionLost, Refused, RefusedForNow, escape
 from tcppipe.origin import OriginGeneration
 from tcppipe.protocol import (
     FEATURE_PROGRESS,
@@ -157,6 +157,8 @@ class PipeClient:
             raise RetryLater(f"server cannot take the pipe now: {reason}")
         if self.streaming:
             raise Refused(f"server ended the pipe: {reason}")
+        if refuse.retry:
+            raise RefusedForNow(f"server refused the pipe for now: {reason}")
         raise Refused(f"server refused the pipe: {reason}")
 
     def outgoing(self, now: float, budget: int = BATCH_BYTES) -> list[bytes]:

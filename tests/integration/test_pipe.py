@@ -114,7 +114,7 @@ def test_host_name_entry_matches_by_resolution(pipes: Pipes) -> None:
 
 
 def test_refuse_when_destination_cannot_be_opened(pipes: Pipes) -> None:
-    """A destination below a regular file cannot be created: REFUSE naming it."""
+    """A destination below a regular file cannot be created: a retryable REFUSE naming it (exit 75)."""
     origin = pipes.tmp / "origin.log"
     origin.write_bytes(b"x\n")
     blocker = pipes.tmp / "blocker"
@@ -122,7 +122,7 @@ def test_refuse_when_destination_cannot_be_opened(pipes: Pipes) -> None:
     pipes.define(f"127.0.0.1:{origin} | {blocker}/sub/dest.log")
     pipes.start_server()
     result = pipes.run(pipes.client_args(origin))
-    assert result.returncode == 3
+    assert result.returncode == 75  # retryable: a supervisor starts it again later
     assert "cannot be opened" in result.stderr
     assert "Not a directory" in result.stderr
 
