@@ -191,7 +191,13 @@ class OriginGeneration:
 
     def read(self, limit: int) -> bytes:
         """Up to ``limit`` bytes from ``position`` (not advancing it)."""
-        return os.pread(self.fd, limit, self.position)
+        data = os.pread(self.fd, limit, self.position)
+        have = len(self.head)
+        if have < FINGERPRINT_BYTES and self.position <= have < self.position + len(data):
+            # Bytes we send are bytes of the head we know: the head then always covers
+            # what the server's record can name (its digest covers what landed).
+            self.head += data[have - self.position : FINGERPRINT_BYTES - self.position]
+        return data
 
     def close(self) -> None:
         if not self.closed:
