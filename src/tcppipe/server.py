@@ -37,6 +37,7 @@ from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import EXIT_TEMPFAIL, BadConfig, ConnectionLost, TcppipeError, describe_os_error, escape
 from tcppipe.logs import RateLimitedLog
+from tcppipe.pipe_server import Inadmissible, PipeServer
 from tcppipe.protocol import (
     DEFAULT_HEARTBEAT_S,
     FEATURE_PROGRESS,
@@ -53,7 +54,7 @@ from tcppipe.protocol import (
     split_range,
 )
 from tcppipe.resolver import NameCache
-from tcppipe.session import ServerSession, admit_generation
+from tcppipe.session import ServerSession
 from tcppipe.sockets import ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
 from tcppipe.tasks import TaskReaper, log_loop_errors
@@ -61,7 +62,7 @@ from tcppipe.tls import certificate_names, describe_tls_error
 from tcppipe.verify import digest_ranges
 
 if TYPE_CHECKING:
-    from tcppipe.compression import Decompressor
+    pass
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
@@ -168,10 +169,6 @@ class Unresolved(Exception):
         super().__init__(f"cannot resolve {host}: {error}; retry later")
 
 
-class Inadmissible(ProtocolError):
-    """The client's GENERATION breaks the ledger's rule (``session.admit_generation``)."""
-
-
 class PipeReceiver:
     """One streaming connection's work: GENERATION/DATA/PROGRESS into the destination,
     ACKs back; the adapter hands it events and time.
@@ -192,44 +189,18 @@ class PipeReceiver:
         on_bug: Callable[[BaseException], None],
     ) -> None:
         self.conn, self.session = conn, conn.session
-        self.dest, self.stats, self.count_lines, self.on_bug = dest, stats, count_lines, on_bug
+        self.dest, self.on_bug = dest, on_bug
+        self.core = PipeServer(conn.session, dest, stats, count_lines)
         self.loop = conn.loop
         self.ack_timer: asyncio.TimerHandle | None = None
         self.closed = False
-        self.decompressor: Decompressor | None = None
-        if FEATURE_ZSTD in self.session.features:
-            from tcppipe.compression import Decompressor  # zstandard loads only when a client asks
-
-            self.decompressor = Decompressor()
 
     def handle(self, event: Event) -> None:
         """One event from the client (called from the protocol as its bytes arrive)."""
         assert not self.closed, "event for a closed destination"
-        stats, dest = self.stats, self.dest
-        if isinstance(event, Data):
-            payload = event.payload
-            stats.wire_bytes_total += len(payload)
-            if event.flags and self.decompressor is not None:
-                payload = self.decompressor.decode(payload, event.flags)
-            dest.write(payload)
-            stats.bytes_total += len(payload)
-            stats.last_byte_at = time.time()
-            if self.count_lines:
-                stats.lines_total += bytes(payload).count(b"\n")
-        elif isinstance(event, Generation):
-            old = dest.record
-            reason = admit_generation(old, dest.landed(), event.ident, event.start)
-            if reason is not None:
-                raise Inadmissible(reason)
-            if old is None or (old.dev, old.ino) != (event.ident.dev, event.ident.ino):
-                stats.generations += 1
-                stats.rotations += old is not None
-            dest.begin_generation(event.ident, event.start)
-            self.send_ack()
-        elif isinstance(event, Progress):
-            stats.progress(event.end, event.queued)
-        else:
+        if not isinstance(event, Data | Generation | Progress):
             raise ProtocolError(f"unexpected {type(event).__name__} while streaming")  # pragma: no cover
+        self.conn.write(self.core.apply(event, self.loop.time()))
         if self.ack_timer is None:
             self.ack_timer = self.loop.call_later(ACK_DELAY_S, self._fire, self._ack_due)
 
@@ -251,9 +222,7 @@ class PipeReceiver:
     def send_ack(self, heartbeat: bool = False) -> None:
         """ACK what has landed, if that is news (or a heartbeat is due)."""
         assert not self.closed, "ACK of a closed destination"
-        landed = self.dest.landed() or 0
-        self.stats.generation_bytes = landed
-        self.conn.write(self.session.ack(landed, self.loop.time(), heartbeat))
+        self.conn.write(self.core.ack(self.loop.time(), heartbeat))
 
     async def run(self) -> None:
         """Receive until the client says goodbye (answered with a last ACK), falls silent

@@ -4,7 +4,7 @@ Rule 1: one seeded ``random.Random`` and one event heap; everything runs in
 sequence on simulated time, so a seed (and the list of actions kept) replays
 exactly. Files are real (a fresh temporary directory per schedule); the real
 ``PipeClient``, ``StatusFile``, ``Destination``, ``ServerSession`` and
-``admit_generation`` run against them. The adapters here are thin copies of
+``PipeServer`` run against them. The adapters here are thin copies of
 what ``client.py`` and ``server.py`` do with those cores.
 
 Rule 2 (the model): every write carries its generation number and a global
@@ -35,9 +35,11 @@ from tcppipe.destination import Destination, DestinationError
 from tcppipe.errors import ConnectionLost, OriginError, Refused
 from tcppipe.origin import identify
 from tcppipe.pipe_client import PipeClient
-from tcppipe.protocol import DEAD_AFTER_HEARTBEATS, Data, Generation, Hello, NeedData, ProtocolError
+from tcppipe.pipe_server import Inadmissible, PipeServer
+from tcppipe.protocol import DEAD_AFTER_HEARTBEATS, Data, Generation, Hello, NeedData, Progress, ProtocolError
 from tcppipe.server import ACK_DELAY_S, SERVER_FEATURES
-from tcppipe.session import ServerSession, admit_generation
+from tcppipe.session import ServerSession
+from tcppipe.stats import PipeStats
 
 HEARTBEAT_S = 1.0
 GRACE_S = 2.0
@@ -479,6 +481,7 @@ class ServerConn:
         self.conn = conn
         self.session = ServerSession(self.world.now, SERVER_FEATURES, HEARTBEAT_S)
         self.dest: Destination | None = None
+        self.core: PipeServer | None = None
         self.hello: Hello | None = None
         self.open = True
         self.ack_timer = False
@@ -525,22 +528,19 @@ class ServerConn:
                 return
             record, offset = self.dest.answer()
             self.send(self.session.ready(record, offset, now))
+            self.core = PipeServer(self.session, self.dest, PipeStats("sim", "sim", "sim"))
             self.world.log(f"server READY offset={offset}")
             self.world.at(now + HEARTBEAT_S, self._heartbeat)
             return
-        dest = self.dest
-        assert dest is not None
-        if isinstance(event, Generation):
-            assert self.hello is not None
-            why = admit_generation(dest.record, dest.landed(), event.ident, event.start)
-            if why is not None:
-                self.world.admission_refusals.append(why)
-                raise ProtocolError(f"GENERATION refused: {why}")
-            dest.begin_generation(event.ident, event.start)
-            self._ack()
-        elif isinstance(event, Data):
-            dest.write(event.payload)
-            self.world.dest_dirty = True
+        core = self.core
+        assert core is not None
+        if isinstance(event, Data | Generation | Progress):
+            try:
+                self.send(core.apply(event, now))
+            except Inadmissible as exc:
+                self.world.admission_refusals.append(str(exc))
+                raise
+            self.world.dest_dirty = self.world.dest_dirty or isinstance(event, Data)
         if not self.ack_timer:
             self.ack_timer = True
             self.world.at(now + ACK_DELAY_S, self._ack_timer)
@@ -550,9 +550,9 @@ class ServerConn:
         self._ack()
 
     def _ack(self, heartbeat: bool = False) -> None:
-        if not self.open or self.dest is None:
+        if not self.open or self.core is None:
             return
-        self.send(self.session.ack(self.dest.landed() or 0, self.world.now, heartbeat))
+        self.send(self.core.ack(self.world.now, heartbeat))
 
     def _heartbeat(self) -> None:
         if not self.open:

@@ -23,6 +23,7 @@ PURE = [
     "progress",
     "session",
     "pipe_client",
+    "pipe_server",
     "checkpoint",
 ]
 FORBIDDEN = {
