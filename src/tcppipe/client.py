@@ -253,11 +253,8 @@ class Client:
         """Notice growth, a replaced or truncated FILE, a SIGHUP; open and watch each new generation."""
         now = time.monotonic()
         before = len(self.core.tailer.gens)
-        if self.hup_pending:
-            self.hup_pending = False
-            self.core.request_hup(now)
-        else:
-            self.core.follow(now)
+        hup, self.hup_pending = self.hup_pending, False
+        self.core.follow(now, hup)
         self._log_notices()
         if self.watcher is not None:
             for gen in self.core.tailer.gens:

@@ -89,11 +89,12 @@ class PipeClient:
         """Open FILE (OriginError if it cannot be read)."""
         self.tailer.open(now)
 
-    def follow(self, now: float) -> None:
-        self.tailer.follow(now)
-
-    def request_hup(self, now: float) -> None:
-        self.tailer.request_hup(now)
+    def follow(self, now: float, hup: bool = False) -> None:
+        """The file side's work on every file event and tick; ``hup``: a SIGHUP came."""
+        if hup:
+            self.tailer.request_hup(now)
+        else:
+            self.tailer.follow(now)
 
     # -- the connection side -----------------------------------------------------
 

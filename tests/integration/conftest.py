@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.proxy import Proxy
+
 BIN = Path(sys.executable).parent
 DEFAULT_WAIT_S = 20.0
 
@@ -278,6 +280,15 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=DEFAULT_WAIT_S)
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
 @pytest.fixture
 def pipes(tmp_path: Path) -> Iterator[Pipes]:
     world = Pipes(tmp_path, SyslogSink(tmp_path / "syslog.sock"))
@@ -285,3 +296,13 @@ def pipes(tmp_path: Path) -> Iterator[Pipes]:
         yield world
     finally:
         world.cleanup()
+
+
+@pytest.fixture
+def proxied(pipes: Pipes) -> Iterator[tuple[Pipes, Proxy]]:
+    """The test's world and a relay in front of its server."""
+    proxy = Proxy(pipes.port)
+    try:
+        yield pipes, proxy
+    finally:
+        proxy.close()

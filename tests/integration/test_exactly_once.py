@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,15 +25,6 @@ from tests.integration.test_network import client_via
 from tests.integration.test_restart import numbered_lines
 
 LINE = re.compile(rb"line (\d{8}) ")
-
-
-@pytest.fixture
-def proxied(pipes: Pipes) -> Iterator[tuple[Pipes, Proxy]]:
-    proxy = Proxy(pipes.port)
-    try:
-        yield pipes, proxy
-    finally:
-        proxy.close()
 
 
 def line_numbers(data: bytes) -> list[int]:

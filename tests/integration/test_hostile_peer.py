@@ -19,7 +19,7 @@ import pytest
 from tcppipe.protocol import MAX_DATA_BYTES, FrameType
 from tcppipe.session import MAX_HELLO_BYTES
 from tests.integration.certs import Authority
-from tests.integration.conftest import Pipes, wait_until
+from tests.integration.conftest import Pipes, rss_mb, wait_until
 
 CONNECTIONS = 4000
 SOURCES = 20
@@ -35,14 +35,6 @@ SHAPES: dict[str, list[bytes]] = {
     "half-hello": [struct.pack("!BBII", FrameType.HELLO, 0, MAX_HELLO_BYTES, 0) + b"{" * (MAX_HELLO_BYTES // 2)],
     "tls-no-handshake": [],
 }
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @contextlib.contextmanager

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.integration.conftest import Pipes, SyslogSink, free_port, same_bytes, size, wait_until
 from tests.integration.proxy import Proxy
 from tests.integration.test_restart import Writer
-
-
-@pytest.fixture
-def proxied(pipes: Pipes) -> Iterator[tuple[Pipes, Proxy]]:
-    proxy = Proxy(pipes.port)
-    try:
-        yield pipes, proxy
-    finally:
-        proxy.close()
 
 
 def client_via(pipes: Pipes, proxy: Proxy, origin: Path, *extra: str) -> list[str]:

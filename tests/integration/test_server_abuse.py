@@ -13,16 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from tcppipe.protocol import FrameType, Generation, GenerationId, Hello, data_header, encode
-from tests.integration.conftest import Pipes, same_bytes, size, stop, wait_until
+from tests.integration.conftest import Pipes, rss_mb, same_bytes, size, stop, wait_until
 from tests.integration.test_restart import Writer
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def connect(pipes: Pipes, source: str = "127.0.0.1") -> socket.socket:

@@ -339,11 +339,8 @@ class ClientProc:
             return  # emulates the old client: the file side ran only in the send loop
         now = self.world.now
         before = len(self.core.tailer.gens)
-        if self.hup_pending:
-            self.hup_pending = False
-            self.core.request_hup(now)
-        else:
-            self.core.follow(now)
+        hup, self.hup_pending = self.hup_pending, False
+        self.core.follow(now, hup)
         self.world.notes(self.core.take_notices())
         self.world.mark_held(self.core)
         self.save_status()

@@ -107,7 +107,7 @@ def test_a_queued_generation_resumes_from_byte_0_after_a_reset(tmp_path: Path) -
     world.connect()
     world.send()
     world.rotate("app.log.1")
-    world.client.request_hup(world.now)
+    world.client.follow(world.now, hup=True)
     world.write(b"new generation, first line\n")
     world.send(deliver=False)  # GENERATION(new, 0) and its DATA are lost with the connection
     world.cut()
@@ -125,11 +125,11 @@ def test_rotations_while_connecting_are_all_followed(tmp_path: Path) -> None:
     world.send()
     world.cut()
     world.rotate("app.log.2")
-    world.client.request_hup(world.now)
+    world.client.follow(world.now, hup=True)
     world.write(b"two\n")
     world.client.follow(world.now)
     world.rotate("app.log.1")
-    world.client.request_hup(world.now)
+    world.client.follow(world.now, hup=True)
     world.write(b"three\n")
     world.connect()
     for _ in range(5):
