@@ -22,6 +22,11 @@ from tcppipe.protocol import DATA_ZSTD, MAX_DATA_BYTES, ProtocolError
 LEVEL: Final = 1
 # Below this a payload is sent as it is: zstd's frame overhead eats the gain.
 MIN_COMPRESS_BYTES: Final = 256
+# A DATA payload may inflate at most this many times (log text compresses 5-20x,
+# one line repeated a thousand times about 500x; beyond the cap a payload is sent
+# as it is). Without a cap 63 wire bytes became 1 MiB on disk: a 16,644x
+# amplification of a peer's bytes.
+MAX_INFLATION: Final = 1024
 
 
 class Compressor:
@@ -32,7 +37,7 @@ class Compressor:
         """The wire payload for ``data`` and the DATA flags that say how it is encoded."""
         if len(data) >= MIN_COMPRESS_BYTES:
             packed = self._zstd.compress(data)
-            if len(packed) < len(data):
+            if len(packed) < len(data) and len(data) <= MAX_INFLATION * len(packed):
                 return packed, DATA_ZSTD
         return data, 0
 
@@ -51,6 +56,10 @@ class Decompressor:
             raise ProtocolError(f"compressed DATA has no valid zstd frame header: {exc}") from None
         if not 0 <= size <= MAX_DATA_BYTES:
             raise ProtocolError("compressed DATA would inflate beyond the DATA frame limit")
+        if size > MAX_INFLATION * len(payload):
+            raise ProtocolError(
+                f"compressed DATA would inflate {size // max(len(payload), 1)}x (at most {MAX_INFLATION}x)"
+            )
         try:
             data: bytes = self._zstd.decompress(payload, max_output_size=MAX_DATA_BYTES)
         except zstandard.ZstdError as exc:

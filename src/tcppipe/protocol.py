@@ -339,12 +339,17 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
             raise ProtocolError(f"heartbeat_s must be between {MIN_HEARTBEAT_S} and {MAX_HEARTBEAT_S} seconds")
         return Hello(path, features, float(heartbeat), purpose, body.get("restart") is True)
     if kind is FrameType.READY:
-        raw = body.get("record")
-        record = None if raw is None else GenerationId.from_json(raw)
-        offset = None if body.get("offset") is None else _int_field(body, "offset")
+        try:
+            raw = body.get("record")
+            record = None if raw is None else GenerationId.from_json(raw)
+            offset = None if body.get("offset") is None else _int_field(body, "offset")
+            first = None if body.get("first") is None else _int_field(body, "first")
+        except ProtocolError:
+            # A record we cannot read (an absurd offset) is no record: the pipe goes on from
+            # the client's own status file instead of reconnecting for ever on it.
+            record, offset, first = None, None, None
         if (record is None) != (offset is None):
-            raise ProtocolError("READY has a record without an offset or the reverse")
-        first = None if body.get("first") is None else _int_field(body, "first")
+            record, offset = None, None
         return Ready(record, offset, _features(body), first)
     if kind is FrameType.REFUSE:
         return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES), body.get("retry") is True)

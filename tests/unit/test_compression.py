@@ -46,3 +46,18 @@ def test_damaged_frames_are_protocol_errors(damage: str) -> None:
         payload = b"not a zstd frame at all"
     with pytest.raises(ProtocolError):
         Decompressor().decode(payload, DATA_ZSTD)
+
+
+def test_a_frame_that_inflates_too_many_times_is_refused() -> None:
+    """Issue 11: 63 wire bytes inflating to 1 MiB are refused; the compressor never sends such a frame."""
+    bomb = zstandard.ZstdCompressor(write_content_size=True).compress(b"\0" * MAX_DATA_BYTES)
+    assert len(bomb) < 200
+    with pytest.raises(ProtocolError, match="inflate"):
+        Decompressor().decode(bomb, DATA_ZSTD)
+    payload, flags = Compressor().encode(b"\0" * MAX_DATA_BYTES)
+    assert flags == 0  # too compressible: sent as it is
+    assert len(payload) == MAX_DATA_BYTES
+    text = b"".join(b"GET /item/%d 200 %d\n" % (n, n * 7 % 5000) for n in range(20_000))
+    payload, flags = Compressor().encode(text)
+    assert flags == DATA_ZSTD
+    assert Decompressor().decode(payload, flags) == text

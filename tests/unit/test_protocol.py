@@ -153,7 +153,6 @@ def test_oversized_frame_is_refused_from_its_header(kind: FrameType, limit: int)
         control(FrameType.HELLO, b'{"version":1,"path":7}'),
         control(FrameType.HELLO, b'{"version":1,"path":"/x","heartbeat_s":0}'),
         control(FrameType.HELLO, b'{"version":1,"path":"/x","heartbeat_s":"15"}'),
-        control(FrameType.READY, b'{"offset":1,"record":null}'),
         control(FrameType.GENERATION, b'{"ident":{"dev":1,"ino":2,"fp_len":0,"fp_sha256":"zz"},"start":0}'),
         control(FrameType.ACK, b'{"generations":-1,"offset":0}'),
         control(FrameType.ACK, b'{"generations":true,"offset":0}'),
@@ -301,3 +300,18 @@ def test_split_range_covers_the_range_in_order(start: int, length: int, parts: i
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert len(ranges) <= parts
     assert length == 0 or all(b > a for a, b in ranges)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"offset":1,"record":null}',
+        b'{"offset":18446744073709551616,"record":{"dev":1,"ino":2,"fp_len":0,"fp_sha256":"' + b"ab" * 32 + b'"}}',
+        b'{"offset":-1,"record":{"dev":1,"ino":2,"fp_len":0,"fp_sha256":"' + b"ab" * 32 + b'"}}',
+    ],
+)
+def test_a_ready_whose_record_cannot_be_read_is_no_record(body: bytes) -> None:
+    """Issue 11 #4: an absurd record in READY is taken as none, instead of wedging the pipe for ever."""
+    decoder = Decoder()
+    decoder.feed(control(FrameType.READY, body))
+    assert decoder.next_event() == Ready(None, None)
