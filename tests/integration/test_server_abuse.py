@@ -8,6 +8,7 @@ import json
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -198,3 +199,20 @@ def test_ack_timer_never_outlives_its_destination(pipes: Pipes) -> None:
     assert "Traceback" not in stderr
     assert all("internal error" not in line for line in pipes.syslog.drain())
     assert dest.exists()
+
+
+def test_a_hello_path_cannot_forge_or_drop_log_lines(pipes: Pipes) -> None:
+    """Issue 11 #7: a HELLO path with a newline, ESC and a lone surrogate is logged as one escaped line."""
+    pipes.start_server()
+    body = b'{"version":1,"path":"/x\\ntcppiped[1]: forged line \\u001b[2J \\udcff","features":[],"purpose":"pipe"}'
+    wire = struct.pack("!BBII", FrameType.HELLO, 0, len(body), zlib.crc32(body)) + body
+    with connect(pipes) as s:
+        s.sendall(wire)
+        assert closed_by_server(s)
+    line = pipes.syslog.wait_for("REFUSE")
+    forged = [m for m in pipes.syslog.drain() if "forged" in m]
+    assert forged == [line]
+    assert "\\n" in line
+    assert "\\x1b" in line
+    assert "\x1b" not in line
+    assert "\\udcff" in line
