@@ -1,15 +1,23 @@
 """Prometheus metrics for tcppiped (``--metrics ADDR:PORT``, opt-in).
 
 Rule 1: nothing on the hot path. A collector reads ``ServerStats`` when the
-endpoint is scraped (prometheus_client's HTTP thread); the event loop only
-ever updates plain counters.
+endpoint is scraped; the event loop only ever updates plain counters.
+
+Rule 2: the endpoint is served from the event loop (``generate_latest`` on a
+plain asyncio server), not from prometheus_client's threaded server, where
+2,000 half-sent requests held 2,002 threads: each request has
+``REQUEST_TIMEOUT_S`` to arrive, at most ``MAX_REQUEST_BYTES``, and at most
+``MAX_CONNECTIONS`` are served at once (more are closed at once).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
+from typing import Final
 
-from prometheus_client import start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -62,8 +70,46 @@ class ServerCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
 
 
-def serve_metrics(host: str, port: int, stats: ServerStats) -> None:
-    """Start the scrape endpoint in a daemon thread (OSError if the address is taken)."""
+REQUEST_TIMEOUT_S: Final = 5.0
+MAX_REQUEST_BYTES: Final = 8 * 1024
+MAX_CONNECTIONS: Final = 16
+
+
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def serve_metrics(host: str, port: int, stats: ServerStats) -> asyncio.AbstractServer:
+    """Serve ``GET /metrics`` on the running loop (OSError if the address is taken)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(stats))
-    start_http_server(port, addr=host, registry=registry)
+    open_now = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        open_now += 1
+        try:
+            if open_now > MAX_CONNECTIONS:
+                return
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                request = await reader.readuntil(b"\r\n\r\n")
+                method, target, _version = request.split(b"\r\n", 1)[0].split(b" ", 2)
+                if method != b"GET":
+                    writer.write(_response("405 Method Not Allowed", b"GET only\n"))
+                elif target.split(b"?", 1)[0] != b"/metrics":
+                    writer.write(_response("404 Not Found", b"see /metrics\n"))
+                else:
+                    writer.write(_response("200 OK", generate_latest(registry), CONTENT_TYPE_LATEST))
+                await writer.drain()
+        except (TimeoutError, ValueError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a slow, broken or oversized request gets nothing
+        finally:
+            open_now -= 1
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_BYTES)

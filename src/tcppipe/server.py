@@ -378,6 +378,7 @@ class Server:
     resolver: NameCache = field(init=False)
     digests: ThreadPoolExecutor = field(init=False)
     digest_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    metrics_server: asyncio.AbstractServer | None = None
 
     def __post_init__(self) -> None:
         self.resolver = NameCache(self.log)
@@ -804,6 +805,8 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
             controller.close()
             with contextlib.suppress(OSError):
                 os.unlink(control.control_path(opts.state_dir, opts.port))
+        if server.metrics_server is not None:
+            server.metrics_server.close()
         signals.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await signals
@@ -834,7 +837,7 @@ async def _open_control_and_metrics(server: Server) -> asyncio.AbstractServer | 
     from tcppipe.metrics import serve_metrics  # prometheus_client loads only with --metrics
 
     try:
-        serve_metrics(opts.metrics[0], opts.metrics[1], server.stats)
+        server.metrics_server = await serve_metrics(opts.metrics[0], opts.metrics[1], server.stats)
     except OSError as exc:
         server.log.error(
             "cannot serve metrics on %s: %s; serving the pipes without metrics",

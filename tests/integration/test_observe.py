@@ -251,3 +251,39 @@ def test_a_destination_that_cannot_be_opened_shows_refused_on_both_sides(pipes: 
     dest.parent.unlink()
     parked.rename(dest.parent)
     wait_until(lambda: same_bytes(origin, dest), timeout=30, what="the pipe to flow again")
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_half_sent_metrics_requests_hold_no_threads(pipes: Pipes) -> None:
+    """Issue 11: 200 half-sent scrapes create no thread, and a real scrape is still answered."""
+    metrics_port = free_port()
+    server = pipes.start_server("--metrics", f"127.0.0.1:{metrics_port}")
+    before = threads_of(server.pid)
+    hanging = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", metrics_port), timeout=5)
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
+            hanging.append(s)
+        assert threads_of(server.pid) <= before + 1
+        for s in hanging[:16]:
+            s.close()
+        wait_until(lambda: _scrapes(metrics_port), what="a scrape answered beside the hanging requests")
+        assert threads_of(server.pid) <= before + 1
+    finally:
+        for s in hanging:
+            s.close()
+
+
+def _scrapes(port: int) -> bool:
+    try:
+        return "tcppiped_connections_open" in scrape(port)
+    except OSError:
+        return False
