@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from tcppipe import __version__
-from tcppipe.daemon import Detacher
+from tcppipe.daemon import Detacher, catch_early_signals
 from tcppipe.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -510,12 +510,12 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         return client_status_main(args_list[1:])
     if args_list[:1] == ["verify"]:
         return verify_main(args_list[1:])
+    catch_early_signals()  # before the slow imports: a SIGTERM now must still stop us cleanly
     # Each program imports only its own half: start-up time is part of every catch-up.
-    from tcppipe.client import ClientOptions, catch_early_hup, run_client
+    from tcppipe.client import ClientOptions, run_client
 
     program = _Program("tcppipe")
     lock: HeldLock | None = None
-    catch_early_hup()
     try:
         args = client_parser().parse_args(args_list)
         key = PipeKey.from_options(args.file, args.host, args.port)

@@ -24,10 +24,11 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+from tcppipe import daemon
 from tcppipe.checkpoint import StatusFile, load_history
 from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable, UsageError, describe_os_error
 from tcppipe.origin import OriginGeneration, find_generation, matches, open_origin
@@ -66,19 +67,10 @@ DIGEST_TIMEOUT_S: Final = 600.0
 MAX_VERIFY_ROUNDS: Final = 32
 
 
+T = TypeVar("T")
+
 # How a connection ends without a bug: the connection loop handles each.
 CONNECTION_ENDS: Final = (ConnectionLost, ProtocolError, OSError, TimeoutError, TcppipeError)
-
-_early_hups: list[int] = []
-
-
-def catch_early_hup() -> None:
-    """Record a SIGHUP that arrives before the event loop handles signals.
-
-    The default action would end the process; logrotate may send HUP as soon
-    as ``tcppipe -I`` finds the new pid. ``Client.run`` replays it.
-    """
-    signal.signal(signal.SIGHUP, lambda signum, frame: _early_hups.append(signum))
 
 
 class Backoff:
@@ -187,6 +179,7 @@ class Client:
         self.file_event = asyncio.Event()
         self.send_event = asyncio.Event()
         self.stopping = False
+        self.stop_event = asyncio.Event()
         self.hup_pending = False
         self.watcher: Watcher | None = None
         self.last_byte_at: float | None = None
@@ -200,6 +193,7 @@ class Client:
 
     def request_stop(self) -> None:
         self.stopping = True
+        self.stop_event.set()
         self.file_event.set()
         self.send_event.set()
 
@@ -215,9 +209,12 @@ class Client:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_hup)
-        if _early_hups:
-            _early_hups.clear()
-            self.request_hup()
+        for signum in daemon.early_signals:
+            if signum == signal.SIGHUP:
+                self.request_hup()
+            else:
+                self.request_stop()
+        daemon.early_signals.clear()
         self.core.start(time.monotonic())
         self.watcher = Watcher(self.opts.key.path, self.file_event.set, self.log)
         self._follow_files()
@@ -272,7 +269,7 @@ class Client:
         while not self.stopping:
             first = not self.core.established
             try:
-                reader, writer = await self._connect()
+                connected = await self._unless_stopped(self._connect())
             except OSError as exc:
                 reason = describe(exc)
                 if first:
@@ -282,6 +279,9 @@ class Client:
                 self.say(logging.WARNING, "cannot connect (%s); retrying in %.1f s", reason, delay)
                 await self._sleep(delay)
                 continue
+            if connected is None:
+                return  # stopped while connecting
+            reader, writer = connected
             try:
                 await self._session(reader, writer)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
@@ -302,6 +302,22 @@ class Client:
                 await close_writer(writer)
             backoff.reset()
 
+    async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """``work``'s result, or None if a SIGTERM/SIGINT came first (``work`` is then cancelled):
+        connecting and the handshake are bounded, but a stop must not wait for them."""
+        task = asyncio.ensure_future(work)
+        stopped = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            return None
+        return task.result()
+
     async def _sleep(self, delay: float) -> None:
         """Wait out a back-off (the file side goes on in its own task)."""
         with contextlib.suppress(TimeoutError):
@@ -318,10 +334,16 @@ class Client:
         core = self.core
         first = not core.established
         writer.write(core.connect(time.monotonic()))
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-            while not core.streaming:
-                data = await _read(reader)
-                core.receive(data, time.monotonic())
+
+        async def handshake() -> bool:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                while not core.streaming:
+                    data = await _read(reader)
+                    core.receive(data, time.monotonic())
+            return True
+
+        if await self._unless_stopped(handshake()) is None:
+            return  # stopped during the handshake: nothing was sent yet
         resumed = core.resumed
         if resumed is not None:
             self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)

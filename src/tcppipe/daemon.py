@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 
 
@@ -72,3 +73,18 @@ def _detach_stdio() -> None:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
+
+
+# Signals that came before the event loop could handle them, in order (replayed by the client).
+early_signals: list[int] = []
+
+
+def catch_early_signals() -> None:
+    """Record SIGHUP, SIGTERM and SIGINT that arrive before the event loop handles signals.
+
+    Their default action would end the process mid-start (a supervisor's SIGTERM, or
+    logrotate's HUP as soon as ``tcppipe -I`` finds the new pid); ``Client.run``
+    replays them: a HUP follows FILE, a TERM or INT stops cleanly with status 0.
+    """
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: early_signals.append(number))

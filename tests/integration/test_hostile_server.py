@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -64,7 +65,8 @@ class Impostor:
                     break
                 if isinstance(event, Hello) and not answered:
                     self.hello, answered = event, True
-                    conn.sendall(self.answer)
+                    if self.answer:
+                        conn.sendall(self.answer)
                 elif isinstance(event, Data):
                     self.received += bytes(event.payload)
 
@@ -118,3 +120,33 @@ def test_a_servers_reason_cannot_forge_log_lines(pipes: Pipes, tmp_path: Path) -
         assert not any("\x1b" in m for m in messages)
     finally:
         impostor.close()
+
+
+def test_sigterm_during_the_handshake_stops_at_once(pipes: Pipes, tmp_path: Path) -> None:
+    """SIGTERM while a server that never answers holds the handshake: exit 0 at once, not after 15 s."""
+    origin = tmp_path / "app.log"
+    origin.write_bytes(b"x\n")
+    silent = Impostor(b"")
+    try:
+        pipes.port = silent.port
+        proc = pipes.start_client(origin)
+        wait_until(lambda: silent.hello is not None, what="the client's HELLO")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0, pipes.stderr_of(proc)
+    finally:
+        silent.close()
+
+
+def test_sigterm_at_start_is_a_clean_stop() -> None:
+    """A SIGTERM before the event loop handles signals is kept and replayed, not the default death."""
+    from tcppipe import daemon
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.catch_early_signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: signal.SIGTERM in daemon.early_signals, what="the early SIGTERM recorded")
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        daemon.early_signals.clear()
