@@ -1,12 +1,19 @@
-"""tcppipe's asyncio adapter: connect, handshake, send, reconnect.
+"""tcppipe's asyncio adapter: a file-side task, and connect, handshake, send, reconnect.
 
-Rule 1: thin. What to send and where to resume is ``tailer.py``'s decision;
-the wire format is ``protocol.py``'s. This file moves bytes and waits.
+Rule 1: thin. What to send and where to resume is ``pipe_client.py``'s
+decision (over ``tailer.py`` and ``session.py``); this file moves bytes, time
+and descriptors, and waits.
 
-Rule 2: signal handlers only set flags and wake the send loop; the loop does
-the work, so repeated signals coalesce harmlessly.
+Rule 2: two tasks per pipe. The file side (``_file_side``) follows FILE on
+every inotify event and -t tick, whatever the connection is doing; the
+connection loop connects, hands the core what arrives and writes what it
+returns. Both run on one event loop, so the core needs no lock.
 
-Rule 3: before the first READY every failure ends the program with its exit
+Rule 3 (signals): handlers only set flags and wake the tasks; the tasks do
+the work, so repeated signals coalesce harmlessly. A stop ends a connect or a
+handshake at once; while streaming it says goodbye first.
+
+Rule 4: before the first READY every failure ends the program with its exit
 status; after it, a lost connection is retried forever with capped back-off,
 and only a REFUSE (the pipe was removed) ends it.
 """

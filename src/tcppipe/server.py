@@ -1,7 +1,8 @@
 """tcppiped's asyncio adapter: accept, handshake, append, reload, stop.
 
-Rule 1: thin. Who may send what where is ``config.py``'s decision; how bytes
-land and are counted is ``destination.py``'s; the wire is ``protocol.py``'s.
+Rule 1: thin. Who may send what where is ``config.py``'s decision; what may
+be said when is ``session.py``'s; how bytes land and are admitted is
+``pipe_server.py``'s and ``destination.py``'s.
 
 Rule 2: one task per connection, tracked in a set; one pipe's failure never
 touches another (no shared TaskGroup). A pipe has at most one live
