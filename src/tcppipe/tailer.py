@@ -263,8 +263,16 @@ class Tailer:
             # generation must also match the server's record, whose head may be longer.
             found = find_generation(directory, entry.ident, entry.igen)
             if found is not None and i == 0 and not matches(record, found[1]):
-                os.close(found[1])
-                found = None
+                # Our record of it (a head shorter than the server's) names a file that is not
+                # what landed: the recorded bytes are gone (copytruncate put new ones in the
+                # inode), and the file there is the next generation, ours, from byte 0.
+                self.gone_record = entry
+                self.notices.append(
+                    f"generation inode {entry.ident.ino} holds other bytes than those that landed:"
+                    " the rest of the recorded generation is lost; its successor in the inode goes next"
+                )
+                adopted.append(OriginGeneration.adopt(found[0], found[1], now))
+                continue
             if found is None and i == 0:
                 self.gone_record = entry
             if found is None:
