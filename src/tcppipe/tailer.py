@@ -273,18 +273,15 @@ class Tailer:
                 )
                 adopted.append(OriginGeneration.adopt(found[0], found[1], now))
                 continue
-            if found is None and i == 0:
-                self.gone_record = entry
             if found is None:
-                tail = entry.size is not None and i == 0
-                lost = (
-                    f"{max(0, (entry.size or 0) - offset)} bytes"
-                    if tail
-                    else (f"{entry.size} bytes" if entry.size is not None else "its bytes")
-                )
-                what = "its unsent tail" if i == 0 else "all of it"
+                if i == 0:
+                    self.gone_record = entry
+                    what, size = "its unsent tail", None if entry.size is None else max(0, entry.size - offset)
+                else:
+                    what, size = "all of it", entry.size
+                amount = "an unknown number of bytes" if size is None else f"{size} bytes"
                 self.notices.append(
-                    f"generation inode {entry.ident.ino} is gone from {directory}: {what} is lost ({lost})"
+                    f"generation inode {entry.ident.ino} is gone from {directory}: {what} is lost ({amount})"
                 )
                 continue
             adopted.append(OriginGeneration.adopt(found[0], found[1], now))
