@@ -416,7 +416,7 @@ class Client:
                     await writer.drain()
                 # Let the file side and the receiver run between batches of a long catch-up.
                 await asyncio.sleep(0)
-                if len(frames) > 2:
+                if core.more:
                     continue
             timeout = self.opts.interval_s
             wakeup = core.next_wakeup(time.monotonic())

@@ -76,6 +76,7 @@ class PipeClient:
         self.bytes_sent = 0
         self.wire_bytes = 0
         self.sent_any = False
+        self.more = False
         self._progress_sent: tuple[int, int] | None = None
         self._progress_at = float("-inf")
         # What an earlier run recorded and this one does not hold, but a restart still needs:
@@ -191,6 +192,8 @@ class PipeClient:
             sent += len(data)
         if sent:
             self.sent_any = True
+        # The budget ran out before the backlog did: the caller comes back at once.
+        self.more = sent >= budget
         progress = self._progress(now)
         if progress is not None:
             frames.append(session.send_progress(*progress, now))

@@ -121,9 +121,6 @@ class Tailer:
         """Generations waiting behind the one being sent."""
         return len(self.gens) - 1 - self.gens.index(self.sending)
 
-    def held(self) -> list[OriginGeneration]:
-        return list(self.gens)
-
     # -- the file side -----------------------------------------------------------
 
     def follow(self, now: float) -> None:

@@ -423,7 +423,7 @@ class ClientProc:
                 return
             for frame in frames:
                 self.conn.send(self.conn.up, frame)
-            if len(frames) <= 2:
+            if not self.core.more:
                 break
         self.world.notes(self.core.take_notices())
         self.save_status()
