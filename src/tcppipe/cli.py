@@ -457,7 +457,7 @@ def verify_main(argv: Sequence[str]) -> int:
         args = verify_parser().parse_args(argv)
         key = PipeKey.from_options(args.file, args.host, args.port)
         tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
-        from tcppipe.client import verify_pipe
+        from tcppipe.verify_client import verify_pipe
 
         exact, message = asyncio.run(verify_pipe(key, args.bind, tls))
         print(message)

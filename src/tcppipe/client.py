@@ -37,31 +37,20 @@ from typing import Any, Final, TypeVar
 
 from tcppipe import daemon
 from tcppipe.checkpoint import StatusFile, load_history
-from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable, UsageError, describe_os_error
-from tcppipe.origin import OriginGeneration, find_generation, matches, open_origin
+from tcppipe.errors import ConnectionLost, TcppipeError, Unreachable, UsageError, describe_os_error
+from tcppipe.origin import OriginGeneration
 from tcppipe.pipe_client import PipeClient
 from tcppipe.progress import CatchUp
 from tcppipe.protocol import (
     DEAD_AFTER_HEARTBEATS,
     DEFAULT_HEARTBEAT_S,
     MAX_DATA_BYTES,
-    PURPOSE_VERIFY,
-    Digest,
-    GenerationId,
-    Hello,
-    NeedData,
     ProtocolError,
-    Ready,
-    Refuse,
-    Verify,
-    split_range,
 )
-from tcppipe.session import Acked, ClientSession
 from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import describe_tls_error
-from tcppipe.verify import Bisector, ChangedWhileVerifying, digest_ranges
 
 CONNECT_TIMEOUT_S: Final = 10.0
 # --privileged-port picks a free source port in this range (as rsh and NFS clients do).
@@ -69,9 +58,6 @@ PRIVILEGED_PORTS: Final = (600, 1024)
 MAX_PORT_TRIES: Final = 64
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 GOODBYE_TIMEOUT_S: Final = 5.0
-# The server hashes up to the whole destination for one answer.
-DIGEST_TIMEOUT_S: Final = 600.0
-MAX_VERIFY_ROUNDS: Final = 32
 
 
 T = TypeVar("T")
@@ -519,82 +505,3 @@ def describe(exc: BaseException) -> str:
 async def run_client(opts: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]) -> None:
     """Run one pipe until stopped (returns) or until it cannot go on (raises TcppipeError)."""
     await Client(opts, logger, on_ready).run()
-
-
-async def verify_pipe(key: PipeKey, bind: str | None, tls: ssl.SSLContext | None) -> tuple[bool, str]:
-    """Compare what the destination holds of its current generation with the
-    origin's bytes: (exact, what to print)."""
-    try:
-        reader, writer = await connect(key, bind, tls)
-    except OSError as exc:
-        raise Unreachable(f"cannot connect to {key.host} port {key.port}: {describe(exc)}") from None
-    fd = -1
-    session: ClientSession[None] = ClientSession(Hello(key.path, purpose=PURPOSE_VERIFY), time.monotonic())
-
-    async def answer(timeout_s: float) -> Ready | Refuse | Digest:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                event = session.next_event()
-                if event is None:
-                    raise ConnectionLost("server closed the connection")
-                if not isinstance(event, NeedData):
-                    assert not isinstance(event, Acked)  # a verifying session announces nothing
-                    return event
-                session.receive(await _read(reader), time.monotonic())
-
-    try:
-        tune(writer)
-        writer.write(session.start(time.monotonic()))
-        ready = await answer(HANDSHAKE_TIMEOUT_S)
-        if isinstance(ready, Refuse):
-            raise Refused(f"server refused: {ready.reason}")
-        if not isinstance(ready, Ready):
-            raise ProtocolError(f"expected READY or REFUSE, got {type(ready).__name__}")
-        if ready.record is None or ready.offset is None:
-            return False, "nothing to verify: tcppiped has no record of this pipe yet"
-        record, first, end = ready.record, ready.first or 0, ready.offset
-        found = _find_origin(key.path, record)
-        if found is None:
-            return False, (
-                f"the generation the destination holds (inode {record.ino}) is neither {key.path} "
-                "nor beside it any more (rotated away?)"
-            )
-        path, fd = found
-        size = os.fstat(fd).st_size
-        bisector = Bisector(first, min(end, size))
-        for _ in range(MAX_VERIFY_ROUNDS):
-            request = bisector.request()
-            if request is None:
-                break
-            writer.write(session.send_verify(Verify(*request), time.monotonic()))
-            reply = await answer(DIGEST_TIMEOUT_S)
-            if not isinstance(reply, Digest):
-                raise ProtocolError(f"expected DIGEST, got {type(reply).__name__}")
-            ours = await asyncio.to_thread(digest_ranges, fd, split_range(*request))
-            bisector.answer(reply.digests, ours)
-        if bisector.differs_at is not None:
-            held = f"the destination holds bytes {first}..{end}"
-            return False, f"differs at byte {bisector.differs_at} of {path} ({held})"
-        if size < end:
-            return False, f"differs at byte {size}: the destination holds {end - size} bytes more than {path} has"
-        where = f"bytes {first}..{end} of {path}" + ("" if path == key.path else f" (rotated from {key.path})")
-        pending = f"; {size - end} bytes of the origin not landed yet" if size > end else ""
-        return True, f"exact: {end - first} bytes ({where}){pending}"
-    except ChangedWhileVerifying as exc:
-        return False, f"cannot tell: {exc}"
-    except (ConnectionLost, OSError, TimeoutError) as exc:
-        raise Unreachable(f"verify with {key.host} failed: {describe(exc)}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        await close_writer(writer)
-
-
-def _find_origin(path: str, record: GenerationId) -> tuple[str, int] | None:
-    """FILE if it is the recorded generation, else the file beside it that is."""
-    with contextlib.suppress(OSError, TcppipeError):
-        fd = open_origin(path)
-        if matches(record, fd):
-            return path, fd
-        os.close(fd)
-    return find_generation(os.path.dirname(path) or "/", record)

@@ -17,6 +17,14 @@ generation's first bytes are in dest.1); the sidecar also names the
 destination's inode, so a destination replaced behind our back invalidates the
 record instead of silently shifting it.
 
+Rule 3b (the journal): the sidecar also lists, oldest first, the spans of
+earlier generations this destination file holds (``Span``: the generation,
+its base, and the destination offset where it stopped), so that ``tcppipe
+verify`` can check every byte the file holds, not only the current
+generation's. A span is added when a generation gives way to the next; a new
+destination file (rotated here) starts an empty journal. At most
+``MAX_JOURNAL_SPANS`` are kept; ``earlier`` counts those dropped.
+
 Rule 4 (where bytes may go): tcppiped runs as root, and a destination path
 must never lead it elsewhere. The path is walked from ``/`` one component at a
 time, each opened relative to the one above with ``O_NOFOLLOW``: no symbolic
@@ -41,7 +49,7 @@ import hashlib
 import os
 import posixpath
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeGuard
 
 from tcppipe import state
@@ -67,6 +75,9 @@ def record_path(state_dir: str, local: str) -> str:
     return os.path.join(state_dir, "tcppiped", f"{digest}.json")
 
 
+# Spans of earlier generations kept per destination file (a daily rotation for three
+# months); a READY listing them all stays far below the control-frame limit.
+MAX_JOURNAL_SPANS = 100
 MAX_RECORD_OFFSET = 2**62  # far beyond any file: a record past it is corrupt or forged
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -256,6 +267,41 @@ def _plausible_base(base: object) -> TypeGuard[int]:
     return isinstance(base, int) and not isinstance(base, bool) and -MAX_RECORD_OFFSET < base < MAX_RECORD_OFFSET
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Bytes of one origin generation in the destination file: origin byte ``o`` of
+    ``record`` is destination byte ``base + o``, for ``o`` in [``first``, ``end``)."""
+
+    record: GenerationId
+    base: int
+    first: int
+    end: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"record": self.record.to_json(), "base": self.base, "stop": self.base + self.end}
+
+
+def _load_journal(raw: object, size: int) -> list[Span] | None:
+    """The journal as recorded, or None if it is not one this file could hold (Rule 3b)."""
+    if not isinstance(raw, list) or len(raw) > MAX_JOURNAL_SPANS:
+        return None
+    spans: list[Span] = []
+    at = 0
+    for item in raw:
+        if not isinstance(item, dict):
+            return None
+        base, stop = item.get("base"), item.get("stop")
+        try:
+            record = GenerationId.from_json(item.get("record"))
+        except ProtocolError:
+            return None
+        if not _plausible_base(base) or not _plausible_base(stop) or not at <= max(base, 0) < stop <= size:
+            return None
+        spans.append(Span(record, base, max(0, -base), stop - base))
+        at = stop
+    return spans
+
+
 @dataclass
 class Destination:
     path: str
@@ -266,6 +312,8 @@ class Destination:
     record: GenerationId | None = None
     base: int = 0
     writable: bool = True
+    journal: list[Span] = field(default_factory=list)
+    earlier: int = 0
 
     @classmethod
     def open(cls, path: str, state_dir: str) -> Destination:
@@ -297,6 +345,16 @@ class Destination:
             return None
         return self.record, max(0, -self.base), landed
 
+    def spans(self) -> list[Span]:
+        """Every generation's bytes this file holds that the record can account for, in
+        file order: the journal's spans, then the current generation's (Rule 3b)."""
+        held = self.held()
+        if held is None:
+            return list(self.journal)
+        record, first, end = held
+        current = [Span(record, self.base, first, end)] if end > first else []
+        return [*self.journal, *current]
+
     def _load_record(self) -> None:
         raw = state.read_json(self.sidecar)
         if raw is None or raw.get("local") != self.path:
@@ -318,6 +376,10 @@ class Destination:
         if self.size() < base:
             return
         self.record, self.base = record, base
+        journal = _load_journal(raw.get("journal", []), max(base, 0))
+        earlier = raw.get("earlier", 0)
+        if journal is not None and isinstance(earlier, int) and 0 <= earlier < MAX_RECORD_OFFSET:
+            self.journal, self.earlier = journal, earlier
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -352,6 +414,14 @@ class Destination:
         base = size - start
         if ident == self.record and base == self.base:
             return
+        record = self.answer()[0]
+        continued = record is not None and (record.dev, record.ino) == (ident.dev, ident.ino) and base == self.base
+        if record is not None and not continued and size > max(self.base, 0):
+            self.journal.append(Span(record, self.base, max(0, -self.base), size - self.base))
+            dropped = len(self.journal) - MAX_JOURNAL_SPANS
+            if dropped > 0:
+                del self.journal[:dropped]
+                self.earlier += dropped
         self._save(ident, base)
 
     def _save(self, record: GenerationId | None, base: int) -> None:
@@ -366,6 +436,8 @@ class Destination:
                     "dest_ino": self.ino,
                     "base": base,
                     "record": None if record is None else record.to_json(),
+                    "journal": [span.to_json() for span in self.journal],
+                    "earlier": self.earlier,
                 },
             )
         except OSError as exc:
@@ -394,6 +466,8 @@ class Destination:
         old_head = self.answer()[0]
         os.close(self.fd)
         self.fd, self.dev, self.ino = new_fd, st.st_dev, st.st_ino
+        # The earlier spans are in the file rotated away; this one holds none of them.
+        self.journal, self.earlier = [], 0
         if landed is None:
             self.record = None
         else:

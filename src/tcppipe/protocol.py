@@ -18,8 +18,10 @@ Rule 4: the conversation is
            PROGRESS now and then (if accepted: how far the origin is ahead)
     server ACK*  (ACK answers every GENERATION, and is the server's heartbeat)
 A HELLO with purpose "verify" carries no pipe: READY names what the
-destination holds, then each VERIFY (a byte range cut into parts) is answered
-by one DIGEST (a sha256 per part), until the client closes.
+destination holds (the current generation, and in ``history`` the earlier
+generations still in the destination file), then each VERIFY (a byte range of
+one of them, cut into parts) is answered by one DIGEST (a sha256 per part),
+until the client closes.
 Each side sends something at least every ``heartbeat_s`` (named in HELLO) and
 treats ``DEAD_AFTER_HEARTBEATS`` silent intervals as a dead peer.
 A GENERATION frame says "the DATA that follows starts at byte ``start`` of the
@@ -90,6 +92,8 @@ PURPOSE_PIPE: Final = "pipe"
 PURPOSE_VERIFY: Final = "verify"
 # One VERIFY asks for at most this many digests (a DIGEST frame stays small).
 MAX_VERIFY_PARTS: Final = 256
+# A verifying READY lists at most this many earlier generations (about 190 bytes each).
+MAX_HISTORY_SPANS: Final = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +140,30 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldSpan:
+    """Bytes [``first``, ``end``) of origin generation ``record``, held by a destination file."""
+
+    record: GenerationId
+    first: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """Server: the pipe is open; ``record`` is the generation the destination
     holds and ``offset`` how many of its bytes have landed (both None when the
     server has no record for this pipe). ``features`` are those of the HELLO
     the server accepted; ``first`` is the first byte of the generation the
     destination file still holds (its earlier bytes were rotated away), sent
-    to a verifying client."""
+    to a verifying client, with ``history``, the earlier generations the file
+    holds (oldest first), and ``dropped``, how many older ones it no longer lists."""
 
     record: GenerationId | None
     offset: int | None
     features: tuple[str, ...] = ()
     first: int | None = None
+    history: tuple[HeldSpan, ...] = ()
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +217,13 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class Verify:
     """Verifying client: the sha256 of each of ``parts`` parts of bytes
-    [``start``, ``end``) of the held generation, please (see ``split_range``)."""
+    [``start``, ``end``) of the held generation, please (see ``split_range``);
+    of READY's ``history[span]`` instead when ``span`` is given."""
 
     start: int
     end: int
     parts: int
+    span: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,9 +301,14 @@ def encode(event: Event) -> bytes:
             if restart:
                 hello["restart"] = True
             return _control(FrameType.HELLO, hello)
-        case Ready(record, offset, features, first):
+        case Ready(record, offset, features, first, history, dropped):
             body: dict[str, Any] = {"offset": offset, "features": list(features), "first": first}
             body["record"] = None if record is None else record.to_json()
+            if history or dropped:
+                if len(history) > MAX_HISTORY_SPANS:
+                    raise ValueError(f"READY lists {len(history)} earlier generations")
+                body["history"] = [{"record": h.record.to_json(), "first": h.first, "end": h.end} for h in history]
+                body["dropped"] = dropped
             return _control(FrameType.READY, body)
         case Refuse(reason, retry):
             return _control(FrameType.REFUSE, {"reason": reason[:MAX_REASON_CHARS], "retry": retry})
@@ -299,10 +322,13 @@ def encode(event: Event) -> bytes:
             return _control(FrameType.PING, {})
         case Progress(end, queued):
             return _control(FrameType.PROGRESS, {"end": end, "queued": queued})
-        case Verify(start, end, parts):
+        case Verify(start, end, parts, span):
             if not 0 <= start <= end or not 1 <= parts <= MAX_VERIFY_PARTS:
                 raise ValueError(f"bad VERIFY range {start}..{end} in {parts} parts")
-            return _control(FrameType.VERIFY, {"start": start, "end": end, "parts": parts})
+            request: dict[str, Any] = {"start": start, "end": end, "parts": parts}
+            if span is not None:
+                request["span"] = span
+            return _control(FrameType.VERIFY, request)
         case Digest(digests):
             return _control(FrameType.DIGEST, {"digests": list(digests)})
     raise ValueError(f"not an event: {event!r}")
@@ -313,6 +339,28 @@ def _features(body: dict[str, Any]) -> tuple[str, ...]:
     if not isinstance(features, list) or len(features) > 64 or not all(isinstance(f, str) for f in features):
         raise ProtocolError("field 'features' is not a list of strings")
     return tuple(features)
+
+
+def _history(body: dict[str, Any]) -> tuple[tuple[HeldSpan, ...], int]:
+    """READY's earlier generations; a list that is not one is no list (only verify
+    reads it, and a pipe must not stall on it)."""
+    raw = body.get("history", [])
+    if not isinstance(raw, list) or len(raw) > MAX_HISTORY_SPANS:
+        return (), 0
+    spans = []
+    try:
+        for item in raw:
+            if not isinstance(item, dict):
+                return (), 0
+            record = GenerationId.from_json(item.get("record"))
+            span = HeldSpan(record, _int_field(item, "first"), _int_field(item, "end"))
+            if span.first >= span.end:
+                return (), 0
+            spans.append(span)
+        dropped = _int_field(body, "dropped") if "dropped" in body else 0
+    except ProtocolError:
+        return (), 0
+    return tuple(spans), dropped
 
 
 def _decode_control(kind: FrameType, payload: bytes) -> Event:
@@ -350,7 +398,8 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
             record, offset, first = None, None, None
         if (record is None) != (offset is None):
             record, offset = None, None
-        return Ready(record, offset, _features(body), first)
+        history, dropped = _history(body)
+        return Ready(record, offset, _features(body), first, history, dropped)
     if kind is FrameType.REFUSE:
         return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES), body.get("retry") is True)
     if kind is FrameType.GENERATION:
@@ -365,7 +414,10 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
         start, end, parts = _int_field(body, "start"), _int_field(body, "end"), _int_field(body, "parts")
         if start > end or not 1 <= parts <= MAX_VERIFY_PARTS:
             raise ProtocolError(f"bad VERIFY range {start}..{end} in {parts} parts")
-        return Verify(start, end, parts)
+        span = None if body.get("span") is None else _int_field(body, "span")
+        if span is not None and span >= MAX_HISTORY_SPANS:
+            raise ProtocolError(f"VERIFY of earlier generation {span}: at most {MAX_HISTORY_SPANS} are listed")
+        return Verify(start, end, parts, span)
     if kind is FrameType.DIGEST:
         digests = body.get("digests")
         if (

@@ -35,7 +35,7 @@ from tcppipe import config as configuration
 from tcppipe import control
 from tcppipe.activation import ActivationError, inherited_sockets
 from tcppipe.config import ConfigError, Entry
-from tcppipe.destination import Destination, DestinationError
+from tcppipe.destination import Destination, DestinationError, Span
 from tcppipe.errors import EXIT_TEMPFAIL, BadConfig, ConnectionLost, TcppipeError, describe_os_error, escape
 from tcppipe.logs import RateLimitedLog
 from tcppipe.pipe_server import Inadmissible, PipeServer
@@ -43,11 +43,13 @@ from tcppipe.protocol import (
     DEFAULT_HEARTBEAT_S,
     FEATURE_PROGRESS,
     FEATURE_ZSTD,
+    MAX_HISTORY_SPANS,
     MIN_HEARTBEAT_S,
     PURPOSE_VERIFY,
     Data,
     Event,
     Generation,
+    HeldSpan,
     Hello,
     Progress,
     ProtocolError,
@@ -639,13 +641,18 @@ class Server:
             await self._refuse(conn, peer, str(exc))
             return
         held = None if dest is None else dest.held()
-        if dest is None or held is None:
+        earlier = [] if dest is None else dest.journal
+        if dest is None or (held is None and not earlier):
             conn.write(session.ready(None, None, loop.time()))
             if dest is not None:
                 dest.close()
             return
-        record, first, offset = held
-        conn.write(session.ready(record, offset, loop.time(), first))
+        # The current generation is READY's record; the journal's spans are its history.
+        listed = earlier[-MAX_HISTORY_SPANS:]
+        history = tuple(HeldSpan(span.record, span.first, span.end) for span in listed)
+        dropped = dest.earlier + len(earlier) - len(listed)
+        record, first, offset = held if held is not None else (None, None, None)
+        conn.write(session.ready(record, offset, loop.time(), first, history, dropped))
         self.log.info("%s verifies %s", peer, entry.local)
         try:
             for _ in range(MAX_VERIFY_REQUESTS):
@@ -655,12 +662,16 @@ class Server:
                     except ConnectionLost:
                         return  # the client has its answer
                 assert isinstance(event, Verify)  # the session takes nothing else now
-                landed = dest.landed()
-                if landed is None or event.start < first or event.end > landed:
+                if event.span is None:
+                    landed = dest.landed()
+                    span = None if held is None or landed is None else Span(held[0], dest.base, held[1], landed)
+                else:
+                    span = listed[event.span] if event.span < len(listed) else None
+                if span is None or event.start < span.first or event.end > span.end:
                     raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
                 ranges = split_range(event.start, event.end, event.parts)
                 async with self.digest_locks.setdefault(entry.local, asyncio.Lock()):
-                    digests = await loop.run_in_executor(self.digests, digest_ranges, dest.fd, ranges, dest.base)
+                    digests = await loop.run_in_executor(self.digests, digest_ranges, dest.fd, ranges, span.base)
                 conn.write(session.digest(tuple(digests), loop.time()))
         finally:
             dest.close()

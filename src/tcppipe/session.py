@@ -50,6 +50,7 @@ from tcppipe.protocol import (
     FrameType,
     Generation,
     GenerationId,
+    HeldSpan,
     Hello,
     NeedData,
     Ping,
@@ -349,8 +350,17 @@ class ServerSession:
 
     # -- what we say ---------------------------------------------------------
 
-    def ready(self, record: GenerationId | None, offset: int | None, now: float, first: int | None = None) -> bytes:
-        """READY, accepting the offered features this server has."""
+    def ready(
+        self,
+        record: GenerationId | None,
+        offset: int | None,
+        now: float,
+        first: int | None = None,
+        history: tuple[HeldSpan, ...] = (),
+        dropped: int = 0,
+    ) -> bytes:
+        """READY, accepting the offered features this server has (``first``, ``history``
+        and ``dropped`` tell a verifying client what the destination file holds)."""
         if self.state is not ServerState.AUTHORIZING or self.hello is None:
             raise LocalProtocolError(f"READY in state {self.state.name}")
         verifying = self.hello.purpose == PURPOSE_VERIFY
@@ -361,7 +371,7 @@ class ServerSession:
         self.state = ServerState.VERIFYING if verifying else ServerState.STREAMING
         self._narrow()
         self._heartbeat.sent(now)
-        return encode(Ready(record, offset, self.features, first))
+        return encode(Ready(record, offset, self.features, first, history, dropped))
 
     def refuse(self, reason: str, retry: bool, now: float) -> bytes:
         """REFUSE, at the handshake or to end a pipe; the conversation is over."""

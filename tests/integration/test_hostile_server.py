@@ -6,20 +6,35 @@ import hashlib
 import os
 import signal
 import socket
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from tcppipe.protocol import Data, Decoder, GenerationId, Hello, NeedData, Ready, Refuse, encode
+from tcppipe.protocol import (
+    Data,
+    Decoder,
+    Digest,
+    GenerationId,
+    HeldSpan,
+    Hello,
+    NeedData,
+    Ready,
+    Refuse,
+    Verify,
+    encode,
+    split_range,
+)
 
-from .conftest import Pipes, wait_until
+from .conftest import Pipes, command, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 class Impostor:
-    """Answers the first HELLO with the READY it is given and keeps every DATA byte it gets."""
+    """Answers the first HELLO with the READY it is given, keeps every DATA byte it gets,
+    and answers every VERIFY (kept too) with digests that match nothing."""
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
@@ -30,6 +45,7 @@ class Impostor:
         self.port = int(self.listener.getsockname()[1])
         self.received = bytearray()
         self.hello: Hello | None = None
+        self.verifies: list[Verify] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -69,6 +85,10 @@ class Impostor:
                         conn.sendall(self.answer)
                 elif isinstance(event, Data):
                     self.received += bytes(event.payload)
+                elif isinstance(event, Verify):
+                    self.verifies.append(event)
+                    parts = len(split_range(event.start, event.end, event.parts))
+                    conn.sendall(encode(Digest(("0" * 64,) * parts)))
 
     def close(self) -> None:
         self.stop.set()
@@ -101,6 +121,39 @@ def test_a_server_cannot_make_tcppipe_send_a_file_beside_file(pipes: Pipes, tmp_
         assert b"PRIVATE KEY" not in impostor.received
     finally:
         impostor.close()
+
+
+def test_a_server_cannot_make_verify_read_a_file_beside_file(tmp_path: Path) -> None:
+    """verify reads a file beside FILE only when the server's record covers its first 4 KiB: an
+    impostor naming a secret's inode with an empty fingerprint (as current generation and as an
+    earlier one) gets no VERIFY of it (before, the client hashed the secret and sent it VERIFY
+    requests whose bisection tells the server where its guess of the secret stops being right)."""
+    origin_dir = tmp_path / "origin"
+    origin_dir.mkdir()
+    secret = origin_dir / "secret.key"
+    secret.write_bytes(b"-----BEGIN PRIVATE KEY----- do not send\n" * 50)
+    os.chmod(secret, 0o600)
+    origin = origin_dir / "app.log"
+    origin.write_bytes(b"the only file this pipe may send\n")
+    size = secret.stat().st_size
+    named = empty_fingerprint_of(secret)
+    impostor = Impostor(encode(Ready(named, size, (), 0, (HeldSpan(named, 0, size),))))
+    try:
+        out = subprocess.run(
+            [command("tcppipe"), "verify", "-f", str(origin), "-h", "127.0.0.1", "-p", str(impostor.port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        impostor.close()
+    assert impostor.hello is not None, out.stderr
+    assert impostor.verifies == []
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2, out.stdout
+    assert all(f"not checked: the record names {secret} by only its first 0 bytes" in line for line in lines)
 
 
 def test_a_servers_reason_cannot_forge_log_lines(pipes: Pipes, tmp_path: Path) -> None:

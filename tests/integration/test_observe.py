@@ -287,3 +287,42 @@ def _scrapes(port: int) -> bool:
         return "tcppiped_connections_open" in scrape(port)
     except OSError:
         return False
+
+
+def test_verify_checks_every_generation_the_destination_holds(pipes: Pipes) -> None:
+    """After a rotation verify checks both generations: a byte edited in the older one's part
+    of the destination is found there (the old verify looked at the current one only and said
+    exact); once the rotated file is gone from the origin host it is listed as not checked."""
+    origin, dest = pipes.pipe("g.log")
+    rotated = origin.with_name("g.log.1")
+    first = b"".join(b"first generation line %d\n" % i for i in range(20_000))
+    second = b"".join(b"second generation line %d\n" % i for i in range(5_000))
+    origin.write_bytes(first)
+    pipes.start_server()
+    pipes.start_client(origin)
+    wait_until(lambda: size(dest) == len(first), what="the first generation")
+    origin.rename(rotated)
+    origin.write_bytes(second)
+    wait_until(lambda: dest.read_bytes() == first + second, what="both generations")
+
+    code, text = verify(pipes, origin)
+    assert code == 0, text
+    assert text.splitlines() == [
+        f"generation 1 of 2: exact: {len(first)} bytes (bytes 0..{len(first)} of {rotated}, rotated from {origin})",
+        f"generation 2 of 2 (current): exact: {len(second)} bytes (bytes 0..{len(second)} of {origin})",
+    ]
+
+    with open(dest, "r+b") as f:
+        f.seek(4_321)
+        byte = f.read(1)
+        f.seek(4_321)
+        f.write(bytes([byte[0] ^ 0x20]))
+    code, text = verify(pipes, origin)
+    assert code == 1, text
+    assert text.splitlines()[0].startswith(f"generation 1 of 2: differs at byte 4321 of {rotated}")
+    assert text.splitlines()[1].startswith("generation 2 of 2 (current): exact:")
+
+    rotated.unlink()
+    code, text = verify(pipes, origin)
+    assert code == 0, text
+    assert text.splitlines()[0].startswith("generation 1 of 2: not checked: inode")

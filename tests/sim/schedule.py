@@ -205,6 +205,7 @@ def run_actions(seed: int, actions: Sequence[Action], opts: dict[str, Any]) -> R
         world.start_client()
         world.run_until(end + QUIET_S)
         world.check_destination()
+        world.check_journal()
         missing = world.checker.complete()
         if missing is not None:
             raise SimFailure(missing)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import heapq
 import os
 import random
@@ -977,3 +978,32 @@ class World:
                 data = f.read(st.st_size - done)
             self.checker.feed(data)
             self.dest_fed[st.st_ino] = done + len(data)
+
+    def check_journal(self) -> None:
+        """The record's account of the destination file (``destination`` Rule 3b), as verify
+        reads it: spans that tile the file from its first byte to its last, each the bytes
+        of one origin generation at the offsets it names, under a fingerprint of that head."""
+        dest = Destination.inspect(self.dest_path, self.server_state)
+        if dest is None:
+            return
+        try:
+            spans, size = dest.spans(), dest.size()
+            with open(self.dest_path, "rb") as f:
+                data = f.read()
+        finally:
+            dest.close()
+        at = 0
+        for index, span in enumerate(spans):
+            lo, hi = span.base + span.first, span.base + span.end
+            if lo != at:
+                raise SimFailure(f"journal span {index} ({span}) starts at byte {lo} of the destination, not {at}")
+            held = data[lo:hi]
+            if not any(bytes(g.content[span.first : span.end]) == held for g in self.gens):
+                raise SimFailure(f"journal span {index} ({span}) holds bytes no origin generation has there")
+            if span.base >= 0:
+                head = data[span.base : span.base + span.record.fp_len]
+                if hashlib.sha256(head).hexdigest() != span.record.fp_sha256:
+                    raise SimFailure(f"journal span {index} ({span}) names a head its bytes do not have")
+            at = hi
+        if at != size and (spans or size):
+            raise SimFailure(f"the journal accounts for {at} of the destination's {size} bytes")

@@ -205,3 +205,77 @@ def test_plausible_negative_base_is_kept(tmp_path: Path) -> None:
     dest = Destination.open(str(out), state)
     assert dest.landed() == 13
     dest.close()
+
+
+def _ident(ino: int, head: bytes) -> GenerationId:
+    return GenerationId(1, ino, len(head), hashlib.sha256(head).hexdigest())
+
+
+def test_the_journal_lists_every_generation_the_file_holds(tmp_path: Path) -> None:
+    """Each generation that gives way to the next becomes a span; a new process reads them back."""
+    out, state = str(tmp_path / "out"), str(tmp_path / "state")
+    dest = Destination.open(out, state)
+    dest.begin_generation(_ident(10, b""), 0)
+    dest.write(b"first gen\n")
+    dest.begin_generation(_ident(10, b""), 10)  # the same generation resumed: no new span
+    dest.write(b"more\n")
+    dest.begin_generation(_ident(11, b""), 0)
+    dest.write(b"second\n")
+    dest.begin_generation(_ident(11, b""), 0)  # -n: the same generation again from 0
+    dest.write(b"second\n")
+    dest.close()
+    again = Destination.open(out, state)
+    spans = [(s.record.ino, s.base, s.first, s.end) for s in again.spans()]
+    assert spans == [(10, 0, 0, 15), (11, 15, 0, 7), (11, 22, 0, 7)]
+    # A span's record names the head its bytes in this file have.
+    assert again.spans()[0].record == _ident(10, b"first gen\nmore\n")
+    again.close()
+
+
+def test_the_journal_is_bounded_and_counts_what_it_dropped(tmp_path: Path) -> None:
+    """At most MAX_JOURNAL_SPANS are kept; ``earlier`` says how many older ones are gone."""
+    from tcppipe.destination import MAX_JOURNAL_SPANS
+
+    out, state = str(tmp_path / "out"), str(tmp_path / "state")
+    dest = Destination.open(out, state)
+    for ino in range(MAX_JOURNAL_SPANS + 6):
+        dest.begin_generation(_ident(100 + ino, b""), 0)
+        dest.write(b"x")
+    dest.close()
+    again = Destination.open(out, state)
+    assert (len(again.journal), again.earlier) == (MAX_JOURNAL_SPANS, 5)
+    assert again.journal[0].record.ino == 105
+    again.close()
+
+
+def test_a_rotated_destination_starts_an_empty_journal(tmp_path: Path) -> None:
+    """After ``mv out out.1`` and a reopen, the earlier spans are in out.1, not in the new file."""
+    out, state = tmp_path / "out", str(tmp_path / "state")
+    dest = Destination.open(str(out), state)
+    dest.begin_generation(_ident(10, b""), 0)
+    dest.write(b"one\n")
+    dest.begin_generation(_ident(11, b""), 0)
+    dest.write(b"two\n")
+    out.rename(tmp_path / "out.1")
+    assert dest.reopen()
+    dest.write(b"three\n")
+    assert [(s.record.ino, s.first, s.end) for s in dest.spans()] == [(11, 4, 10)]
+    dest.close()
+
+
+def test_a_journal_that_does_not_fit_the_file_is_no_journal(tmp_path: Path) -> None:
+    """A damaged or forged journal (a span past the current generation's base) is dropped, the record kept."""
+    out, state = str(tmp_path / "out"), str(tmp_path / "state")
+    dest = Destination.open(out, state)
+    dest.begin_generation(_ident(10, b""), 0)
+    dest.write(b"one\n")
+    dest.begin_generation(_ident(11, b""), 0)
+    dest.write(b"two\n")
+    dest.close()
+    sidecar = record_path(state, out)
+    raw = json.loads(Path(sidecar).read_text())
+    raw["journal"][0]["stop"] = 99
+    Path(sidecar).write_text(json.dumps(raw))
+    again = Destination.open(out, state)
+    assert (again.journal, again.answer()[1]) == ([], 4)
+    again.close()

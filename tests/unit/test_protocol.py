@@ -15,6 +15,7 @@ from tcppipe.protocol import (
     HEADER,
     MAX_CONTROL_BYTES,
     MAX_DATA_BYTES,
+    MAX_HISTORY_SPANS,
     MAX_VERIFY_PARTS,
     Ack,
     Data,
@@ -24,6 +25,7 @@ from tcppipe.protocol import (
     FrameType,
     Generation,
     GenerationId,
+    HeldSpan,
     Hello,
     NeedData,
     Ping,
@@ -68,6 +70,7 @@ GOLDEN: list[tuple[Event, bytes]] = [
     ),
     (Progress(10, 2), control(FrameType.PROGRESS, b'{"end":10,"queued":2}')),
     (Verify(3, 90, 64), control(FrameType.VERIFY, b'{"end":90,"parts":64,"start":3}')),
+    (Verify(3, 90, 64, 2), control(FrameType.VERIFY, b'{"end":90,"parts":64,"span":2,"start":3}')),
     (Digest(("cd" * 32,)), control(FrameType.DIGEST, b'{"digests":["' + b"cd" * 32 + b'"]}')),
     (Refuse("no pipe"), control(FrameType.REFUSE, b'{"reason":"no pipe","retry":false}')),
     (Refuse("disk full", retry=True), control(FrameType.REFUSE, b'{"reason":"disk full","retry":true}')),
@@ -209,11 +212,20 @@ events = st.one_of(
         st.integers(0, 2**63),
         st.lists(st.text(max_size=10), max_size=3).map(tuple),
         st.none() | st.integers(0, 2**63),
+        st.lists(
+            st.builds(HeldSpan, idents, st.integers(0, 2**40), st.integers(0, 2**40)).filter(lambda h: h.first < h.end),
+            max_size=3,
+        ).map(tuple),
+        st.integers(0, 1000),
     ),
     st.builds(Progress, st.integers(0, 2**63), st.integers(0, 1000)),
-    st.builds(Verify, st.integers(0, 2**40), st.integers(0, 2**40), st.integers(1, MAX_VERIFY_PARTS)).filter(
-        lambda v: v.start <= v.end
-    ),
+    st.builds(
+        Verify,
+        st.integers(0, 2**40),
+        st.integers(0, 2**40),
+        st.integers(1, MAX_VERIFY_PARTS),
+        st.none() | st.integers(0, MAX_HISTORY_SPANS - 1),
+    ).filter(lambda v: v.start <= v.end),
     st.builds(Digest, st.lists(st.text("0123456789abcdef", min_size=64, max_size=64), max_size=5).map(tuple)),
     st.builds(Refuse, st.text(max_size=300), st.booleans()),
     st.builds(Generation, idents, st.integers(0, 2**63)),
@@ -315,3 +327,12 @@ def test_a_ready_whose_record_cannot_be_read_is_no_record(body: bytes) -> None:
     decoder = Decoder()
     decoder.feed(control(FrameType.READY, body))
     assert decoder.next_event() == Ready(None, None)
+
+
+def test_a_ready_whose_history_is_not_one_still_opens_the_pipe() -> None:
+    """Only verify reads READY's history: a damaged list is no list, never a stalled pipe."""
+    for history in ('"x"', '[{"record": 1, "first": 0, "end": 5}]', '[{"first": 3, "end": 3}]'):
+        body = b'{"features":[],"offset":null,"record":null,"history":' + history.encode() + b',"dropped":2}'
+        decoder = Decoder()
+        decoder.feed(control(FrameType.READY, body))
+        assert decoder.next_event() == Ready(None, None)
