@@ -270,15 +270,17 @@ def _plausible_base(base: object) -> TypeGuard[int]:
 @dataclass(frozen=True, slots=True)
 class Span:
     """Bytes of one origin generation in the destination file: origin byte ``o`` of
-    ``record`` is destination byte ``base + o``, for ``o`` in [``first``, ``end``)."""
+    ``record`` is destination byte ``base + o``, for ``o`` in [``first``, ``end``);
+    ``igen`` is the inode generation the client named when the span began."""
 
     record: GenerationId
     base: int
     first: int
     end: int
+    igen: int | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"record": self.record.to_json(), "base": self.base, "stop": self.base + self.end}
+        return {"record": self.record.to_json(), "base": self.base, "stop": self.base + self.end, "igen": self.igen}
 
 
 def _load_journal(raw: object, size: int) -> list[Span] | None:
@@ -290,14 +292,14 @@ def _load_journal(raw: object, size: int) -> list[Span] | None:
     for item in raw:
         if not isinstance(item, dict):
             return None
-        base, stop = item.get("base"), item.get("stop")
+        base, stop, igen = item.get("base"), item.get("stop"), item.get("igen")
         try:
             record = GenerationId.from_json(item.get("record"))
         except ProtocolError:
             return None
         if not _plausible_base(base) or not _plausible_base(stop) or not at <= max(base, 0) < stop <= size:
             return None
-        spans.append(Span(record, base, max(0, -base), stop - base))
+        spans.append(Span(record, base, max(0, -base), stop - base, igen if _plausible_base(igen) else None))
         at = stop
     return spans
 
@@ -314,6 +316,7 @@ class Destination:
     writable: bool = True
     journal: list[Span] = field(default_factory=list)
     earlier: int = 0
+    igen: int | None = None
 
     @classmethod
     def open(cls, path: str, state_dir: str) -> Destination:
@@ -352,7 +355,7 @@ class Destination:
         if held is None:
             return list(self.journal)
         record, first, end = held
-        current = [Span(record, self.base, first, end)] if end > first else []
+        current = [Span(record, self.base, first, end, self.igen)] if end > first else []
         return [*self.journal, *current]
 
     def _load_record(self) -> None:
@@ -371,11 +374,15 @@ class Destination:
             # file is still beside this one, carry its count over; else no record.
             landed = _landed_in_renamed(self.path, raw.get("dest_dev"), raw.get("dest_ino"), base)
             if landed is not None and self.writable and _plausible_base(self.size() - landed):
+                igen = raw.get("igen")
+                self.igen = igen if _plausible_base(igen) else None
                 self._save(record, self.size() - landed)
             return
         if self.size() < base:
             return
         self.record, self.base = record, base
+        igen = raw.get("igen")
+        self.igen = igen if _plausible_base(igen) else None
         journal = _load_journal(raw.get("journal", []), max(base, 0))
         earlier = raw.get("earlier", 0)
         if journal is not None and isinstance(earlier, int) and 0 <= earlier < MAX_RECORD_OFFSET:
@@ -408,8 +415,9 @@ class Destination:
         except OSError:
             return b""
 
-    def begin_generation(self, ident: GenerationId, start: int) -> None:
-        """The next byte written is byte ``start`` of generation ``ident``."""
+    def begin_generation(self, ident: GenerationId, start: int, igen: int | None = None) -> None:
+        """The next byte written is byte ``start`` of generation ``ident``; ``igen`` (its inode's
+        generation, as the client says) is taken only where a new span begins."""
         size = self.size()
         base = size - start
         if ident == self.record and base == self.base:
@@ -417,11 +425,13 @@ class Destination:
         record = self.answer()[0]
         continued = record is not None and (record.dev, record.ino) == (ident.dev, ident.ino) and base == self.base
         if record is not None and not continued and size > max(self.base, 0):
-            self.journal.append(Span(record, self.base, max(0, -self.base), size - self.base))
+            self.journal.append(Span(record, self.base, max(0, -self.base), size - self.base, self.igen))
             dropped = len(self.journal) - MAX_JOURNAL_SPANS
             if dropped > 0:
                 del self.journal[:dropped]
                 self.earlier += dropped
+        if not continued:
+            self.igen = igen
         self._save(ident, base)
 
     def _save(self, record: GenerationId | None, base: int) -> None:
@@ -436,6 +446,7 @@ class Destination:
                     "dest_ino": self.ino,
                     "base": base,
                     "record": None if record is None else record.to_json(),
+                    "igen": self.igen,
                     "journal": [span.to_json() for span in self.journal],
                     "earlier": self.earlier,
                 },

@@ -83,10 +83,13 @@ def inode_generation(fd: int) -> int | None:
     return value
 
 
-def find_generation(directory: str, record: GenerationId, igen: int | None = None) -> tuple[str, int] | None:
+def find_generation(
+    directory: str, record: GenerationId, igen: int | None = None, by_igen: bool = False
+) -> tuple[str, int] | None:
     """Search ``directory`` for the file that is generation ``record`` (a rotated
     origin after a restart), with inode generation ``igen`` if it is known; its
-    path and an open fd, or None."""
+    path and an open fd, or None. With ``by_igen``, the inode and a known ``igen``
+    are enough, whatever its head now holds (verify: the file tcppipe sent)."""
     try:
         with os.scandir(directory) as entries:
             for count, entry in enumerate(entries):
@@ -96,6 +99,8 @@ def find_generation(directory: str, record: GenerationId, igen: int | None = Non
                     if entry.inode() != record.ino or not entry.is_file(follow_symlinks=False):
                         continue
                     fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+                    if by_igen and igen is not None and inode_generation(fd) == igen:
+                        return entry.path, fd
                     if matches(record, fd) and (igen is None or inode_generation(fd) in (None, igen)):
                         return entry.path, fd
                     os.close(fd)

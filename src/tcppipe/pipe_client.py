@@ -178,7 +178,7 @@ class PipeClient:
                 break
             gen, data = chunk
             if session.announced is not gen:
-                frames.append(session.send_generation(gen, gen.ident(), gen.position, now))
+                frames.append(session.send_generation(gen, gen.ident(), gen.position, now, gen.igen))
                 self.generations_sent.add((gen.dev, gen.ino))
             payload, flags = (data, 0) if self.compressor is None else self.compressor.encode(data)
             header = session.data_header(payload, flags, now)

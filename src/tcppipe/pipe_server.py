@@ -61,7 +61,7 @@ class PipeServer:
             if old is None or (old.dev, old.ino) != (event.ident.dev, event.ident.ino):
                 stats.generations += 1
                 stats.rotations += old is not None
-            dest.begin_generation(event.ident, event.start)
+            dest.begin_generation(event.ident, event.start, event.igen)
             return self.ack(now)
         if isinstance(event, Progress):
             stats.progress(event.end, event.queued)

@@ -141,11 +141,13 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class HeldSpan:
-    """Bytes [``first``, ``end``) of origin generation ``record``, held by a destination file."""
+    """Bytes [``first``, ``end``) of origin generation ``record`` (inode generation
+    ``igen`` if the client named one), held by a destination file."""
 
     record: GenerationId
     first: int
     end: int
+    igen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +179,13 @@ class Refuse:
 
 @dataclass(frozen=True, slots=True)
 class Generation:
-    """Client: the DATA that follows starts at byte ``start`` of ``ident``."""
+    """Client: the DATA that follows starts at byte ``start`` of ``ident``; ``igen``
+    is its inode's generation number where the file system has one (it tells the
+    file from a later one reusing the inode, for verify)."""
 
     ident: GenerationId
     start: int
+    igen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,13 +312,16 @@ def encode(event: Event) -> bytes:
             if history or dropped:
                 if len(history) > MAX_HISTORY_SPANS:
                     raise ValueError(f"READY lists {len(history)} earlier generations")
-                body["history"] = [{"record": h.record.to_json(), "first": h.first, "end": h.end} for h in history]
+                body["history"] = [_held_json(h) for h in history]
                 body["dropped"] = dropped
             return _control(FrameType.READY, body)
         case Refuse(reason, retry):
             return _control(FrameType.REFUSE, {"reason": reason[:MAX_REASON_CHARS], "retry": retry})
-        case Generation(ident, start):
-            return _control(FrameType.GENERATION, {"ident": ident.to_json(), "start": start})
+        case Generation(ident, start, igen):
+            body = {"ident": ident.to_json(), "start": start}
+            if igen is not None:
+                body["igen"] = igen
+            return _control(FrameType.GENERATION, body)
         case Data(payload, flags):
             return data_header(payload, flags) + payload
         case Ack(generations, offset):
@@ -341,6 +349,13 @@ def _features(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(features)
 
 
+def _held_json(held: HeldSpan) -> dict[str, Any]:
+    body: dict[str, Any] = {"record": held.record.to_json(), "first": held.first, "end": held.end}
+    if held.igen is not None:
+        body["igen"] = held.igen
+    return body
+
+
 def _history(body: dict[str, Any]) -> tuple[tuple[HeldSpan, ...], int]:
     """READY's earlier generations; a list that is not one is no list (only verify
     reads it, and a pipe must not stall on it)."""
@@ -353,7 +368,8 @@ def _history(body: dict[str, Any]) -> tuple[tuple[HeldSpan, ...], int]:
             if not isinstance(item, dict):
                 return (), 0
             record = GenerationId.from_json(item.get("record"))
-            span = HeldSpan(record, _int_field(item, "first"), _int_field(item, "end"))
+            igen = None if item.get("igen") is None else _int_field(item, "igen")
+            span = HeldSpan(record, _int_field(item, "first"), _int_field(item, "end"), igen)
             if span.first >= span.end:
                 return (), 0
             spans.append(span)
@@ -403,7 +419,8 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
     if kind is FrameType.REFUSE:
         return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES), body.get("retry") is True)
     if kind is FrameType.GENERATION:
-        return Generation(GenerationId.from_json(body.get("ident")), _int_field(body, "start"))
+        igen = None if body.get("igen") is None else _int_field(body, "igen")
+        return Generation(GenerationId.from_json(body.get("ident")), _int_field(body, "start"), igen)
     if kind is FrameType.ACK:
         return Ack(_int_field(body, "generations"), _int_field(body, "offset"))
     if kind is FrameType.PING:

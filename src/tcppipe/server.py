@@ -649,7 +649,7 @@ class Server:
             return
         # The current generation is READY's record; the journal's spans are its history.
         listed = earlier[-MAX_HISTORY_SPANS:]
-        history = tuple(HeldSpan(span.record, span.first, span.end) for span in listed)
+        history = tuple(HeldSpan(span.record, span.first, span.end, span.igen) for span in listed)
         dropped = dest.earlier + len(earlier) - len(listed)
         record, first, offset = held if held is not None else (None, None, None)
         conn.write(session.ready(record, offset, loop.time(), first, history, dropped))

@@ -229,12 +229,12 @@ class ClientSession(Generic[T]):
         if self.state not in states:
             raise LocalProtocolError(f"cannot send in state {self.state.name}")
 
-    def send_generation(self, token: T, ident: GenerationId, start: int, now: float) -> bytes:
-        """GENERATION: the DATA that follows starts at byte ``start`` of ``ident``."""
+    def send_generation(self, token: T, ident: GenerationId, start: int, now: float, igen: int | None = None) -> bytes:
+        """GENERATION: the DATA that follows starts at byte ``start`` of ``ident`` (``igen``: its inode generation)."""
         self._require(ClientState.STREAMING)
         self._announced.append(token)
         self._heartbeat.sent(now)
-        return encode(Generation(ident, start))
+        return encode(Generation(ident, start, igen))
 
     @property
     def announced(self) -> T | None:

@@ -9,6 +9,10 @@ Rule 2 (which files are read): FILE itself, or a file beside it that is the
 named generation by inode and head; beside FILE, the server's record must
 cover the file's first 4 KiB (or all of it), so a hostile server that names
 another file's inode with a short fingerprint learns nothing of that file.
+A file whose head is not the record's is still compared when its inode and
+inode generation are those this tcppipe named for the generation (the server
+can know them only from tcppipe): the destination then holds bytes that are
+not the origin's (forged, or edited), and the search shows where.
 
 Rule 3 (the verdict): exit 0 when every generation that could be found is
 exact, the current one was found, and at least one was checked; an earlier
@@ -27,7 +31,7 @@ from typing import Final
 
 from tcppipe.client import HANDSHAKE_TIMEOUT_S, _read, connect, describe
 from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable
-from tcppipe.origin import find_generation, matches, open_origin
+from tcppipe.origin import find_generation, inode_generation, matches, open_origin
 from tcppipe.protocol import (
     FINGERPRINT_BYTES,
     PURPOSE_VERIFY,
@@ -128,7 +132,7 @@ async def verify_pipe(key: PipeKey, bind: str | None, tls: ssl.SSLContext | None
 
 async def _check(talk: _Conversation, path: str, span: HeldSpan, index: int | None) -> tuple[bool | None, str]:
     """One generation: True exact, False differs, None not found on this host (Rule 3)."""
-    found = _find_origin(path, span.record)
+    found = _find_origin(path, span.record, span.igen)
     if isinstance(found, str):
         return None, found
     origin, fd = found
@@ -156,17 +160,27 @@ async def _check(talk: _Conversation, path: str, span: HeldSpan, index: int | No
     return True, f"exact: {end - first} bytes ({where}){pending}"
 
 
-def _find_origin(path: str, record: GenerationId) -> tuple[str, int] | str:
+def _find_origin(path: str, record: GenerationId, igen: int | None) -> tuple[str, int] | str:
     """FILE if it is the generation, else the file beside it that is (Rule 2); or why neither."""
+    in_file = False
     with contextlib.suppress(OSError, TcppipeError):
         fd = open_origin(path)
-        if matches(record, fd):
+        st = os.fstat(fd)
+        in_file = (st.st_dev, st.st_ino) == (record.dev, record.ino)
+        if matches(record, fd) or (in_file and igen is not None and inode_generation(fd) == igen):
             return path, fd
         os.close(fd)
-    found = find_generation(os.path.dirname(path) or "/", record)
+    found = None if in_file else find_generation(os.path.dirname(path) or "/", record, igen, by_igen=True)
+    if in_file:
+        return (
+            f"not checked: inode {record.ino} is {path} now, but its first {record.fp_len} bytes are not "
+            "the destination's (the inode was reused, or the destination's bytes are not the origin's)"
+        )
     if found is None:
         return f"not checked: inode {record.ino} is neither {path} nor beside it any more (rotated away?)"
     beside, fd = found
+    if not matches(record, fd):
+        return found  # its inode generation is the one tcppipe named: the file it sent
     if record.fp_len < min(os.fstat(fd).st_size, FINGERPRINT_BYTES):
         os.close(fd)
         return f"not checked: the record names {beside} by only its first {record.fp_len} bytes"

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcppipe.protocol import FrameType, Generation, GenerationId, Hello, data_header, encode
-from tests.integration.conftest import Pipes, rss_mb, same_bytes, size, stop, wait_until
+from tcppipe.protocol import Decoder, FrameType, Generation, GenerationId, Hello, NeedData, Ready, data_header, encode
+from tests.integration.conftest import Pipes, command, rss_mb, same_bytes, size, stop, wait_until
 from tests.integration.test_restart import Writer
 
 
@@ -216,3 +216,43 @@ def test_a_hello_path_cannot_forge_or_drop_log_lines(pipes: Pipes) -> None:
     assert "\\x1b" in line
     assert "\x1b" not in line
     assert "\\udcff" in line
+
+
+def test_verify_finds_bytes_forged_into_the_head_of_a_pipe(pipes: Pipes) -> None:
+    """Issue 11 #3: a local user appends a forged line to a pipe within its first 4 KiB; the real
+    client then sends the file again from byte 0 (its head no longer matches), so the current
+    generation is exact. verify now checks the earlier span too, compares it with FILE (same inode,
+    same inode generation) and names the forged byte; the old verify said "exact"."""
+    origin, dest = pipes.pipe("auth.log")
+    origin.write_bytes(b"one\n")
+    pipes.start_server()
+    client = pipes.start_client(origin)
+    wait_until(lambda: size(dest) == 4, what="first line landed")
+    assert stop(client) == 0
+    forged = b"sshd[1]: Accepted password for root\n"
+    with connect(pipes) as s:
+        s.sendall(encode(Hello(str(origin))))
+        decoder = Decoder()
+        ready = None
+        s.settimeout(10)
+        for _ in range(100):
+            decoder.feed(s.recv(4096))
+            ready = decoder.next_event()
+            if not isinstance(ready, NeedData):
+                break
+        assert isinstance(ready, Ready), ready
+        assert ready.record is not None, ready
+        assert ready.offset == 4, ready
+        s.sendall(encode(Generation(ready.record, 4)) + data_header(forged) + forged)
+        s.shutdown(socket.SHUT_WR)
+        assert closed_by_server(s)
+    assert dest.read_bytes() == b"one\n" + forged
+    client = pipes.start_client(origin)
+    wait_until(lambda: dest.read_bytes() == b"one\n" + forged + b"one\n", what="the real client to send FILE again")
+    out = pipes.run([command("tcppipe"), "verify", "-f", str(origin), "-h", "127.0.0.1", "-p", str(pipes.port)])
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("generation 1 of 2: differs at byte 4"), lines
+    assert str(origin) in lines[0], lines
+    assert lines[1].startswith("generation 2 of 2 (current): exact: 4 bytes"), lines
+    assert stop(client) == 0

@@ -279,3 +279,20 @@ def test_a_journal_that_does_not_fit_the_file_is_no_journal(tmp_path: Path) -> N
     again = Destination.open(out, state)
     assert (again.journal, again.answer()[1]) == ([], 4)
     again.close()
+
+
+def test_a_spans_inode_generation_is_the_one_named_where_it_began(tmp_path: Path) -> None:
+    """A continuation (a resume, or whoever else appends at the landed byte) cannot change the
+    inode generation verify will trust for the span; a new span takes the new one."""
+    out, state = str(tmp_path / "out"), str(tmp_path / "state")
+    dest = Destination.open(out, state)
+    dest.begin_generation(_ident(10, b""), 0, igen=7)
+    dest.write(b"one\n")
+    dest.begin_generation(_ident(10, b"one\n"), 4, igen=99)
+    dest.write(b"two\n")
+    dest.begin_generation(_ident(11, b""), 0, igen=8)
+    dest.write(b"three\n")
+    dest.close()
+    again = Destination.open(out, state)
+    assert [(s.record.ino, s.igen) for s in again.spans()] == [(10, 7), (11, 8)]
+    again.close()
