@@ -1,45 +1,157 @@
 """The server's pipe definitions: parse /etc/tcppipe.conf and look entries up.
 
-Rule 1: pure. Parsing takes text, lookup takes addresses already resolved; no
-file is read and no name is resolved here (``server.py`` does both).
+Rule 1: pure. Parsing takes text, lookup takes addresses already resolved and
+certificate names already verified; no file is read and no name is resolved
+here (``server.py`` does both).
 
 Rule 2: errors are collected, never raised one at a time, so ``--check``,
 start-up and reload report every problem, each as ``FILE:LINE: reason``.
 
 Format, one entry a line (``#`` lines and blank lines ignored)::
 
-    <hostname or IP address>:<absolute remote path> | <absolute local path>
+    <host>:<absolute remote path> | <absolute local path>
 
-IPv6 literals are bracketed: ``[::1]:/var/log/x | /srv/x``.
+``host`` is a name, an IP address or a network (``10.1.0.0/16``); IPv6 is
+bracketed: ``[::1]:/var/log/x | /srv/x``, ``[fd00::/64]:/var/log/x | ...``.
+The last component of the remote path may be an fnmatch glob (``*``, ``?``,
+``[...]``); the local path may then use ``{name}``, the matched file's base
+name, and ``{host}``: the entry's own host, or for a network entry the
+connection's source address (with a required client certificate: the first
+host name the certificate proves). Never anything the client says.
+
+Rule 3 (where bytes may go): every local path an entry can produce lies
+inside the directory its template names before its first placeholder, and
+no two pipes can land in one file. Each placeholder fills a whole value into
+one path component (at most one placeholder a component, each at most once),
+so a destination names its values back; an entry whose values are not all in
+its local path (a glob without ``{name}``, a network without ``{host}``) could
+put two pipes in one file and is an error. Two entries are an error when
+their local paths could be one file at all, judged component by component:
+two literals differ, a literal fits a placeholder only if the value it would
+need is one the entry can produce, and two placeholders are assumed to
+overlap unless their literal prefixes or suffixes differ. Conservative by
+design: such a pair is refused even when only one pipe could reach it.
+
+Rule 4 (precedence): for a HELLO path, the entries naming it literally come
+first, then the glob entries matching it, each in file order; the first whose
+host matches the connection wins.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import posixpath
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 # RFC 1123 labels; a trailing dot (a rooted name) is accepted.
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
 )
+_GLOB_MAGIC = re.compile(r"[*?\[]")
+_PLACEHOLDER = re.compile(r"\{([^{}/]*)\}")
+NAME, HOST = "name", "host"
+PLACEHOLDERS = (NAME, HOST)
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CertificateNames = tuple[Sequence[str], Sequence[str]]  # (DNS names, IP addresses) of a verified certificate
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A placeholder in one component of a local path: ``pre{key}suf``."""
+
+    pre: str
+    key: str
+    suf: str
+
+    def fill(self, value: str) -> str:
+        return f"{self.pre}{value}{self.suf}"
+
+
+Component = str | Slot
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One pipe: ``host`` may send ``remote`` to the local file ``local``."""
+    """One config line: ``host`` may send ``remote`` to the local file ``local``.
+
+    From the config, ``remote`` may be a glob (``glob``) and ``local`` a
+    template. The entry a connection uses is ``resolved()``: its own remote
+    path and destination, and the config entry it came from in ``source``.
+    """
 
     host: str
     remote: str
     local: str
     line: int
+    glob: bool = False
+    source: Entry | None = None
 
     @property
-    def address(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        """The host as an IP address, or None when it is a name to resolve."""
+    def address(self) -> Address | None:
+        """The host as an IP address, or None when it is a name or a network."""
         return parse_address(self.host)
+
+    @property
+    def network(self) -> Network | None:
+        """The host as a network of more than one address, or None."""
+        return parse_network(self.host) if "/" in self.host else None
+
+    @property
+    def is_name(self) -> bool:
+        """Is the host a name, to be resolved by the caller?"""
+        return self.address is None and self.network is None
+
+    @property
+    def is_template(self) -> bool:
+        """Does the local path hold a placeholder (filled per connection)?"""
+        return "{" in self.local
+
+    @property
+    def defined_as(self) -> tuple[str, str, str]:
+        """(host, remote, local) of the config line this entry is or came from."""
+        e = self.source or self
+        return (e.host, e.remote, e.local)
+
+    def matches_path(self, path: str) -> bool:
+        """Does the remote path a client named fall under this entry?"""
+        if not self.glob:
+            return path == self.remote
+        directory, pattern = posixpath.split(self.remote)
+        if posixpath.normpath(path) != path or posixpath.dirname(path) != directory:
+            return False
+        name = posixpath.basename(path)
+        return name_problem(name) is None and fnmatch.fnmatchcase(name, pattern)
+
+    def destination_for(self, remote_path: str, host_label: str) -> str | None:
+        """The local file for ``remote_path`` from ``host_label``, or None if none may be written."""
+        if not self.matches_path(remote_path) or host_label_problem(host_label) is not None:
+            return None
+        template = split_template(self.local)
+        if isinstance(template, str):
+            return None
+        values = {NAME: posixpath.basename(remote_path), HOST: host_label}
+        parts = [c if isinstance(c, str) else c.fill(values[c.key]) for c in template]
+        dest = "/" + "/".join(parts)
+        base = template_base(template)
+        inside = dest.startswith(base if base == "/" else base + "/")
+        if posixpath.normpath(dest) != dest or not inside or "\0" in dest:
+            return None
+        return dest
+
+    def resolved(self, remote_path: str, host_label: str) -> Entry | None:
+        """The entry one connection uses: its remote path and substituted local file."""
+        if not self.glob and not self.is_template:
+            return self if remote_path == self.remote else None
+        dest = self.destination_for(remote_path, host_label)
+        if dest is None:
+            return None
+        host = host_label if self.network is not None else self.host
+        return replace(self, host=host, remote=remote_path, local=dest, glob=False, source=self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +164,7 @@ class ConfigError:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
-def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_address(text: str) -> Address | None:
     """``text`` as an IP address (IPv4-mapped IPv6 folded to IPv4), else None."""
     try:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
@@ -61,6 +173,136 @@ def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+def parse_network(text: str) -> Network | None:
+    """``text`` as a network ``address/prefix`` without host bits (IPv4-mapped folded), else None."""
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        return None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+    return net
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a ``{name}`` value, or None if it can."""
+    if name in ("", ".", ".."):
+        return f"file name {name!r} is not a name"
+    if "/" in name or "\0" in name:
+        return "file name holds '/' or NUL"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "file name holds a control character"
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8"
+    return None
+
+
+def host_label_problem(label: str) -> str | None:
+    """Why ``label`` cannot be a ``{host}`` value (an address or a host name), or None."""
+    if parse_address(label) is not None:
+        return None if str(parse_address(label)) == label else f"address {label!r} is not in canonical form"
+    if label in ("", ".", "..") or "/" in label or not _HOSTNAME.match(label) or label != label.lower().rstrip("."):
+        return f"{label!r} is not a lower-case host name"
+    return None
+
+
+def certificate_host(dns_names: Iterable[str]) -> str | None:
+    """The host a verified certificate proves, for ``{host}``: its first DNS name that is a
+    plain host name (lower-cased, no trailing dot; no wildcard, not an address), else None."""
+    for raw in dns_names:
+        name = raw.lower().rstrip(".")
+        if parse_address(name) is None and host_label_problem(name) is None:
+            return name
+    return None
+
+
+def own_label(host: str) -> str:
+    """``{host}`` for a single-host entry: its address in canonical form, or its name lower-cased."""
+    addr = parse_address(host)
+    return str(addr) if addr is not None else host.lower().rstrip(".")
+
+
+# -- glob and template syntax ---------------------------------------------------
+
+
+def literal_of(pattern: str) -> str | None:
+    """The one string an fnmatch ``pattern`` matches, if it matches just one (``a[*]`` is ``a*``)."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c in "*?":
+            return None
+        if c != "[":
+            out.append(c)
+            continue
+        j = i  # fnmatch.translate's bracket scan: '!' negates, a leading ']' is a member
+        if j < n and pattern[j] == "!":
+            j += 1
+        if j < n and pattern[j] == "]":
+            j += 1
+        while j < n and pattern[j] != "]":
+            j += 1
+        if j >= n:
+            out.append("[")  # unclosed: a literal '['
+            continue
+        members = pattern[i:j]
+        if len(members) != 1 or members == "!":
+            return None
+        out.append(members)
+        i = j + 1
+    literal = "".join(out)
+    return literal if fnmatch.fnmatchcase(literal, pattern) else None
+
+
+def split_template(local: str) -> tuple[Component, ...] | str:
+    """A normalised absolute local path as components, or why it is not a valid template."""
+    seen: set[str] = set()
+    components: list[Component] = []
+    for part in local.split("/")[1:]:
+        found = list(_PLACEHOLDER.finditer(part))
+        rest = _PLACEHOLDER.sub("", part)
+        if "{" in rest or "}" in rest:
+            return "a '{' or '}' in the local path that is not {name} or {host}"
+        if len(found) > 1:
+            return f"path component {part!r} holds more than one placeholder"
+        if not found:
+            components.append(part)
+            continue
+        key = found[0].group(1)
+        if key not in PLACEHOLDERS:
+            return f"unknown placeholder {{{key}}} in the local path (only {{name}} and {{host}})"
+        if key in seen:
+            return f"{{{key}}} is used more than once in the local path"
+        seen.add(key)
+        components.append(Slot(part[: found[0].start()], key, part[found[0].end() :]))
+    return tuple(components)
+
+
+def template_base(template: Sequence[Component]) -> str:
+    """The directory a template names before its first placeholder."""
+    head: list[str] = []
+    for c in template:
+        if not isinstance(c, str):
+            break
+        head.append(c)
+    else:
+        head = head[:-1]
+    return "/" + "/".join(head)
+
+
+def _keys(template: Sequence[Component]) -> set[str]:
+    return {c.key for c in template if isinstance(c, Slot)}
+
+
+# -- parsing ----------------------------------------------------------------------
 
 
 def _check_path(text: str, what: str) -> str | None:
@@ -73,6 +315,76 @@ def _check_path(text: str, what: str) -> str | None:
     return None
 
 
+def _parse_host(left: str) -> tuple[str, str] | str:
+    """(host, remote) from the part before '|', or a reason; a one-address network is that address."""
+    if left.startswith("["):
+        close = left.find("]")
+        if close < 0 or left[close + 1 : close + 2] != ":":
+            return "an IPv6 host is written [address]:/path"
+        host, remote = left[1:close], left[close + 2 :]
+        if "/" in host:
+            net = parse_network(host)
+            if not isinstance(net, ipaddress.IPv6Network) and not (net and ":" in host):
+                return f"{host!r} in brackets is not an IPv6 network (address/prefix, no host bits set)"
+        else:
+            addr = parse_address(host)
+            if not isinstance(addr, ipaddress.IPv6Address) and not (addr and ":" in host):
+                return f"{host!r} in brackets is not an IPv6 address"
+    else:
+        host, sep, remote = left.partition(":")
+        if not sep:
+            return "expected <host>:<remote path> before '|'"
+        host = host.strip()
+        if "/" in host:
+            if parse_network(host) is None:
+                return f"{host!r} is not a network (address/prefix, no host bits set)"
+        elif parse_address(host) is None and not _HOSTNAME.match(host):
+            return f"{host!r} is not a host name or IP address"
+    if "/" in host:
+        net = parse_network(host)
+        assert net is not None
+        host = str(net.network_address) if net.num_addresses == 1 else str(net)
+    return host, remote.strip()
+
+
+def _parse_remote(remote: str) -> tuple[str, bool] | str:
+    """The normalised remote path and whether it is a glob, or a reason."""
+    remote = posixpath.normpath(remote)
+    directory, last = posixpath.split(remote)
+    if _GLOB_MAGIC.search(directory):
+        return f"remote path {remote}: a glob ('*', '?', '[') is allowed only in its last component"
+    if not _GLOB_MAGIC.search(last):
+        return remote, False
+    literal = literal_of(last)
+    if literal is not None:
+        return posixpath.join(directory, literal), False
+    return remote, True
+
+
+def _parse_local(local: str, host: str, glob: bool) -> str:
+    """The normalised local path with a single host's ``{host}`` filled in, or raises ValueError(reason)."""
+    raw_keys = [m.group(1) for m in _PLACEHOLDER.finditer(local)]
+    local = "/" + posixpath.normpath(local).lstrip("/")
+    template = split_template(local)
+    if isinstance(template, str):
+        raise ValueError(template)
+    keys = _keys(template)
+    if sorted(raw_keys) != sorted(c.key for c in template if isinstance(c, Slot)):
+        raise ValueError("a placeholder of the local path is removed by '..'")
+    if NAME in keys and not glob:
+        raise ValueError("{name} in the local path needs a glob in the last component of the remote path")
+    if glob and NAME not in keys:
+        raise ValueError(
+            f"the remote path is a glob: the local path must use {{name}}, or every matching file would land in {local}"
+        )
+    net = parse_network(host) if "/" in host else None
+    if net is not None and HOST not in keys:
+        raise ValueError(f"network {host} has many hosts: the local path must use {{host}}, or all would land in one")
+    if net is None and HOST in keys:
+        local = local.replace("{host}", own_label(host))  # a single host: known now, it is that host
+    return local
+
+
 def parse_line(text: str) -> Entry | str | None:
     """One line as an Entry, a reason it is wrong, or None for a comment/blank."""
     line = text.strip()
@@ -81,27 +393,62 @@ def parse_line(text: str) -> Entry | str | None:
     if line.count("|") != 1:
         return "expected exactly one '|' between the remote and the local file"
     left, local = (part.strip() for part in line.split("|"))
-    if left.startswith("["):
-        close = left.find("]")
-        if close < 0 or left[close + 1 : close + 2] != ":":
-            return "an IPv6 host is written [address]:/path"
-        host, remote = left[1:close], left[close + 2 :]
-        addr = parse_address(host)
-        if not isinstance(addr, ipaddress.IPv6Address) and not (addr and ":" in host):
-            return f"{host!r} in brackets is not an IPv6 address"
-    else:
-        host, sep, remote = left.partition(":")
-        if not sep:
-            return "expected <host>:<remote path> before '|'"
-        host = host.strip()
-        if parse_address(host) is None and not _HOSTNAME.match(host):
-            return f"{host!r} is not a host name or IP address"
-    remote = remote.strip()
+    parsed = _parse_host(left)
+    if isinstance(parsed, str):
+        return parsed
+    host, remote = parsed
     for path, what in ((remote, "remote"), (local, "local")):
         problem = _check_path(path, what)
         if problem:
             return problem
-    return Entry(host=host, remote=posixpath.normpath(remote), local=posixpath.normpath(local), line=0)
+    remote_glob = _parse_remote(remote)
+    if isinstance(remote_glob, str):
+        return remote_glob
+    remote, glob = remote_glob
+    try:
+        local = _parse_local(local, host, glob)
+    except ValueError as exc:
+        return str(exc)
+    return Entry(host=host, remote=remote, local=local, line=0, glob=glob)
+
+
+# -- two pipes, one file ------------------------------------------------------------
+
+
+def _can_be(text: str, slot: Slot, entry: Entry) -> bool:
+    """Could ``slot`` of ``entry`` produce the component ``text``?"""
+    if len(text) <= len(slot.pre) + len(slot.suf) or not text.startswith(slot.pre) or not text.endswith(slot.suf):
+        return False
+    value = text[len(slot.pre) : len(text) - len(slot.suf)]
+    if slot.key == NAME:
+        return name_problem(value) is None and fnmatch.fnmatchcase(value, posixpath.basename(entry.remote))
+    # {host} of a network entry: any address in it, or (with client certificates) any host name.
+    net, addr = entry.network, parse_address(value)
+    if addr is not None:
+        return str(addr) == value and net is not None and addr in net
+    return host_label_problem(value) is None
+
+
+def _may_meet(a: Component, ea: Entry, b: Component, eb: Entry) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return a == b
+    if isinstance(a, str):
+        assert isinstance(b, Slot)
+        return _can_be(a, b, eb)
+    if isinstance(b, str):
+        return _can_be(b, a, ea)
+    # Two placeholders: assumed to meet unless their fixed ends tell them apart.
+    pre_ok = a.pre.startswith(b.pre) or b.pre.startswith(a.pre)
+    suf_ok = a.suf.endswith(b.suf) or b.suf.endswith(a.suf)
+    return pre_ok and suf_ok
+
+
+def could_share_a_file(a: Entry, b: Entry) -> bool:
+    """Could the local paths of entries ``a`` and ``b`` ever be one file? (Rule 3, conservative.)"""
+    ta, tb = split_template(a.local), split_template(b.local)
+    if isinstance(ta, str) or isinstance(tb, str) or len(ta) != len(tb):
+        return False
+    return all(_may_meet(x, a, y, b) for x, y in zip(ta, tb, strict=True))
 
 
 def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
@@ -109,6 +456,7 @@ def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
     entries: list[Entry] = []
     errors: list[ConfigError] = []
     by_local: dict[str, Entry] = {}
+    templates: list[Entry] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         result = parse_line(raw)
         if result is None:
@@ -116,28 +464,48 @@ def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
         if isinstance(result, str):
             errors.append(ConfigError(path, number, result))
             continue
-        entry = Entry(result.host, result.remote, result.local, number)
+        entry = replace(result, line=number)
         earlier = by_local.get(entry.local)
-        if earlier is not None:
+        if earlier is not None and not entry.is_template:
             errors.append(
                 ConfigError(path, number, f"local file {entry.local} is already written by line {earlier.line}")
             )
             continue
-        by_local[entry.local] = entry
+        others = entries if entry.is_template else templates
+        clash = next((e for e in others if could_share_a_file(entry, e)), None)
+        if clash is not None:
+            errors.append(
+                ConfigError(
+                    path,
+                    number,
+                    f"local path {entry.local} could be the same file as line {clash.line}'s {clash.local}:"
+                    f" two pipes in one file (also line {clash.line})",
+                )
+            )
+            continue
+        if entry.is_template:
+            templates.append(entry)
+        else:
+            by_local[entry.local] = entry
         entries.append(entry)
     return entries, errors
 
 
+# -- lookup ---------------------------------------------------------------------------
+
+
 def candidates(entries: Iterable[Entry], remote: str) -> list[Entry]:
-    """Entries for the remote path a client named, in file order."""
-    return [e for e in entries if e.remote == remote]
+    """Entries for the remote path a client named: literal ones first, then globs, each in file order."""
+    listed = list(entries)
+    literal = [e for e in listed if not e.glob and e.remote == remote]
+    return literal + [e for e in listed if e.glob and e.matches_path(remote)]
 
 
 def host_matches(entry: Entry, peer: str, resolved: Iterable[str] = ()) -> bool:
     """Does the connection's source address ``peer`` match the entry's host?
 
     ``resolved`` holds the addresses the entry's host name resolves to (empty
-    for an IP entry); the caller resolves, this function only compares.
+    for an IP or network entry); the caller resolves, this function only compares.
     """
     peer_addr = parse_address(peer)
     if peer_addr is None:
@@ -145,6 +513,9 @@ def host_matches(entry: Entry, peer: str, resolved: Iterable[str] = ()) -> bool:
     own = entry.address
     if own is not None:
         return own == peer_addr
+    net = entry.network
+    if net is not None:
+        return peer_addr in net
     return any(parse_address(a) == peer_addr for a in resolved)
 
 
@@ -153,9 +524,35 @@ def host_matches_certificate(entry: Entry, dns_names: Iterable[str], ip_addresse
 
     An IP entry matches an IP SAN; a name entry matches a DNS SAN (case and a
     trailing dot ignored). Wildcards are not honoured: an archive decides per host.
+    A network entry is no single host: ``admit`` matches it by source address.
     """
     own = entry.address
     if own is not None:
         return any(parse_address(ip) == own for ip in ip_addresses)
+    if entry.network is not None:
+        return False
     want = entry.host.lower().rstrip(".")
     return any(name.lower().rstrip(".") == want for name in dns_names)
+
+
+def admit(
+    entry: Entry, path: str, peer: str, names: CertificateNames | None = None, resolved: Iterable[str] = ()
+) -> Entry | None:
+    """The entry a connection from ``peer`` sending ``path`` uses, or None if ``entry`` is not for it.
+
+    ``names`` are the verified client certificate's (DNS, IP) names when one is
+    required: they, not the address, say who the peer is. A network entry then
+    needs both: the source address in the network, and a host name the
+    certificate proves, which becomes ``{host}``.
+    """
+    if not entry.matches_path(path):
+        return None
+    if entry.network is not None:
+        if not host_matches(entry, peer):
+            return None
+        label = str(parse_address(peer)) if names is None else certificate_host(names[0])
+    elif names is not None:
+        label = own_label(entry.host) if host_matches_certificate(entry, *names) else None
+    else:
+        label = own_label(entry.host) if host_matches(entry, peer, resolved) else None
+    return None if label is None else entry.resolved(path, label)

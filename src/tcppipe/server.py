@@ -411,9 +411,11 @@ class Server:
         """The config in force (re-read if the file changed), with a stats row per pipe."""
         entries = self.config.current()
         if entries is not self._followed:
-            self.stats.follow_config(entries)
+            self.stats.follow_config([e for e in entries if not e.is_template])
+            for session in self.sessions.values():  # a template's pipes: a row per destination
+                self.stats.pipes.setdefault(session.entry.local, session.stats)
             self._followed = entries
-            self.resolver.want(e.host for e in entries if e.address is None)
+            self.resolver.want(e.host for e in entries if e.is_name)
         return entries
 
     def status(self) -> dict[str, Any]:
@@ -703,13 +705,9 @@ class Server:
         waits for DNS); Unresolved if none matched but a name entry could not be checked."""
         unresolved: Unresolved | None = None
         for entry in configuration.candidates(self.entries(), path):
-            if names is not None:
-                # Mutual TLS: the certificate, not the source address, says who the peer is.
-                if configuration.host_matches_certificate(entry, *names):
-                    return entry
-                continue
             addresses: tuple[str, ...] = ()
-            if entry.address is None:
+            # With mutual TLS the certificate, not the source address, says who the peer is: no lookup.
+            if names is None and entry.is_name:
                 known = self.resolver.get(entry.host)
                 if known is None:
                     unresolved = unresolved or Unresolved(entry.host, "not looked up yet")
@@ -718,8 +716,9 @@ class Server:
                     unresolved = unresolved or Unresolved(entry.host, known.error)
                     continue
                 addresses = known.addresses
-            if configuration.host_matches(entry, peer_ip, addresses):
-                return entry
+            admitted = configuration.admit(entry, path, peer_ip, names, addresses)
+            if admitted is not None:
+                return admitted  # its own remote path and destination, placeholders filled
         if unresolved is not None:
             raise unresolved
         return None
@@ -761,10 +760,10 @@ class Server:
         self.log.info("SIGHUP: rereading %s and reopening destinations", self.config.path)
         self.config.reload(force=True)
         self.entries()
-        defined = {(e.host, e.remote, e.local) for e in self.config.entries}
+        defined = {e.defined_as for e in self.config.entries}
         for local, session in list(self.sessions.items()):
             e = session.entry
-            if (e.host, e.remote, e.local) not in defined:
+            if e.defined_as not in defined:
                 self.log.info("pipe %s:%s -> %s is no longer in the config: closed", e.host, e.remote, local)
                 session.task.cancel()
                 continue
