@@ -4,6 +4,7 @@ with real tcppiped and tcppipe processes on loopback."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ def server_status(pipes: Pipes) -> dict[str, Any]:
 
 
 def test_one_glob_entry_takes_each_file_into_its_own_name(pipes: Pipes) -> None:
-    """Two tcppipe processes send a.log and b.log through one glob entry, each byte-exact into {name};
-    status shows each substituted destination; a file the glob does not match is refused, nothing written."""
+    """Two tcppipe processes send a.log and b.log through one glob entry, each byte-exact into {name},
+    through a reload; status shows each substituted destination; a file the glob does not match is
+    refused, nothing written."""
     origins = pipes.tmp / "origin"
     origins.mkdir()
     dests = pipes.tmp / "dest" / "nginx"
@@ -39,13 +41,18 @@ def test_one_glob_entry_takes_each_file_into_its_own_name(pipes: Pipes) -> None:
     a.write_bytes(b"a says hello\n" * 5000 + bytes(range(256)))
     b.write_bytes(b"b has other bytes\n" * 3000)
     other.write_bytes(b"not for this entry\n")
-    pipes.start_server()
+    server = pipes.start_server()
     pipes.start_client(a)
     pipes.start_client(b)
     wait_until(lambda: same_bytes(a, dests / "a.log") and same_bytes(b, dests / "b.log"), what="both copies")
+    # A reload (the file changed, then SIGHUP) keeps the glob's pipes: they are still defined.
+    pipes.define("# reloaded")
+    server.send_signal(signal.SIGHUP)
+    pipes.syslog.wait_for("SIGHUP: rereading")
     with open(a, "ab") as f:
         f.write(b"appended to a\n")
     wait_until(lambda: same_bytes(a, dests / "a.log"), what="the append to a.log")
+    assert pipes.syslog.count("no longer in the config") == 0
     assert sha256(dests / "a.log") == sha256(a)
     assert sha256(dests / "b.log") == sha256(b)
     rows = {r["destination"]: r for r in server_status(pipes)["pipes"]}
