@@ -446,17 +446,71 @@ def _may_meet(a: Component, ea: Entry, b: Component, eb: Entry) -> bool:
 def could_share_a_file(a: Entry, b: Entry) -> bool:
     """Could the local paths of entries ``a`` and ``b`` ever be one file? (Rule 3, conservative.)"""
     ta, tb = split_template(a.local), split_template(b.local)
-    if isinstance(ta, str) or isinstance(tb, str) or len(ta) != len(tb):
+    if isinstance(ta, str) or isinstance(tb, str):
         return False
-    return all(_may_meet(x, a, y, b) for x, y in zip(ta, tb, strict=True))
+    return _templates_meet(a, ta, b, tb)
+
+
+def _templates_meet(a: Entry, ta: Sequence[Component], b: Entry, tb: Sequence[Component]) -> bool:
+    return len(ta) == len(tb) and all(_may_meet(x, a, y, b) for x, y in zip(ta, tb, strict=True))
+
+
+class _Overlaps:
+    """The entries parsed so far, indexed so that a new one is compared only with those that
+    could meet it: same depth, and fixed leading components that agree (a template's leading
+    literals, its base, must be a prefix of the other's path or base, or the other way round)."""
+
+    def __init__(self) -> None:
+        self.by_local: dict[str, Entry] = {}  # literal local paths
+        self.literal_prefix: dict[tuple[int, tuple[str, ...]], list[Entry]] = {}  # literals, by every prefix
+        self.template_base: dict[tuple[int, tuple[str, ...]], list[Entry]] = {}  # templates, by their base
+        self.template_prefix: dict[tuple[int, tuple[str, ...]], list[Entry]] = {}  # templates, by every base prefix
+        self.templates: dict[int, tuple[Component, ...]] = {}  # id(entry) -> its template
+
+    @staticmethod
+    def _head(template: Sequence[Component]) -> tuple[str, ...]:
+        head: list[str] = []
+        for c in template:
+            if not isinstance(c, str):
+                break
+            head.append(c)
+        return tuple(head)
+
+    def clash(self, entry: Entry, template: tuple[Component, ...]) -> Entry | None:
+        """The first earlier entry whose local path could be a file ``entry`` writes, if any."""
+        n, head = len(template), self._head(template)
+        found: list[Entry] = []
+        if entry.is_template:
+            found += self.literal_prefix.get((n, head), [])
+            found += self.template_prefix.get((n, head), [])
+            for k in range(len(head)):
+                found += self.template_base.get((n, head[:k]), [])
+        else:
+            for k in range(n):
+                found += self.template_base.get((n, head[:k]), [])
+        for other in sorted(found, key=lambda e: e.line):
+            if _templates_meet(entry, template, other, self.templates[id(other)]):
+                return other
+        return None
+
+    def add(self, entry: Entry, template: tuple[Component, ...]) -> None:
+        n, head = len(template), self._head(template)
+        self.templates[id(entry)] = template
+        if not entry.is_template:
+            self.by_local[entry.local] = entry
+            for k in range(n + 1):
+                self.literal_prefix.setdefault((n, head[:k]), []).append(entry)
+            return
+        self.template_base.setdefault((n, head), []).append(entry)
+        for k in range(len(head) + 1):
+            self.template_prefix.setdefault((n, head[:k]), []).append(entry)
 
 
 def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
     """Every entry of a config file and every problem in it."""
     entries: list[Entry] = []
     errors: list[ConfigError] = []
-    by_local: dict[str, Entry] = {}
-    templates: list[Entry] = []
+    seen = _Overlaps()
     for number, raw in enumerate(text.splitlines(), start=1):
         result = parse_line(raw)
         if result is None:
@@ -465,14 +519,15 @@ def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
             errors.append(ConfigError(path, number, result))
             continue
         entry = replace(result, line=number)
-        earlier = by_local.get(entry.local)
-        if earlier is not None and not entry.is_template:
+        earlier = seen.by_local.get(entry.local)
+        if earlier is not None:
             errors.append(
                 ConfigError(path, number, f"local file {entry.local} is already written by line {earlier.line}")
             )
             continue
-        others = entries if entry.is_template else templates
-        clash = next((e for e in others if could_share_a_file(entry, e)), None)
+        template = split_template(entry.local)
+        assert not isinstance(template, str)  # parse_line checked it
+        clash = seen.clash(entry, template)
         if clash is not None:
             errors.append(
                 ConfigError(
@@ -483,10 +538,7 @@ def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
                 )
             )
             continue
-        if entry.is_template:
-            templates.append(entry)
-        else:
-            by_local[entry.local] = entry
+        seen.add(entry, template)
         entries.append(entry)
     return entries, errors
 

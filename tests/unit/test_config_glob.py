@@ -331,3 +331,22 @@ def test_one_entry_never_puts_two_pipes_in_one_file(a: tuple[Entry, str, str], o
     first, second = e.destination_for(path, own), e.destination_for(f"/l/{other}", label)
     if first is not None and first == second:
         assert (path, own) == (f"/l/{other}", label)
+
+
+@given(st.lists(entries_and_values("l"), min_size=2, max_size=6))
+def test_the_overlap_index_finds_what_comparing_every_pair_finds(drawn: list[tuple[Entry, str, str]]) -> None:
+    """parse() compares a new entry only with indexed candidates; it flags exactly the entries that a
+    comparison with every earlier accepted entry would flag."""
+    lines = [f"{e.host}:{e.remote} | {e.local}" for e, _path, _label in drawn]
+    entries, errors = parse("\n".join(lines) + "\n", "f")
+    kept: list[Entry] = []
+    flagged: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        e = parse_line(line)
+        assert isinstance(e, Entry)
+        if any(e.local == k.local or could_share_a_file(e, k) for k in kept):
+            flagged.append(number)
+        else:
+            kept.append(e)
+    assert [err.line for err in errors] == flagged
+    assert [e.line for e in entries] == [n for n in range(1, len(lines) + 1) if n not in flagged]
