@@ -352,7 +352,11 @@ def _parse_remote(remote: str) -> tuple[str, bool] | str:
     remote = posixpath.normpath(remote)
     directory, last = posixpath.split(remote)
     if _GLOB_MAGIC.search(directory):
-        return f"remote path {remote}: a glob ('*', '?', '[') is allowed only in its last component"
+        parts = [literal_of(part) for part in directory.split("/")]
+        if any(part is None for part in parts):
+            return f"remote path {remote}: a glob ('*', '?', '[') is allowed only in its last component"
+        directory = "/".join(part or "" for part in parts)  # escapes ('[*]') only: a literal directory
+        remote = posixpath.join(directory, last)
     if not _GLOB_MAGIC.search(last):
         return remote, False
     literal = literal_of(last)

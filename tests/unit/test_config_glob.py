@@ -49,6 +49,7 @@ def entry(line: str) -> Entry:
         ("[fd00:0::1]:/x | /srv/{host}/x", "fd00:0::1", "/x", "/srv/fd00::1/x", False),
         ("h:/var/log/a[*]b.log | /srv/ab", "h", "/var/log/a*b.log", "/srv/ab", False),
         ("h:/var/log/a[.log | /srv/ab", "h", "/var/log/a[.log", "/srv/ab", False),
+        ("h:/var/l[?]g/*.log | /srv/{name}", "h", "/var/l?g/*.log", "/srv/{name}", True),
         ("h:/logs/*.log | //srv//{name}", "h", "/logs/*.log", "/srv/{name}", True),
     ],
 )
