@@ -411,9 +411,7 @@ class Server:
         """The config in force (re-read if the file changed), with a stats row per pipe."""
         entries = self.config.current()
         if entries is not self._followed:
-            self.stats.follow_config([e for e in entries if not e.is_template])
-            for session in self.sessions.values():  # a template's pipes: a row per destination
-                self.stats.pipes.setdefault(session.entry.local, session.stats)
+            self.stats.follow_config(entries, live=self.sessions)
             self._followed = entries
             self.resolver.want(e.host for e in entries if e.is_name)
         return entries

@@ -11,6 +11,7 @@ connections, so a reconnecting pipe keeps its history.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tcppipe.config import Entry
@@ -90,13 +91,16 @@ class ServerStats:
             stats = self.pipes[entry.local] = PipeStats(entry.host, entry.remote, entry.local)
         return stats
 
-    def follow_config(self, entries: list[Entry]) -> None:
-        """One row per configured pipe: new entries appear, removed ones go."""
-        defined = {e.local for e in entries}
+    def follow_config(self, entries: list[Entry], live: Iterable[str] = ()) -> None:
+        """One row per configured pipe: new entries appear, removed ones go. A glob or
+        network entry has no row of its own: each destination it fills has one while
+        its pipe is ``live`` (and until the config next changes)."""
+        defined = {e.local for e in entries if not e.is_template} | set(live)
         for local in [k for k in self.pipes if k not in defined]:
             del self.pipes[local]
         for entry in entries:
-            self.pipe(entry)
+            if not entry.is_template:
+                self.pipe(entry)
 
     def rows(self) -> list[PipeRow]:
         now = time.time()
