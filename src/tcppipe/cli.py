@@ -170,7 +170,14 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
     )
     p.add_argument("--help", action="help", help="show this help and exit")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-f", dest="file", required=True, metavar="FILE", help="origin file (must exist)")
+    p.add_argument(
+        "-f",
+        dest="file",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="origin file (must exist); again for more files; a quoted glob for every file it matches, now and later",
+    )
     p.add_argument("-h", dest="host", required=True, metavar="HOST", help="host running tcppiped")
     p.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT, metavar="PORT", help="server port (6514)")
     p.add_argument(
@@ -518,7 +525,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     lock: HeldLock | None = None
     try:
         args = client_parser().parse_args(args_list)
-        key = PipeKey.from_options(args.file, args.host, args.port)
+        if _is_host_agent(args.file):
+            return _host_agent_main(program, args)
+        key = PipeKey.from_options(args.file[0], args.host, args.port)
         state_dir = args.state_dir or _default_state_dir()
         if args.show_pid:
             pid = holder_pid(key.lock_path(state_dir))
@@ -565,6 +574,85 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         return 0
     except Exception as exc:
         return program.crash(exc)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _is_host_agent(files: Sequence[str]) -> bool:
+    """Several -f, or a glob: one process for many pipes (``host_agent.py``)."""
+    from tcppipe.discovery import is_pattern
+
+    return len(files) > 1 or is_pattern(files[0])
+
+
+def _agent_patterns(args: argparse.Namespace) -> tuple[list[str], PipeKey]:
+    """The normalised -f set (as -f FILE is: absolute, symlinks not resolved) and a key for its -h -p."""
+    from tcppipe.discovery import normalise_pattern
+
+    cwd = os.getcwd()
+    patterns = list(dict.fromkeys(normalise_pattern(f, cwd) for f in args.file))
+    return patterns, PipeKey.from_options(patterns[0], args.host, args.port)
+
+
+def _agent_lock_path(state_dir: str, patterns: Sequence[str], key: PipeKey) -> str:
+    from tcppipe.discovery import agent_lock_name
+
+    return os.path.join(state_dir, agent_lock_name(patterns, key.host, key.port))
+
+
+def _host_agent_main(program: _Program, args: argparse.Namespace) -> int:
+    """tcppipe with several -f or a glob: a pipe per matching file, one process (exit status
+    as in host_agent.py Rule 3)."""
+    from tcppipe.client import ClientOptions
+    from tcppipe.discovery import is_pattern
+    from tcppipe.host_agent import run_agent
+
+    patterns, key = _agent_patterns(args)
+    state_dir = args.state_dir or _default_state_dir()
+    lock_path = _agent_lock_path(state_dir, patterns, key)
+    if args.show_pid:
+        pid = holder_pid(lock_path)
+        if pid is None:
+            return 1
+        print(pid)
+        return 0
+    lock: HeldLock | None = None
+    try:
+        program.start_logging(args.syslog_address, args.foreground)
+        for pattern in patterns:
+            if not is_pattern(pattern):
+                os.close(open_origin(pattern))  # a plain -f must exist at start, as in the one-file form
+        try:
+            os.makedirs(state_dir, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create state directory {state_dir}: {describe_os_error(exc)}") from None
+        code = program.detach()
+        if code is not None:
+            return code
+        try:
+            lock = HeldLock.acquire(lock_path)
+        except OSError as exc:
+            raise UsageError(f"cannot lock {lock_path}: {describe_os_error(exc)}") from None
+        if lock is None:
+            pid = holder_pid(lock_path)
+            raise AlreadyRunning(f"already running with these -f to {key.host} port {key.port} (pid {pid})")
+        tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+        template = ClientOptions(
+            key,
+            args.interval,
+            args.full,
+            args.bind,
+            state_dir,
+            args.rotate_grace,
+            args.heartbeat,
+            tls,
+            compress=args.compress,
+            privileged_port=args.privileged_port,
+        )
+        asyncio.run(run_agent(patterns, template, program.log, program.ready))
+        program.log.info("[%s:%d] stopped", key.host, key.port)
+        return 0
     finally:
         if lock is not None:
             lock.release()
@@ -655,11 +743,17 @@ def keepalive_main(argv: Sequence[str] | None = None) -> int:
     state_dir = args.state_dir or _default_state_dir()
     if not os.path.exists(os.path.join(state_dir, KEEPALIVE_FLAG)):
         return 0
-    key = PipeKey.from_options(args.file, args.host, args.port)
+    if _is_host_agent(args.file):
+        patterns, key = _agent_patterns(args)
+        running_lock = _agent_lock_path(state_dir, patterns, key)
+        serialise = running_lock.removesuffix(".lock") + ".keepalive-lock"
+    else:
+        key = PipeKey.from_options(args.file[0], args.host, args.port)
+        running_lock, serialise = key.lock_path(state_dir), key.keepalive_lock_path(state_dir)
     try:
         # Serialise racing cron runs: the second waits, then finds the first's pipe.
-        with exclusive(key.keepalive_lock_path(state_dir)):
-            if holder_pid(key.lock_path(state_dir)) is not None:
+        with exclusive(serialise):
+            if holder_pid(running_lock) is not None:
                 return 0
             forwarded = [a for a in args_list if a != "-I"]
             return subprocess.run([sys.executable, "-m", "tcppipe", *forwarded], check=False).returncode

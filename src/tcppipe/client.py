@@ -153,7 +153,18 @@ class Watcher:
 class Client:
     """One pipe's asyncio adapter around ``PipeClient``: a file-side task and a connection loop."""
 
-    def __init__(self, opts: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        opts: ClientOptions,
+        logger: logging.Logger,
+        on_ready: Callable[[], None],
+        *,
+        own_signals: bool = True,
+        admit: Callable[[OriginGeneration], bool] | None = None,
+    ) -> None:
+        """``own_signals``: this pipe is the program (a host agent handles signals for all
+        its pipes instead). ``admit``: asked about each new generation at FILE; one it
+        refuses (another pipe's inode) retires this pipe (see ``_retire``)."""
         self.opts = opts
         key = opts.key
         self.log = logger
@@ -178,6 +189,10 @@ class Client:
         self.last_byte_at: float | None = None
         self.catch_up = CatchUp() if opts.show_progress else None
         self.tasks = TaskReaper(logger, self.prefix)
+        self.own_signals = own_signals
+        self.admit = admit
+        # FILE now holds a generation this pipe may not take: send what it holds, then stop.
+        self.retiring = False
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -198,16 +213,17 @@ class Client:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        log_loop_errors(loop, self.log)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.request_hup)
-        for signum in daemon.early_signals:
-            if signum == signal.SIGHUP:
-                self.request_hup()
-            else:
-                self.request_stop()
-        daemon.early_signals.clear()
+        if self.own_signals:
+            log_loop_errors(loop, self.log)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_hup)
+            for signum in daemon.early_signals:
+                if signum == signal.SIGHUP:
+                    self.request_hup()
+                else:
+                    self.request_stop()
+            daemon.early_signals.clear()
         self.core.start(time.monotonic())
         self.watcher = Watcher(self.opts.key.path, self.file_event.set, self.log)
         self._follow_files()
@@ -244,14 +260,62 @@ class Client:
         now = time.monotonic()
         before = len(self.core.tailer.gens)
         hup, self.hup_pending = self.hup_pending, False
-        self.core.follow(now, hup)
-        self._log_notices()
+        if self.retiring:
+            self._retire(now)
+        else:
+            self.core.follow(now, hup)
+            self._log_notices()
+            if self.admit is not None and len(self.core.tailer.gens) > before:
+                self._admit_newest()
         if self.watcher is not None:
             for gen in self.core.tailer.gens:
                 self.watcher.watch_file(gen)
         self._save_status()
         if len(self.core.tailer.gens) != before or self.core.streaming:
             self.send_event.set()
+
+    def _admit_newest(self) -> None:
+        """Ask ``admit`` about the generation just opened at FILE; refused, it is closed
+        unsent and this pipe retires."""
+        gens = self.core.tailer.gens
+        newest = gens[-1]
+        if self.admit is None or self.admit(newest):
+            return
+        gens.pop()
+        newest.close()
+        self.retiring = True
+        self.say(
+            logging.WARNING,
+            "%s is now inode %d, a file another pipe of this tcppipe holds (rotated onto this name):"
+            " not sent again; this pipe ends once what it holds has landed",
+            self.opts.key.path,
+            newest.ino,
+        )
+
+    def _retire(self, now: float) -> None:
+        """Retiring: FILE is no longer followed (it is another pipe's file); the generations
+        held still grow and go out, and once all of them have landed the pipe stops."""
+        for gen in self.core.tailer.gens:
+            gen.observe(now)
+        if self.drained():
+            self.say(logging.INFO, "everything it held has landed: pipe ended")
+            self.request_stop()
+
+    # -- read-only, for a host agent ------------------------------------------------
+
+    def held_inodes(self) -> frozenset[tuple[int, int]]:
+        """The (st_dev, st_ino) of every generation this pipe holds or its status file lists
+        (FILE, those draining or queued, and until READY those the last run listed)."""
+        return frozenset(self.core.shape())
+
+    def drained(self) -> bool:
+        """Connected, and every generation held acknowledged to its end: nothing left to send."""
+        if not self.core.streaming:
+            return False
+        try:
+            return all(gen.acked >= gen.size() for gen in self.core.tailer.gens if not gen.closed)
+        except OSError:
+            return False
 
     def _log_notices(self) -> None:
         for note in self.core.take_notices():

@@ -1,0 +1,293 @@
+"""One tcppipe for a whole host: the asyncio supervisor of one ``Client`` per matching file.
+
+Rule 1: thin. Which paths get a pipe, which are rotated names of another
+pipe's file, which pipes are finished: ``discovery.py`` decides; this file
+globs and stats every -t seconds, takes each pipe's lock, runs its Client and
+reports what each pipe holds back to the discovery.
+
+Rule 2: a pipe is exactly the single-file pipe: its own Client (file side,
+connection, generations, resume, rotation following), its own lock and status
+file keyed by (FILE, HOST, PORT) as ``tcppipe -f FILE -h HOST`` has them, so
+``tcppipe -I -f FILE`` names this process and ``tcppipe status`` lists each.
+One connection per pipe: the server's one-pipe-one-connection rule, its
+resume rule and its per-connection back-pressure stay as they are.
+
+Rule 3 (failures stay local): each Client runs in its own task, never in a
+shared TaskGroup. A pipe that ends with an error (refused, unreachable,
+unreadable, an internal error) is logged to syslog, its lock released, and it
+is tried again after ``discovery.RETRY_FAILED_S`` or at the next SIGHUP; the
+other pipes go on. Exit status: at start, once every pipe found by the first
+scan has had its first answer, the agent is ready (detaches, 0) if one of them
+got READY or none was found; if all of them failed, it stops with the first
+failure's status, as the single-file form would. Afterwards it runs until
+SIGTERM/SIGINT (0).
+
+Rule 4 (signals): handlers only set flags and wake the scan task. SIGHUP
+makes every pipe check for rotation (each Client's own SIGHUP rule) and
+retries failed pipes at once; SIGTERM/SIGINT stop every pipe cleanly (each
+says goodbye and saves its status) and then the program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fnmatch
+import glob
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable, Sequence
+
+from tcppipe import daemon
+from tcppipe.client import Client, ClientOptions
+from tcppipe.discovery import Decision, Discovery, Inode, is_pattern
+from tcppipe.errors import TcppipeError, describe_os_error
+from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
+from tcppipe.tasks import TaskReaper, log_loop_errors
+
+
+@dataclasses.dataclass(eq=False)
+class Pipe:
+    """One running pipe of the agent."""
+
+    key: PipeKey
+    client: Client
+    lock: HeldLock
+    task: asyncio.Task[None] | None = None
+    # Its path matched nothing for the grace period and it had sent everything: stopping.
+    finishing: bool = False
+
+
+class HostAgent:
+    """Runs a Client for every file the patterns match, on one event loop."""
+
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        template: ClientOptions,
+        logger: logging.Logger,
+        on_ready: Callable[[], None],
+    ) -> None:
+        """``patterns``: absolute paths and globs; ``template``: the options every pipe
+        shares (its key names the host and port; the path is each file's)."""
+        self.patterns = list(patterns)
+        self.template = template
+        self.host, self.port = template.key.host, template.key.port
+        self.state_dir = template.state_dir
+        self.log = logger
+        self.on_ready = on_ready
+        self.discovery = Discovery(template.grace_s)
+        self.pipes: dict[str, Pipe] = {}
+        self.tasks = TaskReaper(logger, f"[{self.host}:{self.port}]")
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.hup_pending = False
+        # The first scan's pipes that have not answered yet; the first of their failures.
+        self._initial: set[str] = set()
+        self._any_ready = False
+        self._settled = False
+        self.start_failure: TcppipeError | None = None
+        # What was last said about a path that gets no pipe, so a scan does not repeat it.
+        self._said: dict[str, str] = {}
+
+    # -- signals -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        for pipe in list(self.pipes.values()):
+            pipe.client.request_stop()
+        self.wake.set()
+
+    def request_hup(self) -> None:
+        self.hup_pending = True
+        self.wake.set()
+
+    # -- main loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT (returns), or raise the start-up failure (TcppipeError)."""
+        loop = asyncio.get_running_loop()
+        log_loop_errors(loop, self.log)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_hup)
+        for signum in daemon.early_signals:
+            if signum == signal.SIGHUP:
+                self.request_hup()
+            else:
+                self.request_stop()
+        daemon.early_signals.clear()
+        self._claim_recorded()
+        try:
+            self._scan(first=True)
+            self._settle()
+            while not self.stopping:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.template.interval_s):
+                        await self.wake.wait()
+                if self.stopping:
+                    break
+                if self.hup_pending:
+                    self.hup_pending = False
+                    for pipe in self.pipes.values():
+                        pipe.client.request_hup()
+                    self.discovery.retry_now()
+                self._scan(first=False)
+        finally:
+            self.request_stop()
+            running = [p.task for p in self.pipes.values() if p.task is not None]
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        if self.start_failure is not None:
+            raise self.start_failure
+
+    def _claim_recorded(self) -> None:
+        """Before the first scan: every inode a status file of this host and port lists for a
+        file these patterns match is that file's (Rule 2 of discovery.py, across restarts)."""
+        for path in sorted(glob.glob(os.path.join(glob.escape(self.state_dir), "tcppipe.*.status"))):
+            raw = read_json(path) or {}
+            origin = raw.get("file")
+            if raw.get("host") != self.host or raw.get("port") != self.port or not isinstance(origin, str):
+                continue
+            if not any(fnmatch.fnmatchcase(origin, p) for p in self.patterns):
+                continue
+            listed = [*raw.get("queue", []), raw.get("generation")]
+            self.discovery.claim(origin, _inodes(listed))
+
+    def _found(self) -> dict[str, Inode]:
+        """Every regular file the patterns match now, with its inode."""
+        found: dict[str, Inode] = {}
+        for pattern in self.patterns:
+            for path in glob.glob(pattern) if is_pattern(pattern) else [pattern]:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    found[path] = (st.st_dev, st.st_ino)
+        return found
+
+    def _scan(self, first: bool) -> None:
+        now = time.monotonic()
+        running = {path: pipe.client.held_inodes() for path, pipe in self.pipes.items()}
+        decision = self.discovery.decide(self._found(), running, now)
+        self._report_rotated(decision)
+        for path in decision.gone:
+            pipe = self.pipes[path]
+            if not pipe.finishing and pipe.client.drained():
+                pipe.finishing = True
+                self.log.info(
+                    "%s gone for %.0f s and everything sent: pipe ended", pipe.client.prefix, self.template.grace_s
+                )
+                pipe.client.request_stop()
+        for path in decision.start:
+            self._start(path, first, now)
+
+    def _report_rotated(self, decision: Decision) -> None:
+        for path, owner in decision.rotated.items():
+            self._say_once(path, f"{path} is a rotated generation of {owner} (same inode): sent as part of that pipe")
+
+    def _say_once(self, path: str, message: str, level: int = logging.INFO) -> None:
+        if self._said.get(path) != message:
+            self._said[path] = message
+            self.log.log(level, "[%s:%d] %s", self.host, self.port, message)
+
+    # -- one pipe ----------------------------------------------------------------
+
+    def _start(self, path: str, first: bool, now: float) -> None:
+        key = PipeKey(path, self.host, self.port)
+        lock_path = key.lock_path(self.state_dir)
+        try:
+            lock = HeldLock.acquire(lock_path)
+        except OSError as exc:
+            self._say_once(path, f"cannot lock {lock_path}: {describe_os_error(exc)}", logging.ERROR)
+            self.discovery.failed(path, now)
+            return
+        if lock is None:
+            pid = holder_pid(lock_path)
+            self._say_once(path, f"{path} is already sent to {self.host} port {self.port} by pid {pid}: left to it")
+            self.discovery.failed(path, now)
+            return
+        self._said.pop(path, None)
+        opts = dataclasses.replace(self.template, key=key, full=self.template.full and first)
+        client = Client(
+            opts,
+            self.log,
+            lambda: self._pipe_ready(path),
+            own_signals=False,
+            admit=lambda gen: self.discovery.admits(path, (gen.dev, gen.ino)),
+        )
+        pipe = Pipe(key, client, lock)
+        self.pipes[path] = pipe
+        if first:
+            self._initial.add(path)
+        else:
+            client.say(logging.INFO, "new file: pipe started")
+        pipe.task = self.tasks.spawn(self._run_pipe(pipe), f"pipe {path}")
+
+    async def _run_pipe(self, pipe: Pipe) -> None:
+        path = pipe.key.path
+        failure: TcppipeError | None = None
+        try:
+            await pipe.client.run()
+        except TcppipeError as exc:
+            failure = exc
+        except Exception as exc:
+            self.log.error("%s internal error: %r", pipe.client.prefix, exc, exc_info=exc)
+            failure = TcppipeError(f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            pipe.lock.release()
+            del self.pipes[path]
+        if failure is not None:
+            for line in failure.message.splitlines():
+                pipe.client.say(logging.ERROR, "%s", line)
+            if not self.stopping:
+                self.discovery.failed(path, time.monotonic())
+                pipe.client.say(
+                    logging.INFO, "pipe ended; trying it again in %.0f s (or at a SIGHUP)", self.discovery.retry_s
+                )
+            if path in self._initial and self.start_failure is None and not self._any_ready:
+                self.start_failure = failure
+        elif not self.stopping:
+            pipe.client.say(logging.INFO, "stopped")
+        self._initial.discard(path)
+        self._settle()
+
+    def _pipe_ready(self, path: str) -> None:
+        self._any_ready = True
+        self._initial.discard(path)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Once every pipe of the first scan has answered: ready, or stop with the first failure."""
+        if self._settled or self._initial:
+            return
+        self._settled = True
+        if self._any_ready or self.start_failure is None:
+            self.start_failure = None
+            self.on_ready()
+        else:
+            self.request_stop()
+
+
+def _inodes(listed: list[object]) -> list[Inode]:
+    inodes: list[Inode] = []
+    for item in listed:
+        if isinstance(item, dict):
+            dev, ino = item.get("dev"), item.get("ino")
+            if isinstance(dev, int) and isinstance(ino, int):
+                inodes.append((dev, ino))
+    return inodes
+
+
+async def run_agent(
+    patterns: Sequence[str], template: ClientOptions, logger: logging.Logger, on_ready: Callable[[], None]
+) -> None:
+    """Run the pipes of every file ``patterns`` match until stopped (returns), or raise the
+    start-up failure (TcppipeError) when every pipe found at start failed."""
+    await HostAgent(patterns, template, logger, on_ready).run()

@@ -1,0 +1,131 @@
+"""One tcppipe for many files: several -f, globs, new files, rotated names, kill -9, -I and status."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.integration.conftest import Pipes, command, kill9, same_bytes, stop, wait_until
+from tests.integration.test_restart import Writer, numbered_lines
+
+
+def start_agent(pipes: Pipes, *files: Path | str, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """tcppipe with one -f per argument (a glob stays unexpanded: no shell), in the foreground."""
+    first, *rest = files
+    more = [arg for f in rest for arg in ("-f", str(f))]
+    return pipes.spawn(pipes.client_args(Path(first), *more, *extra))
+
+
+def exact(pairs: list[tuple[Path, Path]]) -> bool:
+    return all(same_bytes(origin, dest) for origin, dest in pairs)
+
+
+def test_a_glob_and_a_plain_file_stream_byte_exact(pipes: Pipes) -> None:
+    """-f GLOB -f FILE: every matching file and the plain one are their own pipes, byte-exact, appends too."""
+    a, dest_a = pipes.pipe("a.log")
+    b, dest_b = pipes.pipe("b.log")
+    plain, dest_plain = pipes.pipe("syslog")  # beside them, but not matched by *.log
+    for i, origin in enumerate((a, b, plain)):
+        origin.write_bytes(numbered_lines(i * 1000, 500 + i * 300))
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "*.log", plain)
+    pairs = [(a, dest_a), (b, dest_b), (plain, dest_plain)]
+    wait_until(lambda: exact(pairs), what="three files copied")
+    for i, origin in enumerate((a, b, plain)):
+        with open(origin, "ab") as f:
+            f.write(numbered_lines(10_000 + i * 100, 50) + b"no newline yet")
+    wait_until(lambda: exact(pairs), what="appends to all three")
+    assert stop(agent) == 0
+
+
+def test_a_new_matching_file_arrives_from_its_first_byte(pipes: Pipes) -> None:
+    """A file created after the start that the glob matches gets its own pipe within -t, from byte 0."""
+    a, dest_a = pipes.pipe("a.log")
+    a.write_bytes(numbered_lines(0, 100))
+    new, dest_new = pipes.pipe("new.log")
+    new.unlink()  # defined on the server, not there yet on the origin
+    pipes.start_server()
+    start_agent(pipes, pipes.tmp / "origin" / "*.log", extra=("-t", "0.2"))
+    wait_until(lambda: same_bytes(a, dest_a), what="first file copied")
+    content = numbered_lines(500, 300)
+    new.write_bytes(content)
+    wait_until(lambda: same_bytes(new, dest_new), what="the new file, whole")
+    assert dest_new.read_bytes() == content
+    with open(new, "ab") as f:
+        f.write(b"and an append\n")
+    wait_until(lambda: same_bytes(new, dest_new), what="an append to the new file")
+
+
+def test_a_rotated_name_the_glob_matches_is_not_sent_again(pipes: Pipes) -> None:
+    """Glob *.log*: after mv a.log a.log.1 and a new a.log, a.log.1 is a.log's old generation, not a new pipe."""
+    a, dest_a = pipes.pipe("a.log")
+    rotated = a.with_name("a.log.1")
+    dest_rotated = pipes.tmp / "dest" / "a.log.1"
+    pipes.define(f"127.0.0.1:{rotated} | {dest_rotated}")  # a pipe for it would be accepted: it must not happen
+    a.write_bytes(numbered_lines(0, 400))
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "*.log*", extra=("-t", "0.2", "--rotate-grace", "600"))
+    wait_until(lambda: same_bytes(a, dest_a), what="first copy")
+    a.rename(rotated)
+    a.write_bytes(b"")
+    pipes.syslog.wait_for(f"{rotated} is a rotated generation of {a}")
+    with open(rotated, "ab") as f:
+        f.write(numbered_lines(400, 50))  # a writer that has not reopened yet
+    with open(a, "ab") as f:
+        f.write(numbered_lines(1000, 70))
+    agent.send_signal(signal.SIGHUP)
+    wait_until(lambda: dest_a.read_bytes() == rotated.read_bytes() + a.read_bytes(), what="a.log.1 then a.log")
+    assert not dest_rotated.exists()
+    assert stop(agent) == 0
+    assert not dest_rotated.exists()
+
+
+def test_kill9_of_the_glob_client_while_ten_files_stream_then_restart(pipes: Pipes) -> None:
+    """kill -9 of one tcppipe carrying 10 files while writers append to all; restarted, every destination is exact."""
+    pairs = [pipes.pipe(f"f{i}.log") for i in range(10)]
+    for i, (origin, _dest) in enumerate(pairs):
+        origin.write_bytes(numbered_lines(0, 200 + 50 * i))
+    pipes.start_server()
+    pattern = pipes.tmp / "origin" / "f*.log"
+    agent = start_agent(pipes, pattern)
+    writers = [Writer(origin, lines_per_tick=5, tick_s=0.01) for origin, _ in pairs]
+    for writer in writers:
+        writer.start()
+    try:
+        wait_until(lambda: all(w.written > 100 for w in writers), what="writers under way")
+        wait_until(lambda: all(dest.exists() and dest.stat().st_size > 0 for _, dest in pairs), what="all streaming")
+        kill9(agent)
+        wait_until(lambda: all(w.written > 300 for w in writers), what="appends while tcppipe is dead")
+        start_agent(pipes, pattern)
+        wait_until(lambda: all(w.written > 500 for w in writers), what="appends after the restart")
+    finally:
+        for writer in writers:
+            writer.finish()
+    wait_until(lambda: exact(pairs), what="every destination exact")
+
+
+def test_dash_I_and_status_name_the_glob_client_for_each_file(pipes: Pipes) -> None:
+    """tcppipe -I -f FILE prints the glob client's pid for a file it matched; status lists every pipe."""
+    pairs = [pipes.pipe(name) for name in ("x.log", "y.log", "z.log")]
+    other, _ = pipes.pipe("other.txt")
+    for origin, _dest in pairs:
+        origin.write_bytes(b"hello\n")
+    pipes.start_server()
+    pattern = pipes.tmp / "origin" / "*.log"
+    agent = start_agent(pipes, pattern)
+    wait_until(lambda: exact(pairs), what="copies")
+    for origin, _dest in pairs:
+        assert pipes.client_pid(origin) == agent.pid
+    assert pipes.client_pid(other) is None
+    assert pipes.client_pid(pattern) == agent.pid  # -I with the same glob names the process too
+    out = pipes.run([command("tcppipe"), "status", "--state-dir", str(pipes.client_state), "--json"])
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["pipes"]
+    assert sorted(row["origin"] for row in rows) == sorted(str(o) for o, _ in pairs)
+    assert all(row["state"] == "streaming" for row in rows)
+    second = pipes.run(pipes.client_args(pattern))
+    assert second.returncode == 6, second.stderr
+    assert stop(agent) == 0
+    assert all(pipes.client_pid(origin) is None for origin, _ in pairs)
