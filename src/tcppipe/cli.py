@@ -160,6 +160,16 @@ def _default_state_dir() -> str:
     return os.environ.get("TCPPIPE_STATE_DIR") or "/var/run"
 
 
+class _AddFile(argparse.Action):
+    """-f, as often as given: ``files`` lists them all, ``file`` is the first (the one-file form's)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: object, option: str | None = None
+    ) -> None:
+        files = [*(getattr(ns, "files", None) or []), str(value)]
+        ns.files, ns.file = files, files[0]
+
+
 def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
@@ -173,7 +183,7 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
     p.add_argument(
         "-f",
         dest="file",
-        action="append",
+        action=_AddFile,
         required=True,
         metavar="FILE",
         help="origin file (must exist); again for more files; a quoted glob for every file it matches, now and later",
@@ -525,9 +535,9 @@ def client_main(argv: Sequence[str] | None = None) -> int:
     lock: HeldLock | None = None
     try:
         args = client_parser().parse_args(args_list)
-        if _is_host_agent(args.file):
+        if _is_host_agent(args.files):
             return _host_agent_main(program, args)
-        key = PipeKey.from_options(args.file[0], args.host, args.port)
+        key = PipeKey.from_options(args.file, args.host, args.port)
         state_dir = args.state_dir or _default_state_dir()
         if args.show_pid:
             pid = holder_pid(key.lock_path(state_dir))
@@ -591,7 +601,7 @@ def _agent_patterns(args: argparse.Namespace) -> tuple[list[str], PipeKey]:
     from tcppipe.discovery import normalise_pattern
 
     cwd = os.getcwd()
-    patterns = list(dict.fromkeys(normalise_pattern(f, cwd) for f in args.file))
+    patterns = list(dict.fromkeys(normalise_pattern(f, cwd) for f in args.files))
     return patterns, PipeKey.from_options(patterns[0], args.host, args.port)
 
 
@@ -743,12 +753,12 @@ def keepalive_main(argv: Sequence[str] | None = None) -> int:
     state_dir = args.state_dir or _default_state_dir()
     if not os.path.exists(os.path.join(state_dir, KEEPALIVE_FLAG)):
         return 0
-    if _is_host_agent(args.file):
+    if _is_host_agent(args.files):
         patterns, key = _agent_patterns(args)
         running_lock = _agent_lock_path(state_dir, patterns, key)
         serialise = running_lock.removesuffix(".lock") + ".keepalive-lock"
     else:
-        key = PipeKey.from_options(args.file[0], args.host, args.port)
+        key = PipeKey.from_options(args.file, args.host, args.port)
         running_lock, serialise = key.lock_path(state_dir), key.keepalive_lock_path(state_dir)
     try:
         # Serialise racing cron runs: the second waits, then finds the first's pipe.

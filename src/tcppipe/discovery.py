@@ -125,6 +125,8 @@ class Discovery:
             if owner is not None and owner != path:
                 rotated[path] = owner
                 continue
+            # Claimed now, not at the next scan: the pipe may see a rotation before that.
+            self.claims[found[path]] = path
             start.append(path)
         gone: list[str] = []
         for path in running:

@@ -2,8 +2,9 @@
 
 Rule 1: thin. Which paths get a pipe, which are rotated names of another
 pipe's file, which pipes are finished: ``discovery.py`` decides; this file
-globs and stats every -t seconds, takes each pipe's lock, runs its Client and
-reports what each pipe holds back to the discovery.
+globs and stats (every -t seconds, and on an inotify event in a directory the
+patterns name), takes each pipe's lock, runs its Client and reports what each
+pipe holds back to the discovery.
 
 Rule 2: a pipe is exactly the single-file pipe: its own Client (file side,
 connection, generations, resume, rotation following), its own lock and status
@@ -41,13 +42,61 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from tcppipe import daemon
 from tcppipe.client import Client, ClientOptions
-from tcppipe.discovery import Decision, Discovery, Inode, is_pattern
+from tcppipe.discovery import Decision, Discovery, Inode, is_pattern, watched_directories
 from tcppipe.errors import TcppipeError, describe_os_error
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tasks import TaskReaper, log_loop_errors
+
+# Scans triggered by directory events run at most this often (a logrotate run of 100 files
+# makes hundreds of events; one scan after them sees every change).
+MIN_SCAN_GAP_S = 0.05
+
+
+class DirectoryWatch:
+    """Wakes the scan when an entry is created, moved or deleted in a watched directory
+    (one inotify instance for the agent; the -t poll covers anything missed)."""
+
+    def __init__(self, wake: Callable[[], None], log: logging.Logger) -> None:
+        self._wake = wake
+        self._inotify: Any = None
+        self._watched: set[str] = set()
+        try:
+            import inotify_simple
+
+            flags = inotify_simple.flags
+            self._mask = flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
+            self._inotify = inotify_simple.INotify(nonblocking=True)
+            asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
+        except (ImportError, OSError) as exc:
+            log.warning("no directory events (%s); new files are found by the -t poll", exc)
+            self.close()
+
+    def watch(self, directories: set[str]) -> None:
+        """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
+        if self._inotify is None:
+            return
+        for directory in directories - self._watched:
+            with contextlib.suppress(OSError):
+                self._inotify.add_watch(directory, self._mask)
+                self._watched.add(directory)
+
+    def _on_readable(self) -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(64):
+                if len(os.read(self._inotify.fileno(), 65536)) < 4096:
+                    break
+        self._wake()
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -122,7 +171,10 @@ class HostAgent:
                 self.request_stop()
         daemon.early_signals.clear()
         self._claim_recorded()
+        directories = watched_directories(self.patterns)
+        watch = DirectoryWatch(self.wake.set, self.log)
         try:
+            watch.watch(directories)
             self._scan(first=True)
             self._settle()
             while not self.stopping:
@@ -130,8 +182,10 @@ class HostAgent:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.template.interval_s):
                         await self.wake.wait()
+                    await asyncio.sleep(MIN_SCAN_GAP_S)  # let a burst of directory events settle
                 if self.stopping:
                     break
+                watch.watch(directories)
                 if self.hup_pending:
                     self.hup_pending = False
                     for pipe in self.pipes.values():
@@ -139,6 +193,7 @@ class HostAgent:
                     self.discovery.retry_now()
                 self._scan(first=False)
         finally:
+            watch.close()
             self.request_stop()
             running = [p.task for p in self.pipes.values() if p.task is not None]
             if running:

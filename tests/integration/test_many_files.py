@@ -82,6 +82,34 @@ def test_a_rotated_name_the_glob_matches_is_not_sent_again(pipes: Pipes) -> None
     assert not dest_rotated.exists()
 
 
+def test_files_already_rotated_at_start_keep_to_their_own_generation_at_the_next_rotation(pipes: Pipes) -> None:
+    """a.log and a.log.1 both match at the first start: at the next rotation a.log.1's pipe does not take
+    a.log's old file (now named a.log.1) and ends; a.log.2 is no pipe; each inode lands once."""
+    a, dest_a = pipes.pipe("a.log")
+    one, dest_one = pipes.pipe("a.log.1")
+    two = a.with_name("a.log.2")
+    dest_two = pipes.tmp / "dest" / "a.log.2"
+    pipes.define(f"127.0.0.1:{two} | {dest_two}")
+    a.write_bytes(numbered_lines(0, 300))
+    one.write_bytes(numbered_lines(5000, 200))
+    old_one = one.read_bytes()
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "a.log*", extra=("-t", "0.2", "--rotate-grace", "600"))
+    wait_until(lambda: same_bytes(a, dest_a) and same_bytes(one, dest_one), what="first copies")
+    old_a = a.read_bytes()
+    one.rename(two)
+    a.rename(one)
+    a.write_bytes(numbered_lines(9000, 40))
+    agent.send_signal(signal.SIGHUP)
+    pipes.syslog.wait_for("this pipe ends once what it holds has landed")
+    wait_until(lambda: dest_a.read_bytes() == old_a + a.read_bytes(), what="a.log: its old generation, then the new")
+    wait_until(lambda: pipes.client_pid(one) is None, what="the pipe of a.log.1 to end")
+    assert dest_one.read_bytes() == old_one
+    assert not dest_two.exists()
+    assert pipes.client_pid(a) == agent.pid
+    assert stop(agent) == 0
+
+
 def test_kill9_of_the_glob_client_while_ten_files_stream_then_restart(pipes: Pipes) -> None:
     """kill -9 of one tcppipe carrying 10 files while writers append to all; restarted, every destination is exact."""
     pairs = [pipes.pipe(f"f{i}.log") for i in range(10)]

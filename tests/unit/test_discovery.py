@@ -50,6 +50,14 @@ def test_the_claim_outlives_the_pipe_holding_it_while_the_inode_still_matches() 
     assert d.decide({"/l/a.log": B, "/l/a.log.2": A}, {"/l/a.log": [B]}, 2.0).rotated == {"/l/a.log.2": "/l/a.log"}
 
 
+def test_a_started_path_claims_its_inode_at_once() -> None:
+    """The inode of a path that gets a pipe is claimed by that scan, before the pipe reports what it holds."""
+    d = Discovery(GRACE_S)
+    d.decide({"/l/a.log": A, "/l/a.log.1": B}, {}, 0.0)
+    assert not d.admits("/l/a.log.1", A)
+    assert not d.admits("/l/a.log", B)
+
+
 def test_a_claim_ends_with_its_inode_so_a_reused_inode_is_a_new_pipe() -> None:
     """After the old generation is deleted, a new file that reuses its inode number gets a pipe."""
     d = Discovery(GRACE_S)
