@@ -65,8 +65,17 @@ rotation:
   sent again from its first byte (copytruncate loses what was written
   between the last read and the truncation; prefer rename rotation).
 
+many files:
+  With -f given more than once, or a quoted glob ('/var/log/nginx/*.log'),
+  one process carries every matching file, each its own pipe (own lock,
+  status file, rotation following: tcppipe -I -f FILE names this process).
+  Files that start to match later are sent from their first byte within -t
+  seconds; a rotated name the glob also matches (access.log.1) stays part of
+  the pipe it came from. A failing pipe is logged and retried every 30 s
+  (at once on SIGHUP); the others go on.
+
 signals:
-  SIGHUP       follow a rotation (see above)
+  SIGHUP       follow a rotation (see above); with many files, every pipe
   SIGTERM/INT  stop cleanly, status saved, exit 0
 
 files:
@@ -81,6 +90,7 @@ exit status:
 
 examples:
   tcppipe -f /var/log/messages -h archive.example.net
+  tcppipe -f '/var/log/nginx/*.log' -f /var/log/syslog -h archive.example.net
   kill -HUP $(tcppipe -I -f /var/log/messages -h archive.example.net)
   tcppipe verify -f /var/log/messages -h archive.example.net
 

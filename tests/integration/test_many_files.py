@@ -157,3 +157,98 @@ def test_dash_I_and_status_name_the_glob_client_for_each_file(pipes: Pipes) -> N
     assert second.returncode == 6, second.stderr
     assert stop(agent) == 0
     assert all(pipes.client_pid(origin) is None for origin, _ in pairs)
+
+
+def test_one_sighup_makes_every_pipe_follow_its_rotation(pipes: Pipes) -> None:
+    """Two files rotated by rename, one SIGHUP to the process: each destination is its old file then its new one."""
+    pairs = [pipes.pipe(name) for name in ("p.log", "q.log")]
+    for origin, _dest in pairs:
+        origin.write_bytes(numbered_lines(0, 200))
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "*.log", extra=("--rotate-grace", "600"))
+    wait_until(lambda: exact(pairs), what="first copies")
+    olds = []
+    for origin, _dest in pairs:
+        old = origin.with_name(origin.name + ".1")  # not matched by *.log
+        origin.rename(old)
+        with open(old, "ab") as f:
+            f.write(numbered_lines(200, 30))  # the writer had not reopened yet
+        origin.write_bytes(numbered_lines(900, 20))
+        olds.append(old)
+    agent.send_signal(signal.SIGHUP)
+    for (origin, dest), old in zip(pairs, olds, strict=True):
+        wait_until(lambda o=origin, d=dest, r=old: d.read_bytes() == r.read_bytes() + o.read_bytes(), what="old, new")
+    assert stop(agent) == 0
+
+
+def test_a_refused_file_does_not_stop_the_others_and_a_sighup_retries_it(pipes: Pipes) -> None:
+    """A matching file the server refuses is logged and left; the others stream; defined later, a HUP sends it."""
+    good, dest_good = pipes.pipe("good.log")
+    late = pipes.tmp / "origin" / "late.log"
+    dest_late = pipes.tmp / "dest" / "late.log"
+    good.write_bytes(b"defined\n")
+    late.write_bytes(b"not defined yet\n")
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "*.log")
+    wait_until(lambda: same_bytes(good, dest_good), what="the defined file")
+    pipes.syslog.wait_for("trying it again in 30 s")
+    assert pipes.client_pid(late) is None
+    with open(good, "ab") as f:
+        f.write(b"still streaming\n")
+    wait_until(lambda: same_bytes(good, dest_good), what="the defined file goes on")
+    pipes.define(f"127.0.0.1:{late} | {dest_late}")  # new entries apply to new connections
+    agent.send_signal(signal.SIGHUP)
+    wait_until(lambda: same_bytes(late, dest_late), what="the file defined later, after a HUP")
+    assert agent.poll() is None
+
+
+def test_every_file_refused_at_start_ends_with_the_refusal_status(pipes: Pipes) -> None:
+    """When every file found at start is refused, tcppipe exits 3, as the one-file form does."""
+    for name in ("u.log", "v.log"):
+        (pipes.tmp / "origin").mkdir(exist_ok=True)
+        (pipes.tmp / "origin" / name).write_bytes(b"nobody wants this\n")
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "*.log")
+    assert agent.wait(timeout=20) == 3
+    assert "refused" in pipes.stderr_of(agent)
+
+
+def test_a_deleted_file_is_finished_and_its_pipe_dropped(pipes: Pipes) -> None:
+    """A file that is gone for the grace period, everything sent, ends its pipe; the others go on."""
+    (keep, dest_keep), (doomed, dest_doomed) = pipes.pipe("keep.log"), pipes.pipe("doomed.log")
+    keep.write_bytes(b"stays\n")
+    doomed.write_bytes(numbered_lines(0, 100))
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "*.log", extra=("-t", "0.2", "--rotate-grace", "0.5"))
+    wait_until(lambda: same_bytes(keep, dest_keep) and same_bytes(doomed, dest_doomed), what="copies")
+    content = doomed.read_bytes()
+    doomed.unlink()
+    pipes.syslog.wait_for("and everything sent: pipe ended")
+    wait_until(lambda: pipes.client_pid(doomed) is None, what="its lock released")
+    assert dest_doomed.read_bytes() == content
+    assert pipes.client_pid(keep) == agent.pid
+    doomed.write_bytes(b"a new file by the old name\n")
+    wait_until(lambda: dest_doomed.read_bytes() == content + doomed.read_bytes(), what="the new file, a new pipe")
+
+
+def test_keep_tcppipe_alive_starts_one_agent_for_a_glob(pipes: Pipes) -> None:
+    """keep_tcppipe_alive with a glob starts one detached tcppipe for it, and none while it runs."""
+    pairs = [pipes.pipe(name) for name in ("k1.log", "k2.log")]
+    for origin, _dest in pairs:
+        origin.write_bytes(b"kept alive\n")
+    pipes.start_server()
+    pipes.client_state.mkdir(exist_ok=True)
+    (pipes.client_state / "tcppipe.keepalive").touch()
+    pattern = str(pipes.tmp / "origin" / "k*.log")
+    args = [
+        command("keep_tcppipe_alive"), "-f", pattern, "-h", "127.0.0.1", "-p", str(pipes.port),
+        "--state-dir", str(pipes.client_state), "--syslog-address", str(pipes.syslog.path),
+    ]  # fmt: skip
+    assert pipes.run(args).returncode == 0
+    pid = pipes.client_pid(Path(pattern))
+    assert pid is not None
+    pipes.adopt(pid)
+    wait_until(lambda: exact(pairs), what="both files")
+    assert all(pipes.client_pid(origin) == pid for origin, _ in pairs)
+    assert pipes.run(args).returncode == 0
+    assert pipes.client_pid(Path(pattern)) == pid
