@@ -176,8 +176,11 @@ def test_one_sighup_makes_every_pipe_follow_its_rotation(pipes: Pipes) -> None:
         origin.write_bytes(numbered_lines(900, 20))
         olds.append(old)
     agent.send_signal(signal.SIGHUP)
-    for (origin, dest), old in zip(pairs, olds, strict=True):
-        wait_until(lambda o=origin, d=dest, r=old: d.read_bytes() == r.read_bytes() + o.read_bytes(), what="old, new")
+
+    def followed() -> bool:
+        return all(d.read_bytes() == r.read_bytes() + o.read_bytes() for (o, d), r in zip(pairs, olds, strict=True))
+
+    wait_until(followed, what="each destination: its old file, then its new one")
     assert stop(agent) == 0
 
 
