@@ -225,6 +225,11 @@ class Client:
                     self.request_stop()
             daemon.early_signals.clear()
         self.core.start(time.monotonic())
+        if self.admit is not None and not self.admit(self.core.tailer.current):
+            # Replaced, between the agent's look and our open, by another pipe's file.
+            self.say(logging.INFO, "%s is now another pipe's file: not started", self.opts.key.path)
+            self.core.close()
+            return
         self.watcher = Watcher(self.opts.key.path, self.file_event.set, self.log)
         self._follow_files()
         files = self.tasks.spawn(self._file_side(), "file side")

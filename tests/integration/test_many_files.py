@@ -255,3 +255,20 @@ def test_keep_tcppipe_alive_starts_one_agent_for_a_glob(pipes: Pipes) -> None:
     assert all(pipes.client_pid(origin) == pid for origin, _ in pairs)
     assert pipes.run(args).returncode == 0
     assert pipes.client_pid(Path(pattern)) == pid
+
+
+def test_a_glob_that_matches_nothing_yet_detaches_and_waits_for_its_first_file(pipes: Pipes) -> None:
+    """Without --foreground and nothing matching, tcppipe detaches (exit 0) and sends the first file that appears."""
+    (pipes.tmp / "origin").mkdir()
+    first, dest = pipes.pipe("first.log")
+    first.unlink()
+    pipes.start_server()
+    pattern = pipes.tmp / "origin" / "*.log"
+    started = pipes.run(pipes.client_args(pattern, foreground=False))
+    assert started.returncode == 0, started.stderr
+    pid = pipes.client_pid(pattern)
+    assert pid is not None
+    pipes.adopt(pid)
+    first.write_bytes(numbered_lines(0, 50))
+    wait_until(lambda: same_bytes(first, dest), what="the first file to appear")
+    assert pipes.client_pid(first) == pid
