@@ -58,6 +58,7 @@ PRIVILEGED_PORTS: Final = (600, 1024)
 MAX_PORT_TRIES: Final = 64
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 GOODBYE_TIMEOUT_S: Final = 5.0
+SENDER_IDLE_S: Final = 5.0
 
 
 T = TypeVar("T")
@@ -161,10 +162,12 @@ class Client:
         *,
         own_signals: bool = True,
         admit: Callable[[OriginGeneration], bool] | None = None,
+        polled: bool = False,
     ) -> None:
         """``own_signals``: this pipe is the program (a host agent handles signals for all
         its pipes instead). ``admit``: asked about each new generation at FILE; one it
-        refuses (another pipe's inode) retires this pipe (see ``_retire``)."""
+        refuses (another pipe's inode) retires this pipe (see ``_retire``). ``polled``: the
+        host agent keeps the -t tick for all its pipes and calls ``poll`` (no timer here)."""
         self.opts = opts
         key = opts.key
         self.log = logger
@@ -193,6 +196,9 @@ class Client:
         self.admit = admit
         # FILE now holds a generation this pipe may not take: send what it holds, then stop.
         self.retiring = False
+        self.polled = polled
+        self._following = False  # the file side runs: ``poll`` may act
+        self._poll_failure: Exception | None = None
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -233,12 +239,14 @@ class Client:
         self.watcher = Watcher(self.opts.key.path, self.file_event.set, self.log)
         self._follow_files()
         files = self.tasks.spawn(self._file_side(), "file side")
+        self._following = True
         # Without its file side a pipe would miss rotations: if that task dies (a bug; the
         # reaper has logged it), the pipe stops and the program exits with an error.
         files.add_done_callback(lambda _task: self.request_stop())
         try:
             await self._connect_forever()
         finally:
+            self._following = False
             files.cancel()
             await asyncio.wait({files})
             self.watcher.close()
@@ -251,7 +259,12 @@ class Client:
         """Follow FILE through rotations whatever the connection is doing (Rule 1 of tailer.py)."""
         while not self.stopping:
             self.file_event.clear()
+            if self._poll_failure is not None:
+                raise self._poll_failure
             self._follow_files()
+            if self.polled:
+                await self.file_event.wait()  # an inotify event, a signal, or a failed poll
+                continue
             timeout = self.opts.interval_s
             owed = self.status_file.due_in(time.monotonic())
             if owed is not None:
@@ -260,10 +273,23 @@ class Client:
                 async with asyncio.timeout(timeout):
                     await self.file_event.wait()
 
+    def poll(self) -> None:
+        """The -t tick of a ``polled`` pipe: the file side's work, done by the host agent's
+        loop without waking this pipe's task (100 idle pipes cost one timer, not 100). A
+        failure (a bug) goes to the file side task, which dies of it as it would itself."""
+        if not self._following or self.stopping or self._poll_failure is not None:
+            return
+        try:
+            self._follow_files()
+        except Exception as exc:
+            self._poll_failure = exc
+            self.file_event.set()
+
     def _follow_files(self) -> None:
         """Notice growth, a replaced or truncated FILE, a SIGHUP; open and watch each new generation."""
         now = time.monotonic()
         before = len(self.core.tailer.gens)
+        shape = self._file_shape()
         hup, self.hup_pending = self.hup_pending, False
         if self.retiring:
             self._retire(now)
@@ -276,8 +302,13 @@ class Client:
             for gen in self.core.tailer.gens:
                 self.watcher.watch_file(gen)
         self._save_status()
-        if len(self.core.tailer.gens) != before or self.core.streaming:
+        # The sender wakes for news only: an idle pipe costs one tick of this side per -t.
+        if hup or self.retiring or self._file_shape() != shape:
             self.send_event.set()
+
+    def _file_shape(self) -> list[tuple[int, int]]:
+        """What the sender acts on: each generation held and the size it was last seen at."""
+        return [(gen.ino, gen.seen_size) for gen in self.core.tailer.gens]
 
     def _admit_newest(self) -> None:
         """Ask ``admit`` about the generation just opened at FILE; refused, it is closed
@@ -473,7 +504,9 @@ class Client:
                 await asyncio.sleep(0)
                 if core.more:
                     continue
-            timeout = self.opts.interval_s
+            # The file side wakes this loop for news; a PING due or a grace ending wake it by time,
+            # and SENDER_IDLE_S bounds what a missed wake-up could cost.
+            timeout = max(self.opts.interval_s, SENDER_IDLE_S)
             wakeup = core.next_wakeup(time.monotonic())
             if wakeup is not None:
                 timeout = min(timeout, wakeup + 0.01)

@@ -192,6 +192,8 @@ class HostAgent:
                         pipe.client.request_hup()
                     self.discovery.retry_now()
                 self._scan(first=False)
+                for pipe in list(self.pipes.values()):
+                    pipe.client.poll()  # every pipe's -t tick, from this one timer
         finally:
             watch.close()
             self.request_stop()
@@ -276,6 +278,7 @@ class HostAgent:
             lambda: self._pipe_ready(path),
             own_signals=False,
             admit=lambda gen: self.discovery.admits(path, (gen.dev, gen.ino)),
+            polled=True,
         )
         pipe = Pipe(key, client, lock)
         self.pipes[path] = pipe

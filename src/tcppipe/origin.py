@@ -126,6 +126,8 @@ class OriginGeneration:
     # Its first bytes (up to FINGERPRINT_BYTES) as read while it was whole: its identity.
     head: bytes = field(default=b"", repr=False)
     igen: int | None = None
+    # The identity last computed, and the head it was computed from (asked on every tick).
+    _ident: tuple[bytes, GenerationId] | None = field(default=None, repr=False)
     # Truncated: nothing more is read from it.
     finished: bool = False
     # A SIGHUP came after it was replaced: it goes as soon as it is read to its end.
@@ -176,7 +178,10 @@ class OriginGeneration:
             st = os.fstat(self.fd)
             if st.st_size >= self.high_water:  # not truncated behind our back
                 self.head = os.pread(self.fd, min(st.st_size, FINGERPRINT_BYTES), 0)
-        return GenerationId(self.dev, self.ino, len(self.head), hashlib.sha256(self.head).hexdigest())
+        if self._ident is None or self._ident[0] is not self.head:
+            ident = GenerationId(self.dev, self.ino, len(self.head), hashlib.sha256(self.head).hexdigest())
+            self._ident = (self.head, ident)
+        return self._ident[1]
 
     def matches(self, record: GenerationId) -> bool:
         """Is this generation the one ``record`` names (its inode, and its head as it was)?"""

@@ -75,6 +75,8 @@ class PipeClient:
         self.generations_sent: set[tuple[int, int]] = set()
         self.bytes_sent = 0
         self.wire_bytes = 0
+        # What the last status file written showed (see ``save_status``).
+        self._status_news: tuple[object, ...] | None = None
         self.sent_any = False
         self.more = False
         self._progress_sent: tuple[int, int] | None = None
@@ -291,13 +293,29 @@ class PipeClient:
     def save_status(self, status: StatusFile, now: float, force: bool = False, **extra: object) -> None:
         """Write the status file by its rules (``checkpoint.py``); OSError is the caller's."""
         shape = self.shape()
-        if not shape or not status.due(shape, now, force):
+        if not shape:
+            return
+        # Everything a snapshot shows, cheaply: an idle pipe's tick builds no snapshot.
+        news = (
+            tuple(shape),
+            tuple((g.position, g.acked, g.seen_size, g.done) for g in self.tailer.gens),
+            self.state,
+            self.established,
+            self.bytes_sent,
+            self.wire_bytes,
+            len(self.generations_sent),
+            tuple(extra.items()),
+        )
+        if not force and news == self._status_news:
+            return
+        if not status.due(shape, now, force):
             return
         snapshot = self.snapshot()
         if snapshot is None:
             return
         snapshot.update(extra)
         status.save(snapshot, shape, now, force=force)
+        self._status_news = news
 
     def take_notices(self) -> list[str]:
         return self.tailer.take_notices()
