@@ -19,18 +19,10 @@ name, and ``{host}``: the entry's own host, or for a network entry the
 connection's source address (with a required client certificate: the first
 host name the certificate proves). Never anything the client says.
 
-Rule 3 (where bytes may go): every local path an entry can produce lies
-inside the directory its template names before its first placeholder, and
-no two pipes can land in one file. Each placeholder fills a whole value into
-one path component (at most one placeholder a component, each at most once),
-so a destination names its values back; an entry whose values are not all in
-its local path (a glob without ``{name}``, a network without ``{host}``) could
-put two pipes in one file and is an error. Two entries are an error when
-their local paths could be one file at all, judged component by component:
-two literals differ, a literal fits a placeholder only if the value it would
-need is one the entry can produce, and two placeholders are assumed to
-overlap unless their literal prefixes or suffixes differ. Conservative by
-design: such a pair is refused even when only one pipe could reach it.
+Rule 3 (where bytes may go) is ``templates.py``'s; this module applies it:
+``parse_line`` refuses an entry whose values are not all in its local path (a
+glob without ``{name}``, a network without ``{host}``), and ``parse`` an entry
+that could land in an earlier entry's file.
 
 Rule 4 (precedence): for a HELLO path, the entries naming it literally come
 first, then the glob entries matching it, each in file order; the first whose
@@ -46,33 +38,25 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-# RFC 1123 labels; a trailing dot (a rooted name) is accepted.
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}\.?$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+from tcppipe.templates import (
+    HOST,
+    NAME,
+    Address,
+    Network,
+    OverlapIndex,
+    host_label_problem,
+    is_host_name,
+    name_problem,
+    parse_address,
+    placeholder_keys,
+    slot_keys,
+    split_template,
+    substitute,
 )
+
 _GLOB_MAGIC = re.compile(r"[*?\[]")
-_PLACEHOLDER = re.compile(r"\{([^{}/]*)\}")
-NAME, HOST = "name", "host"
-PLACEHOLDERS = (NAME, HOST)
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CertificateNames = tuple[Sequence[str], Sequence[str]]  # (DNS names, IP addresses) of a verified certificate
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """A placeholder in one component of a local path: ``pre{key}suf``."""
-
-    pre: str
-    key: str
-    suf: str
-
-    def fill(self, value: str) -> str:
-        return f"{self.pre}{value}{self.suf}"
-
-
-Component = str | Slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,17 +115,7 @@ class Entry:
         """The local file for ``remote_path`` from ``host_label``, or None if none may be written."""
         if not self.matches_path(remote_path) or host_label_problem(host_label) is not None:
             return None
-        template = split_template(self.local)
-        if isinstance(template, str):
-            return None
-        values = {NAME: posixpath.basename(remote_path), HOST: host_label}
-        parts = [c if isinstance(c, str) else c.fill(values[c.key]) for c in template]
-        dest = "/" + "/".join(parts)
-        base = template_base(template)
-        inside = dest.startswith(base if base == "/" else base + "/")
-        if posixpath.normpath(dest) != dest or not inside or "\0" in dest:
-            return None
-        return dest
+        return substitute(self.local, posixpath.basename(remote_path), host_label)
 
     def resolved(self, remote_path: str, host_label: str) -> Entry | None:
         """The entry one connection uses: its remote path and substituted local file."""
@@ -164,17 +138,6 @@ class ConfigError:
         return f"{self.path}:{self.line}: {self.reason}"
 
 
-def parse_address(text: str) -> Address | None:
-    """``text`` as an IP address (IPv4-mapped IPv6 folded to IPv4), else None."""
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
 def parse_network(text: str) -> Network | None:
     """``text`` as a network ``address/prefix`` without host bits (IPv4-mapped folded), else None."""
     try:
@@ -186,30 +149,6 @@ def parse_network(text: str) -> Network | None:
         if mapped is not None:
             return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
     return net
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a ``{name}`` value, or None if it can."""
-    if name in ("", ".", ".."):
-        return f"file name {name!r} is not a name"
-    if "/" in name or "\0" in name:
-        return "file name holds '/' or NUL"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return "file name holds a control character"
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return "file name is not valid UTF-8"
-    return None
-
-
-def host_label_problem(label: str) -> str | None:
-    """Why ``label`` cannot be a ``{host}`` value (an address or a host name), or None."""
-    if parse_address(label) is not None:
-        return None if str(parse_address(label)) == label else f"address {label!r} is not in canonical form"
-    if label in ("", ".", "..") or "/" in label or not _HOSTNAME.match(label) or label != label.lower().rstrip("."):
-        return f"{label!r} is not a lower-case host name"
-    return None
 
 
 def certificate_host(dns_names: Iterable[str]) -> str | None:
@@ -228,7 +167,7 @@ def own_label(host: str) -> str:
     return str(addr) if addr is not None else host.lower().rstrip(".")
 
 
-# -- glob and template syntax ---------------------------------------------------
+# -- remote path globs ----------------------------------------------------------
 
 
 def literal_of(pattern: str) -> str | None:
@@ -260,46 +199,6 @@ def literal_of(pattern: str) -> str | None:
         i = j + 1
     literal = "".join(out)
     return literal if fnmatch.fnmatchcase(literal, pattern) else None
-
-
-def split_template(local: str) -> tuple[Component, ...] | str:
-    """A normalised absolute local path as components, or why it is not a valid template."""
-    seen: set[str] = set()
-    components: list[Component] = []
-    for part in local.split("/")[1:]:
-        found = list(_PLACEHOLDER.finditer(part))
-        rest = _PLACEHOLDER.sub("", part)
-        if "{" in rest or "}" in rest:
-            return "a '{' or '}' in the local path that is not {name} or {host}"
-        if len(found) > 1:
-            return f"path component {part!r} holds more than one placeholder"
-        if not found:
-            components.append(part)
-            continue
-        key = found[0].group(1)
-        if key not in PLACEHOLDERS:
-            return f"unknown placeholder {{{key}}} in the local path (only {{name}} and {{host}})"
-        if key in seen:
-            return f"{{{key}}} is used more than once in the local path"
-        seen.add(key)
-        components.append(Slot(part[: found[0].start()], key, part[found[0].end() :]))
-    return tuple(components)
-
-
-def template_base(template: Sequence[Component]) -> str:
-    """The directory a template names before its first placeholder."""
-    head: list[str] = []
-    for c in template:
-        if not isinstance(c, str):
-            break
-        head.append(c)
-    else:
-        head = head[:-1]
-    return "/" + "/".join(head)
-
-
-def _keys(template: Sequence[Component]) -> set[str]:
-    return {c.key for c in template if isinstance(c, Slot)}
 
 
 # -- parsing ----------------------------------------------------------------------
@@ -338,7 +237,7 @@ def _parse_host(left: str) -> tuple[str, str] | str:
         if "/" in host:
             if parse_network(host) is None:
                 return f"{host!r} is not a network (address/prefix, no host bits set)"
-        elif parse_address(host) is None and not _HOSTNAME.match(host):
+        elif parse_address(host) is None and not is_host_name(host):
             return f"{host!r} is not a host name or IP address"
     if "/" in host:
         net = parse_network(host)
@@ -367,13 +266,13 @@ def _parse_remote(remote: str) -> tuple[str, bool] | str:
 
 def _parse_local(local: str, host: str, glob: bool) -> str:
     """The normalised local path with a single host's ``{host}`` filled in, or raises ValueError(reason)."""
-    raw_keys = [m.group(1) for m in _PLACEHOLDER.finditer(local)]
+    raw_keys = placeholder_keys(local)
     local = "/" + posixpath.normpath(local).lstrip("/")
     template = split_template(local)
     if isinstance(template, str):
         raise ValueError(template)
-    keys = _keys(template)
-    if sorted(raw_keys) != sorted(c.key for c in template if isinstance(c, Slot)):
+    keys = set(slot_keys(template))
+    if sorted(raw_keys) != sorted(slot_keys(template)):
         raise ValueError("a placeholder of the local path is removed by '..'")
     if NAME in keys and not glob:
         raise ValueError("{name} in the local path needs a glob in the last component of the remote path")
@@ -416,105 +315,11 @@ def parse_line(text: str) -> Entry | str | None:
     return Entry(host=host, remote=remote, local=local, line=0, glob=glob)
 
 
-# -- two pipes, one file ------------------------------------------------------------
-
-
-def _can_be(text: str, slot: Slot, entry: Entry) -> bool:
-    """Could ``slot`` of ``entry`` produce the component ``text``?"""
-    if len(text) <= len(slot.pre) + len(slot.suf) or not text.startswith(slot.pre) or not text.endswith(slot.suf):
-        return False
-    value = text[len(slot.pre) : len(text) - len(slot.suf)]
-    if slot.key == NAME:
-        return name_problem(value) is None and fnmatch.fnmatchcase(value, posixpath.basename(entry.remote))
-    # {host} of a network entry: any address in it, or (with client certificates) any host name.
-    net, addr = entry.network, parse_address(value)
-    if addr is not None:
-        return str(addr) == value and net is not None and addr in net
-    return host_label_problem(value) is None
-
-
-def _may_meet(a: Component, ea: Entry, b: Component, eb: Entry) -> bool:
-    if isinstance(a, str) and isinstance(b, str):
-        return a == b
-    if isinstance(a, str):
-        assert isinstance(b, Slot)
-        return _can_be(a, b, eb)
-    if isinstance(b, str):
-        return _can_be(b, a, ea)
-    # Two placeholders: assumed to meet unless their fixed ends tell them apart.
-    pre_ok = a.pre.startswith(b.pre) or b.pre.startswith(a.pre)
-    suf_ok = a.suf.endswith(b.suf) or b.suf.endswith(a.suf)
-    return pre_ok and suf_ok
-
-
-def could_share_a_file(a: Entry, b: Entry) -> bool:
-    """Could the local paths of entries ``a`` and ``b`` ever be one file? (Rule 3, conservative.)"""
-    ta, tb = split_template(a.local), split_template(b.local)
-    if isinstance(ta, str) or isinstance(tb, str):
-        return False
-    return _templates_meet(a, ta, b, tb)
-
-
-def _templates_meet(a: Entry, ta: Sequence[Component], b: Entry, tb: Sequence[Component]) -> bool:
-    return len(ta) == len(tb) and all(_may_meet(x, a, y, b) for x, y in zip(ta, tb, strict=True))
-
-
-class _Overlaps:
-    """The entries parsed so far, indexed so that a new one is compared only with those that
-    could meet it: same depth, and fixed leading components that agree (a template's leading
-    literals, its base, must be a prefix of the other's path or base, or the other way round)."""
-
-    def __init__(self) -> None:
-        self.by_local: dict[str, Entry] = {}  # literal local paths
-        self.literal_prefix: dict[tuple[int, tuple[str, ...]], list[Entry]] = {}  # literals, by every prefix
-        self.template_base: dict[tuple[int, tuple[str, ...]], list[Entry]] = {}  # templates, by their base
-        self.template_prefix: dict[tuple[int, tuple[str, ...]], list[Entry]] = {}  # templates, by every base prefix
-        self.templates: dict[int, tuple[Component, ...]] = {}  # id(entry) -> its template
-
-    @staticmethod
-    def _head(template: Sequence[Component]) -> tuple[str, ...]:
-        head: list[str] = []
-        for c in template:
-            if not isinstance(c, str):
-                break
-            head.append(c)
-        return tuple(head)
-
-    def clash(self, entry: Entry, template: tuple[Component, ...]) -> Entry | None:
-        """The first earlier entry whose local path could be a file ``entry`` writes, if any."""
-        n, head = len(template), self._head(template)
-        found: list[Entry] = []
-        if entry.is_template:
-            found += self.literal_prefix.get((n, head), [])
-            found += self.template_prefix.get((n, head), [])
-            for k in range(len(head)):
-                found += self.template_base.get((n, head[:k]), [])
-        else:
-            for k in range(n):
-                found += self.template_base.get((n, head[:k]), [])
-        for other in sorted(found, key=lambda e: e.line):
-            if _templates_meet(entry, template, other, self.templates[id(other)]):
-                return other
-        return None
-
-    def add(self, entry: Entry, template: tuple[Component, ...]) -> None:
-        n, head = len(template), self._head(template)
-        self.templates[id(entry)] = template
-        if not entry.is_template:
-            self.by_local[entry.local] = entry
-            for k in range(n + 1):
-                self.literal_prefix.setdefault((n, head[:k]), []).append(entry)
-            return
-        self.template_base.setdefault((n, head), []).append(entry)
-        for k in range(len(head) + 1):
-            self.template_prefix.setdefault((n, head[:k]), []).append(entry)
-
-
 def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
     """Every entry of a config file and every problem in it."""
     entries: list[Entry] = []
     errors: list[ConfigError] = []
-    seen = _Overlaps()
+    seen = OverlapIndex()
     for number, raw in enumerate(text.splitlines(), start=1):
         result = parse_line(raw)
         if result is None:

@@ -9,18 +9,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tcppipe.config import (
-    Entry,
-    admit,
-    candidates,
-    certificate_host,
-    could_share_a_file,
-    literal_of,
-    parse,
-    parse_line,
-    split_template,
-    template_base,
-)
+from tcppipe.config import Entry, admit, candidates, certificate_host, literal_of, parse, parse_line
+from tcppipe.templates import could_share_a_file, split_template, template_base
 
 
 def entry(line: str) -> Entry:

@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "tcppipe"
 PURE = [
     "protocol",
     "config",
+    "templates",
     "origin",
     "destination",
     "state",
