@@ -7,7 +7,7 @@ import shutil
 from importlib import resources
 from typing import Final
 
-UNITS: Final = ("tcppiped.service", "tcppiped.socket", "tcppipe@.service")
+UNITS: Final = ("tcppiped.service", "tcppiped.socket", "tcppipe.service", "tcppipe@.service")
 SHIPPED_BIN: Final = "/usr/local/bin/"
 
 

@@ -59,6 +59,20 @@ def test_client_template_unit_expands_to_a_valid_tcppipe_command() -> None:
     assert "3" in service["RestartPreventExitStatus"].split()
 
 
+def test_host_unit_runs_one_tcppipe_for_every_file_of_the_host() -> None:
+    """tcppipe.service with host.env gives one foreground tcppipe with a glob and a plain file."""
+    service = unit("tcppipe.service")["Service"]
+    env = (PACKAGING / "systemd" / "host.env").read_text().strip().split("=", 1)[1]
+    start = service["ExecStart"].replace("$TCPPIPE_OPTS", env).split()  # systemd splits on spaces, no quotes
+    assert start[0].endswith("/tcppipe")
+    args = client_parser().parse_args(start[1:])
+    assert args.foreground
+    assert args.files == ["/var/log/nginx/*.log", "/var/log/syslog"]
+    assert args.host == "archive.example.net"
+    assert int(service["LimitNOFILE"]) >= 4096
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+
+
 def test_sample_config_is_clean() -> None:
     """The sample /etc/tcppipe.conf parses without errors."""
     entries, errors = parse((PACKAGING / "tcppipe.conf").read_text(), "tcppipe.conf")
@@ -93,7 +107,7 @@ def test_units_command_prints_and_installs_the_shipped_units(
     assert "# ---- tcppiped.service" in printed
     assert "# ---- tcppipe@.service" in printed
     assert server_main(["units", "--install", str(tmp_path / "units")]) == 0
-    for name in ("tcppiped.service", "tcppiped.socket", "tcppipe@.service"):
+    for name in ("tcppiped.service", "tcppiped.socket", "tcppipe.service", "tcppipe@.service"):
         installed = (tmp_path / "units" / name).read_text()
         shipped = (PACKAGING / "systemd" / name).read_text()
         bindir = Path(shutil.which("tcppiped") or "/usr/local/bin/tcppiped").parent
