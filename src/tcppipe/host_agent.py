@@ -48,6 +48,7 @@ from tcppipe import daemon
 from tcppipe.client import Client, ClientOptions
 from tcppipe.discovery import Decision, Discovery, Inode, is_pattern, watched_directories
 from tcppipe.errors import TcppipeError, describe_os_error
+from tcppipe.origin import others_may_plant
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tasks import TaskReaper, log_loop_errors
 
@@ -222,7 +223,16 @@ class HostAgent:
         for pattern in self.patterns:
             for path in glob.glob(pattern) if is_pattern(pattern) else [pattern]:
                 try:
-                    st = os.stat(path)
+                    st = os.lstat(path)
+                    if stat.S_ISLNK(st.st_mode):
+                        if others_may_plant(os.path.dirname(path)):
+                            self._say_once(
+                                path,
+                                f"{path} is a symbolic link in a directory others may write: not followed",
+                                logging.WARNING,
+                            )
+                            continue
+                        st = os.stat(path)
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):

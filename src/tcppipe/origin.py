@@ -11,6 +11,7 @@ is moved, and a new file that reuses an inode is told apart by its head.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -18,6 +19,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
+from tcppipe import state
 from tcppipe.errors import OriginError, describe_os_error
 from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId
 
@@ -27,11 +29,29 @@ MAX_SCAN_ENTRIES = 10_000
 FS_IOC_GETVERSION = 0x80087601
 
 
-def open_origin(path: str) -> int:
-    """A read-only fd on ``path``, or OriginError naming the problem."""
+def others_may_plant(directory: str) -> bool:
+    """Could a user other than root (or us) put a symbolic link in ``directory``?
+    (The state directory's rule: ``state.unsafe_directory_reason``.)"""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return state.unsafe_directory_reason(os.stat(directory or "/")) is not None
+    except OSError:
+        return True
+
+
+def open_origin(path: str) -> int:
+    """A read-only fd on ``path``, or OriginError naming the problem. In a directory
+    others may write, a symbolic link at ``path`` is not followed: a local user must not
+    make root send /etc/shadow by linking it as ``app.log`` (or at a glob's match)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    if others_may_plant(os.path.dirname(path)):
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
     except OSError as exc:
+        if exc.errno == errno.ELOOP and flags & os.O_NOFOLLOW:
+            raise OriginError(
+                f"origin file {path} is a symbolic link in a directory others may write (not followed)"
+            ) from None
         raise OriginError(f"cannot open origin file {path}: {describe_os_error(exc)}") from None
     try:
         st = os.fstat(fd)
@@ -98,7 +118,7 @@ def find_generation(
                 with contextlib.suppress(OSError):
                     if entry.inode() != record.ino or not entry.is_file(follow_symlinks=False):
                         continue
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+                    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
                     if by_igen and igen is not None and inode_generation(fd) == igen:
                         return entry.path, fd
                     if matches(record, fd) and (igen is None or inode_generation(fd) in (None, igen)):

@@ -70,9 +70,11 @@ if TYPE_CHECKING:
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
 # Connections beyond these are closed at once, before a byte is read: a flood
-# from one host cannot starve the others, nor all together exhaust our fds.
-DEFAULT_MAX_CONNECTIONS: Final = 4096
-DEFAULT_MAX_PER_HOST: Final = 256
+# from one host cannot starve the others, nor all together exhaust our fds. A host
+# agent opens one connection per file: 4,096 lets one host send 4,000 files.
+# (Strangers, not yet authenticated, have their own small budget: see Strangers.)
+DEFAULT_MAX_CONNECTIONS: Final = 16384
+DEFAULT_MAX_PER_HOST: Final = 4096
 # Verify digests read whole destination files: their own threads, so they never starve
 # name lookups (the loop's default executor), at most one per pipe and DIGEST_THREADS in all.
 DIGEST_THREADS: Final = 4
