@@ -163,11 +163,14 @@ class Client:
         own_signals: bool = True,
         admit: Callable[[OriginGeneration], bool] | None = None,
         polled: bool = False,
+        handshakes: asyncio.Semaphore | None = None,
     ) -> None:
         """``own_signals``: this pipe is the program (a host agent handles signals for all
         its pipes instead). ``admit``: asked about each new generation at FILE; one it
         refuses (another pipe's inode) retires this pipe (see ``_retire``). ``polled``: the
-        host agent keeps the -t tick for all its pipes and calls ``poll`` (no timer here)."""
+        host agent keeps the -t tick for all its pipes and calls ``poll`` (no timer here).
+        ``handshakes``: slots shared by a host agent's pipes, one held from connect to READY,
+        so 2,000 pipes starting at once stay within the server's budget for strangers."""
         self.opts = opts
         key = opts.key
         self.log = logger
@@ -197,6 +200,8 @@ class Client:
         # FILE now holds a generation this pipe may not take: send what it holds, then stop.
         self.retiring = False
         self.polled = polled
+        self.handshakes = handshakes
+        self._handshake_slot = False
         self._following = False  # the file side runs: ``poll`` may act
         self._poll_failure: Exception | None = None
 
@@ -357,10 +362,33 @@ class Client:
         for note in self.core.take_notices():
             self.say(logging.INFO, "%s", note)
 
+    async def _take_handshake_slot(self) -> bool:
+        """Wait for a handshake slot (always True without ``handshakes``); False if stopped first."""
+        if self.handshakes is None:
+            return True
+        if await self._unless_stopped(self.handshakes.acquire()) is None:
+            return False
+        self._handshake_slot = True
+        return True
+
+    def _release_handshake_slot(self) -> None:
+        if self._handshake_slot and self.handshakes is not None:
+            self._handshake_slot = False
+            self.handshakes.release()
+
     async def _connect_forever(self) -> None:
+        try:
+            await self._connect_and_stream()
+        finally:
+            self._release_handshake_slot()
+
+    async def _connect_and_stream(self) -> None:
         backoff = Backoff()
         while not self.stopping:
             first = not self.core.established
+            self._release_handshake_slot()
+            if not await self._take_handshake_slot():
+                return
             try:
                 connected = await self._unless_stopped(self._connect())
             except OSError as exc:
@@ -412,7 +440,8 @@ class Client:
         return task.result()
 
     async def _sleep(self, delay: float) -> None:
-        """Wait out a back-off (the file side goes on in its own task)."""
+        """Wait out a back-off (the file side goes on in its own task), holding no handshake slot."""
+        self._release_handshake_slot()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 while not self.stopping:
@@ -437,6 +466,7 @@ class Client:
 
         if await self._unless_stopped(handshake()) is None:
             return  # stopped during the handshake: nothing was sent yet
+        self._release_handshake_slot()
         resumed = core.resumed
         if resumed is not None:
             self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)

@@ -42,7 +42,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from tcppipe import daemon
 from tcppipe.client import Client, ClientOptions
@@ -55,6 +55,9 @@ from tcppipe.tasks import TaskReaper, log_loop_errors
 # Scans triggered by directory events run at most this often (a logrotate run of 100 files
 # makes hundreds of events; one scan after them sees every change).
 MIN_SCAN_GAP_S = 0.05
+# Pipes between connect and READY at once: tcppiped closes the oldest of a source's
+# strangers past its budget, so 2,000 pipes starting together would evict each other.
+HANDSHAKES_AT_ONCE: Final = 8
 
 
 class DirectoryWatch:
@@ -143,6 +146,7 @@ class HostAgent:
         self.start_failure: TcppipeError | None = None
         # What was last said about a path that gets no pipe, so a scan does not repeat it.
         self._said: dict[str, str] = {}
+        self.handshakes = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
 
     # -- signals -----------------------------------------------------------------
 
@@ -289,6 +293,7 @@ class HostAgent:
             own_signals=False,
             admit=lambda gen: self.discovery.admits(path, (gen.dev, gen.ino)),
             polled=True,
+            handshakes=self.handshakes,
         )
         pipe = Pipe(key, client, lock)
         self.pipes[path] = pipe
