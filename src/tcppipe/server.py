@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import functools
 import ipaddress
@@ -56,7 +55,7 @@ from tcppipe.protocol import (
 )
 from tcppipe.resolver import NameCache
 from tcppipe.session import ServerSession
-from tcppipe.sockets import ServerConnection, format_address, tune_transport
+from tcppipe.sockets import ReadinessWatch, ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import certificate_names, describe_tls_error
@@ -86,12 +85,17 @@ MAX_VERIFY_REQUESTS: Final = 64
 # layer holds a 256 KiB buffer from the handshake on). When the budget is full
 # the oldest stranger is closed: a flood cannot keep a real client out, only
 # hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
+# Under TLS a stranger is a plain one until its first TLS record is whole
+# (sockets.ServerConnection.wait_for_tls_record), and only then gets a TLS layer.
 STRANGER_UNITS: Final = 512
 STRANGER_UNITS_PER_SOURCE: Final = 128
 TLS_STRANGER_UNITS: Final = 8
 MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
-# After this many TLS strangers closed (about 5 MB of buffers), freed memory goes back to the system.
-TRIM_AFTER_TLS_STRANGERS: Final = 16
+# TLS strangers of one source (address, or IPv6 /64) at once, whatever its units: a
+# source's ninth closes its oldest, so it takes 8 sources to fill MAX_TLS_HANDSHAKES.
+# A handshake takes a few round trips; a host whose many pipes reconnect at once
+# (after a restart) finishes 8 at a time, the rest retry after their back-off.
+MAX_TLS_HANDSHAKES_PER_SOURCE: Final = 8
 # "Address in use" at start (a restart racing the old process, or a squatter) is retried this
 # long, with a line at the first failure and then every BIND_RETRY_LOG_S, before tcppiped gives
 # up with EX_TEMPFAIL (which the unit restarts).
@@ -267,17 +271,6 @@ class PipeSession:
     peer_ip: str = ""
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, where there is one (not on musl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-        return trim
-    return None
-
-
-_MALLOC_TRIM: Final = _find_malloc_trim()
-
-
 def source_of(ip: str) -> str:
     """Whose budget a connection counts against: its IPv4 address, or its IPv6 /64."""
     with contextlib.suppress(ValueError):
@@ -291,24 +284,39 @@ class Strangers:
     """The connections not yet answered READY, oldest first, and their cost in units.
 
     ``charge`` admits a stranger (or raises its cost, at TLS) and names the
-    strangers to close to make room: first the oldest of its own source if
-    that source is over its share, then the oldest of all. A connection leaves
-    with ``release`` at READY, at REFUSE, or at its end.
+    strangers to close to make room: first the oldest TLS stranger of its own
+    source if that source has more than ``handshakes_per_source``, then the
+    oldest of its own source if that source is over its share of units, then
+    the oldest of all. A connection leaves with ``release`` at READY, at
+    REFUSE, or at its end.
     """
 
-    def __init__(self, units: int, per_source: int) -> None:
+    def __init__(self, units: int, per_source: int, handshakes_per_source: int = MAX_TLS_HANDSHAKES_PER_SOURCE) -> None:
         self.units, self.per_source = units, per_source
-        self.charged: dict[asyncio.Task[Any], tuple[str, int]] = {}  # insertion order: oldest first
+        self.handshakes_per_source = handshakes_per_source
+        # Insertion order: oldest first. Each stranger's source, units, and whether it is in a TLS handshake.
+        self.charged: dict[asyncio.Task[Any], tuple[str, int, bool]] = {}
         self.used = 0
         self.by_source: dict[str, int] = {}
+        self.handshakes: dict[str, int] = {}
 
-    def charge(self, task: asyncio.Task[Any], source: str, units: int) -> list[asyncio.Task[Any]]:
+    def charge(
+        self, task: asyncio.Task[Any], source: str, units: int, handshake: bool = False
+    ) -> list[asyncio.Task[Any]]:
         self.release(task, keep_place=True)
-        self.charged[task] = (source, units)
+        self.charged[task] = (source, units, handshake)
         self.used += units
         self.by_source[source] = self.by_source.get(source, 0) + units
+        if handshake:
+            self.handshakes[source] = self.handshakes.get(source, 0) + 1
         victims: list[asyncio.Task[Any]] = []
-        for other, (other_source, _units) in list(self.charged.items()):
+        for other, (other_source, _units, other_handshake) in list(self.charged.items()):
+            if self.handshakes.get(source, 0) <= self.handshakes_per_source:
+                break
+            if other is not task and other_source == source and other_handshake:
+                victims.append(other)
+                self.release(other)
+        for other, (other_source, _units, _handshake) in list(self.charged.items()):
             if self.by_source.get(source, 0) <= self.per_source:
                 break
             if other is not task and other_source == source:
@@ -326,18 +334,25 @@ class Strangers:
         charged = self.charged.get(task)
         if charged is None:
             return
-        source, units = charged
+        source, units, handshake = charged
         if not keep_place:
             del self.charged[task]
         self.used -= units
-        left = self.by_source[source] - units
-        if left > 0:
-            self.by_source[source] = left
-        else:
-            del self.by_source[source]
+        _take(self.by_source, source, units)
+        if handshake:
+            _take(self.handshakes, source, 1)
 
     def __contains__(self, task: object) -> bool:
         return task in self.charged
+
+
+def _take(counts: dict[str, int], key: str, n: int) -> None:
+    """Lower ``counts[key]`` by ``n``, dropping the key at zero."""
+    left = counts[key] - n
+    if left > 0:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 @dataclass
@@ -373,7 +388,7 @@ class Server:
     stats: ServerStats = field(default_factory=ServerStats)
     strangers: Strangers = field(init=False)
     evicted: set[asyncio.Task[Any]] = field(default_factory=set)
-    _freed_tls: int = 0
+    readiness: ReadinessWatch = field(default_factory=ReadinessWatch)
     drops: RateLimitedLog = field(init=False)
     _followed: list[Entry] | None = None
     resolver: NameCache = field(init=False)
@@ -391,19 +406,12 @@ class Server:
     def _call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
         asyncio.get_running_loop().call_later(delay_s, callback)
 
-    def _charge(self, task: asyncio.Task[Any], peer_ip: str, units: int) -> None:
+    def _charge(self, task: asyncio.Task[Any], peer_ip: str, units: int, handshake: bool = False) -> None:
         """Count ``task`` among the strangers; close the oldest ones if the budget is full."""
-        for victim in self.strangers.charge(task, source_of(peer_ip), units):
+        for victim in self.strangers.charge(task, source_of(peer_ip), units, handshake):
             self.stats.strangers_closed_total += 1
             self.evicted.add(victim)
             victim.cancel()
-
-    def _trim(self) -> None:
-        """Give the memory of closed strangers back to the system. glibc keeps freed
-        TLS buffers (256 KiB each) in its heap, so 4,000 short-lived TLS strangers
-        would leave hundreds of MB resident although only 64 are alive at once."""
-        if _MALLOC_TRIM is not None:
-            _MALLOC_TRIM(0)
 
     def entries(self) -> list[Entry]:
         """The config in force (re-read if the file changed), with a stats row per pipe."""
@@ -532,11 +540,6 @@ class Server:
                 # Nothing owed to a stranger (not even a flush): its memory goes now,
                 # not after a close that a TLS layer in mid-handshake would never report.
                 conn.abort()
-                if conn.tls_started:
-                    self._freed_tls += 1
-                    if self._freed_tls >= TRIM_AFTER_TLS_STRANGERS:
-                        self._freed_tls = 0
-                        conn.loop.call_soon(self._trim)
             else:
                 conn.close()
                 await conn.wait_closed()
@@ -671,9 +674,11 @@ class Server:
             return None
         task = asyncio.current_task()
         assert task is not None
-        # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once.
-        self._charge(task, str(conn.get_extra_info("peername")[0]), TLS_STRANGER_UNITS)
-        conn.tls_started = True
+        # No TLS layer, nor its cost, before the peer has sent a whole first record.
+        await conn.wait_for_tls_record(self.readiness)
+        # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once,
+        # MAX_TLS_HANDSHAKES_PER_SOURCE of them from one source.
+        self._charge(task, str(conn.get_extra_info("peername")[0]), TLS_STRANGER_UNITS, handshake=True)
         await conn.start_tls(self.opts.tls)
         if self.opts.tls.verify_mode != ssl.CERT_REQUIRED:
             return None
@@ -773,6 +778,7 @@ class Server:
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
         self.digests.shutdown(wait=False, cancel_futures=True)
+        self.readiness.close()
 
 
 async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any) -> None:
