@@ -286,9 +286,11 @@ class Strangers:
     ``charge`` admits a stranger (or raises its cost, at TLS) and names the
     strangers to close to make room: first the oldest TLS stranger of its own
     source if that source has more than ``handshakes_per_source``, then the
-    oldest of its own source if that source is over its share of units, then
-    the oldest of all. A connection leaves with ``release`` at READY, at
-    REFUSE, or at its end.
+    oldest of its own source if that source is over its share of units, then,
+    while the budget is over, the oldest stranger of the source with the most
+    strangers (the oldest of all when sources tie): a source with one stranger
+    is not closed while another has two, however many sources flood together.
+    A connection leaves with ``release`` at READY, at REFUSE, or at its end.
     """
 
     def __init__(self, units: int, per_source: int, handshakes_per_source: int = MAX_TLS_HANDSHAKES_PER_SOURCE) -> None:
@@ -299,11 +301,15 @@ class Strangers:
         self.used = 0
         self.by_source: dict[str, int] = {}
         self.handshakes: dict[str, int] = {}
+        self.strangers: dict[str, int] = {}
 
     def charge(
         self, task: asyncio.Task[Any], source: str, units: int, handshake: bool = False
     ) -> list[asyncio.Task[Any]]:
-        self.release(task, keep_place=True)
+        if task in self.charged:
+            self.release(task, keep_place=True)
+        else:
+            self.strangers[source] = self.strangers.get(source, 0) + 1
         self.charged[task] = (source, units, handshake)
         self.used += units
         self.by_source[source] = self.by_source.get(source, 0) + units
@@ -322,13 +328,21 @@ class Strangers:
             if other is not task and other_source == source:
                 victims.append(other)
                 self.release(other)
-        for other in list(self.charged):
-            if self.used <= self.units:
+        while self.used > self.units:
+            victim = self._oldest_of_busiest(task)
+            if victim is None:
                 break
-            if other is not task:
-                victims.append(other)
-                self.release(other)
+            victims.append(victim)
+            self.release(victim)
         return victims
+
+    def _oldest_of_busiest(self, task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
+        """The oldest stranger but ``task`` of the source with the most strangers."""
+        victim, most = None, 0
+        for other, (source, _units, _handshake) in self.charged.items():  # oldest first
+            if other is not task and self.strangers[source] > most:
+                victim, most = other, self.strangers[source]
+        return victim
 
     def release(self, task: asyncio.Task[Any], keep_place: bool = False) -> None:
         charged = self.charged.get(task)
@@ -339,6 +353,8 @@ class Strangers:
             del self.charged[task]
         self.used -= units
         _take(self.by_source, source, units)
+        if not keep_place:
+            _take(self.strangers, source, 1)
         if handshake:
             _take(self.handshakes, source, 1)
 
