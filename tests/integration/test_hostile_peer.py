@@ -15,12 +15,13 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tcppipe.protocol import MAX_DATA_BYTES, Decoder, FrameType, Hello, NeedData, Refuse, encode
+from tcppipe.server import MAX_TLS_HANDSHAKES_PER_SOURCE
 from tcppipe.session import MAX_HELLO_BYTES
 from tests.integration.certs import Authority, Issued
 from tests.integration.conftest import Pipes, peak_rss_mb, reset_peak_rss, rss_mb, wait_until
@@ -136,7 +137,7 @@ FLOOD_HELD = 400  # connections the flood keeps open at once (tcppiped's budget 
 HANDSHAKES = 5  # from another source, one after another, during the flood
 # Flood connections opened while each of those handshakes is in flight: more than the 64 TLS
 # handshakes tcppiped holds at once, so a budget that closes the oldest of all would close it.
-FLOOD_WHILE_IN_FLIGHT = 200
+FLOOD_WHILE_IN_FLIGHT = 120
 
 
 class Flood:
@@ -157,6 +158,11 @@ class Flood:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    def wait_for_more(self) -> None:
+        """Return once the flood has opened FLOOD_WHILE_IN_FLIGHT more connections."""
+        opened = self.opened
+        wait_until(lambda: self.opened >= opened + FLOOD_WHILE_IN_FLIGHT, what="the flood to go on")
+
     def _run(self) -> None:
         held: deque[socket.socket] = deque()
         try:
@@ -176,15 +182,22 @@ class Flood:
                 s.close()
 
 
-def answered_slow_handshake(port: int, source: str, cert: Issued, ca: Authority, flood: Flood) -> bool:
-    """A mutual-TLS handshake from ``source`` that stays in flight (ClientHello sent, the server's answer
-    not yet read) while the flood opens FLOOD_WHILE_IN_FLIGHT more connections, then a HELLO for an
-    undefined file: True if REFUSE came back."""
+def answered_handshake(
+    port: int, source: str, cert: Issued, ca: Authority, in_flight: Callable[[], None] = lambda: None
+) -> bool:
+    """A mutual-TLS handshake from ``source``, calling ``in_flight`` between sending the ClientHello
+    and reading the server's answer, then a HELLO for an undefined file: True if REFUSE came back."""
     context = ssl.create_default_context(cafile=str(ca.pem))
     context.load_cert_chain(str(cert.cert), str(cert.key))
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
     decoder = Decoder()
+
+    def receive() -> bool:
+        data = sock.recv(65536)
+        incoming.write(data)
+        return bool(data)
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.bind((source, 0))
@@ -193,31 +206,75 @@ def answered_slow_handshake(port: int, source: str, cert: Issued, ca: Authority,
             with contextlib.suppress(ssl.SSLWantReadError):
                 tls.do_handshake()
             sock.sendall(outgoing.read())
-            opened = flood.opened
-            wait_until(lambda: flood.opened >= opened + FLOOD_WHILE_IN_FLIGHT, what="the flood to go on")
+            in_flight()
             while True:
                 try:
                     tls.do_handshake()
                     break
                 except ssl.SSLWantReadError:
                     sock.sendall(outgoing.read())
-                    data = sock.recv(65536)
-                    if not data:
+                    if not receive():
                         return False
-                    incoming.write(data)
             tls.write(encode(Hello("/nowhere/undefined.log")))
             sock.sendall(outgoing.read())
             while isinstance(event := decoder.next_event(), NeedData):
                 try:
                     decoder.feed(tls.read(65536))
                 except ssl.SSLWantReadError:
-                    data = sock.recv(65536)
-                    if not data:
+                    if not receive():
                         return False
-                    incoming.write(data)
             return isinstance(event, Refuse)
         except (OSError, ssl.SSLError):
             return False
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Read what ``sock`` holds; True if the server has closed it, waiting up to ``timeout`` for that."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        pass  # reset: closed
+    return True
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Read what ``sock`` holds without waiting; True unless the server has closed it."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(65536):
+            pass
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def test_a_source_has_at_most_eight_tls_handshakes_at_once(pipes: Pipes) -> None:
+    """A ninth stalled TLS handshake from one address closes that address's first; the other eight stay open."""
+    tls, _client_tls, cert, ca = tls_options(pipes)
+    pipes.start_server(*tls)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_TLS_HANDSHAKES_PER_SOURCE + 1):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.settimeout(10)
+            s.bind(("127.0.0.5", 0))
+            s.connect(("127.0.0.1", pipes.port))
+            s.sendall(HELLO_RECORD)
+            assert s.recv(1), "the server answers the ClientHello: this handshake is in flight"
+        assert closed_by_server(held[0], timeout=5)
+        # A whole handshake from elsewhere: every closing the ninth caused has happened by its end.
+        assert answered_handshake(pipes.port, "127.0.0.6", cert, ca)
+        assert all(still_open(s) for s in held[1:])
+    finally:
+        for s in held:
+            s.close()
 
 
 # One flooding source, and eight: together these could hold all 64 TLS handshakes at once.
@@ -236,7 +293,8 @@ def test_a_handshake_flood_cannot_close_another_sources_handshake(pipes: Pipes, 
         wait_until(lambda: flood.opened > 1000, what="the flood to be under way")
         started = time.monotonic()
         for n in range(HANDSHAKES):
-            answered += answered_slow_handshake(pipes.port, "127.0.0.100", cert, ca, flood)
+            # In flight while the flood opens more connections than tcppiped holds handshakes.
+            answered += answered_handshake(pipes.port, "127.0.0.100", cert, ca, flood.wait_for_more)
             if n % 2 == 0:
                 latencies.append(line_latency(origin, dest, n + 1))
         took = time.monotonic() - started
