@@ -83,8 +83,8 @@ MAX_VERIFY_REQUESTS: Final = 64
 # in units of about 32 KiB of our memory: a plain stranger costs 1 (a few KiB of
 # socket and session, at most one HELLO of 16 KiB), a TLS one 8 (asyncio's TLS
 # layer holds a 256 KiB buffer from the handshake on). When the budget is full
-# the oldest stranger is closed: a flood cannot keep a real client out, only
-# hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
+# the oldest stranger of the source with the most is closed: a flood cannot keep
+# a real client out, only hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
 # Under TLS a stranger is a plain one until its first TLS record is whole
 # (sockets.ServerConnection.wait_for_tls_record), and only then gets a TLS layer.
 STRANGER_UNITS: Final = 512
