@@ -15,6 +15,7 @@ Rule 3: signal handlers only set events; ``_serve_signals`` does the work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import functools
@@ -25,7 +26,7 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -91,10 +92,10 @@ STRANGER_UNITS: Final = 512
 STRANGER_UNITS_PER_SOURCE: Final = 128
 TLS_STRANGER_UNITS: Final = 8
 MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
-# TLS strangers of one source (address, or IPv6 /64) at once, whatever its units: a
-# source's ninth closes its oldest, so it takes 8 sources to fill MAX_TLS_HANDSHAKES.
-# A handshake takes a few round trips; a host whose many pipes reconnect at once
-# (after a restart) finishes 8 at a time, the rest retry after their back-off.
+# TLS handshakes of one source (address, or IPv6 /64) at once: its ninth waits, with no
+# TLS state, until one of the eight is done (HandshakeTurns), so one source can hold
+# at most an eighth of MAX_TLS_HANDSHAKES. A handshake takes a few round trips, so a
+# host whose many pipes connect at once (tcppipe with a glob) is served 8 at a time.
 MAX_TLS_HANDSHAKES_PER_SOURCE: Final = 8
 # "Address in use" at start (a restart racing the old process, or a squatter) is retried this
 # long, with a line at the first failure and then every BIND_RETRY_LOG_S, before tcppiped gives
@@ -284,45 +285,31 @@ class Strangers:
     """The connections not yet answered READY, oldest first, and their cost in units.
 
     ``charge`` admits a stranger (or raises its cost, at TLS) and names the
-    strangers to close to make room: first the oldest TLS stranger of its own
-    source if that source has more than ``handshakes_per_source``, then the
-    oldest of its own source if that source is over its share of units, then,
-    while the budget is over, the oldest stranger of the source with the most
-    strangers (the oldest of all when sources tie): a source with one stranger
-    is not closed while another has two, however many sources flood together.
-    A connection leaves with ``release`` at READY, at REFUSE, or at its end.
+    strangers to close to make room: first the oldest of its own source if
+    that source is over its share, then, while the budget is over, the oldest
+    stranger of the source with the most strangers (the oldest of all when
+    sources tie): a source with one stranger is not closed while another has
+    two, however many sources flood together. A connection leaves with
+    ``release`` at READY, at REFUSE, or at its end.
     """
 
-    def __init__(self, units: int, per_source: int, handshakes_per_source: int = MAX_TLS_HANDSHAKES_PER_SOURCE) -> None:
+    def __init__(self, units: int, per_source: int) -> None:
         self.units, self.per_source = units, per_source
-        self.handshakes_per_source = handshakes_per_source
-        # Insertion order: oldest first. Each stranger's source, units, and whether it is in a TLS handshake.
-        self.charged: dict[asyncio.Task[Any], tuple[str, int, bool]] = {}
+        self.charged: dict[asyncio.Task[Any], tuple[str, int]] = {}  # insertion order: oldest first
         self.used = 0
-        self.by_source: dict[str, int] = {}
-        self.handshakes: dict[str, int] = {}
-        self.strangers: dict[str, int] = {}
+        self.by_source: dict[str, int] = {}  # units
+        self.strangers: dict[str, int] = {}  # connections
 
-    def charge(
-        self, task: asyncio.Task[Any], source: str, units: int, handshake: bool = False
-    ) -> list[asyncio.Task[Any]]:
+    def charge(self, task: asyncio.Task[Any], source: str, units: int) -> list[asyncio.Task[Any]]:
         if task in self.charged:
             self.release(task, keep_place=True)
         else:
             self.strangers[source] = self.strangers.get(source, 0) + 1
-        self.charged[task] = (source, units, handshake)
+        self.charged[task] = (source, units)
         self.used += units
         self.by_source[source] = self.by_source.get(source, 0) + units
-        if handshake:
-            self.handshakes[source] = self.handshakes.get(source, 0) + 1
         victims: list[asyncio.Task[Any]] = []
-        for other, (other_source, _units, other_handshake) in list(self.charged.items()):
-            if self.handshakes.get(source, 0) <= self.handshakes_per_source:
-                break
-            if other is not task and other_source == source and other_handshake:
-                victims.append(other)
-                self.release(other)
-        for other, (other_source, _units, _handshake) in list(self.charged.items()):
+        for other, (other_source, _units) in list(self.charged.items()):
             if self.by_source.get(source, 0) <= self.per_source:
                 break
             if other is not task and other_source == source:
@@ -339,7 +326,7 @@ class Strangers:
     def _oldest_of_busiest(self, task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
         """The oldest stranger but ``task`` of the source with the most strangers."""
         victim, most = None, 0
-        for other, (source, _units, _handshake) in self.charged.items():  # oldest first
+        for other, (source, _units) in self.charged.items():  # oldest first
             if other is not task and self.strangers[source] > most:
                 victim, most = other, self.strangers[source]
         return victim
@@ -348,18 +335,64 @@ class Strangers:
         charged = self.charged.get(task)
         if charged is None:
             return
-        source, units, handshake = charged
+        source, units = charged
         if not keep_place:
             del self.charged[task]
+            _take(self.strangers, source, 1)
         self.used -= units
         _take(self.by_source, source, units)
-        if not keep_place:
-            _take(self.strangers, source, 1)
-        if handshake:
-            _take(self.handshakes, source, 1)
 
     def __contains__(self, task: object) -> bool:
         return task in self.charged
+
+
+class HandshakeTurns:
+    """At most ``per_source`` TLS handshakes of one source at once; the next wait their
+    turn, first come first served, as plain strangers (no TLS state yet). A source
+    with stalled handshakes delays only itself, and a host whose many pipes connect
+    at once is served a few at a time instead of closed."""
+
+    def __init__(self, per_source: int) -> None:
+        self.per_source = per_source
+        self.running: dict[str, int] = {}
+        self.waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, source: str) -> AsyncIterator[None]:
+        """Hold one of ``source``'s turns for the body (waiting for it first if need be)."""
+        if self.running.get(source, 0) < self.per_source and not self.waiting.get(source):
+            self.running[source] = self.running.get(source, 0) + 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue = self.waiting.setdefault(source, collections.deque())
+            queue.append(waiter)
+            try:
+                await waiter  # a finished turn is handed over, never given back first
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._hand_over(source)  # handed to us just as we were cancelled: pass it on
+                else:
+                    with contextlib.suppress(ValueError):  # passed over already, if a turn ended meanwhile
+                        queue.remove(waiter)
+                    if not queue and self.waiting.get(source) is queue:
+                        del self.waiting[source]
+                raise
+        try:
+            yield
+        finally:
+            self._hand_over(source)
+
+    def _hand_over(self, source: str) -> None:
+        """A turn of ``source`` has ended: the next waiter's now, else one fewer running."""
+        queue = self.waiting.get(source)
+        while queue:
+            waiter = queue.popleft()
+            if not queue:
+                del self.waiting[source]
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        _take(self.running, source, 1)
 
 
 def _take(counts: dict[str, int], key: str, n: int) -> None:
@@ -405,6 +438,7 @@ class Server:
     strangers: Strangers = field(init=False)
     evicted: set[asyncio.Task[Any]] = field(default_factory=set)
     readiness: ReadinessWatch = field(default_factory=ReadinessWatch)
+    handshake_turns: HandshakeTurns = field(default_factory=lambda: HandshakeTurns(MAX_TLS_HANDSHAKES_PER_SOURCE))
     drops: RateLimitedLog = field(init=False)
     _followed: list[Entry] | None = None
     resolver: NameCache = field(init=False)
@@ -422,9 +456,9 @@ class Server:
     def _call_later(self, delay_s: float, callback: Callable[[], None]) -> None:
         asyncio.get_running_loop().call_later(delay_s, callback)
 
-    def _charge(self, task: asyncio.Task[Any], peer_ip: str, units: int, handshake: bool = False) -> None:
+    def _charge(self, task: asyncio.Task[Any], peer_ip: str, units: int) -> None:
         """Count ``task`` among the strangers; close the oldest ones if the budget is full."""
-        for victim in self.strangers.charge(task, source_of(peer_ip), units, handshake):
+        for victim in self.strangers.charge(task, source_of(peer_ip), units):
             self.stats.strangers_closed_total += 1
             self.evicted.add(victim)
             victim.cancel()
@@ -690,12 +724,14 @@ class Server:
             return None
         task = asyncio.current_task()
         assert task is not None
-        # No TLS layer, nor its cost, before the peer has sent a whole first record.
+        peer_ip = str(conn.get_extra_info("peername")[0])
+        # No TLS layer, nor its cost, before the peer has sent a whole first record,
+        # and none while its source has MAX_TLS_HANDSHAKES_PER_SOURCE in progress.
         await conn.wait_for_tls_record(self.readiness)
-        # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once,
-        # MAX_TLS_HANDSHAKES_PER_SOURCE of them from one source.
-        self._charge(task, str(conn.get_extra_info("peername")[0]), TLS_STRANGER_UNITS, handshake=True)
-        await conn.start_tls(self.opts.tls)
+        async with self.handshake_turns.turn(source_of(peer_ip)):
+            # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once.
+            self._charge(task, peer_ip, TLS_STRANGER_UNITS)
+            await conn.start_tls(self.opts.tls)
         if self.opts.tls.verify_mode != ssl.CERT_REQUIRED:
             return None
         return certificate_names(conn.get_extra_info("peercert"))

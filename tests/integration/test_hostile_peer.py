@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -254,27 +255,56 @@ def still_open(sock: socket.socket) -> bool:
     return False
 
 
-def test_a_source_has_at_most_eight_tls_handshakes_at_once(pipes: Pipes) -> None:
-    """A ninth stalled TLS handshake from one address closes that address's first; the other eight stay open."""
+def answered_yet(sock: socket.socket) -> bool:
+    """Whether the server has sent ``sock`` anything (or closed it), without waiting or reading."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass
+    finally:
+        sock.settimeout(10)
+    return True
+
+
+def test_a_sources_ninth_tls_handshake_waits_for_one_of_its_eight(pipes: Pipes) -> None:
+    """While one address has eight stalled TLS handshakes its ninth gets no answer (another address's
+    handshake does, and the eight stay open); when one of the eight ends, the ninth is answered."""
     tls, _client_tls, cert, ca = tls_options(pipes)
     pipes.start_server(*tls)
     held: list[socket.socket] = []
     try:
-        for _ in range(MAX_TLS_HANDSHAKES_PER_SOURCE + 1):
+        for n in range(MAX_TLS_HANDSHAKES_PER_SOURCE + 1):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             held.append(s)
             s.settimeout(10)
             s.bind(("127.0.0.5", 0))
             s.connect(("127.0.0.1", pipes.port))
             s.sendall(HELLO_RECORD)
-            assert s.recv(1), "the server answers the ClientHello: this handshake is in flight"
-        assert closed_by_server(held[0], timeout=5)
-        # A whole handshake from elsewhere: every closing the ninth caused has happened by its end.
+            if n < MAX_TLS_HANDSHAKES_PER_SOURCE:
+                assert s.recv(1), "the server answers the ClientHello: this handshake is in progress"
+        *eight, ninth = held
+        # A whole handshake from elsewhere, begun after the ninth's ClientHello was in.
         assert answered_handshake(pipes.port, "127.0.0.6", cert, ca)
-        assert all(still_open(s) for s in held[1:])
+        assert not answered_yet(ninth)
+        assert all(still_open(s) for s in eight)
+        eight[0].close()
+        assert ninth.recv(1), "the ninth's turn came"
     finally:
         for s in held:
             s.close()
+
+
+def test_a_hosts_many_tls_pipes_connecting_at_once_are_all_served(pipes: Pipes) -> None:
+    """40 TLS handshakes begun at once from one address (one tcppipe for many files) are all answered."""
+    tls, _client_tls, cert, ca = tls_options(pipes)
+    pipes.start_server(*tls)
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _n: answered_handshake(pipes.port, "127.0.0.7", cert, ca), range(40)))
+    assert answers.count(True) == 40
+    assert pipes.syslog.count("dropped") == 0
 
 
 # One flooding source, and eight: together these could hold all 64 TLS handshakes at once.
