@@ -15,8 +15,8 @@ Rule 3: signal handlers only set events; ``_serve_signals`` does the work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import ctypes
 import errno
 import functools
 import ipaddress
@@ -26,7 +26,7 @@ import resource
 import signal
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -58,7 +58,7 @@ from tcppipe.protocol import (
 )
 from tcppipe.resolver import NameCache
 from tcppipe.session import ServerSession
-from tcppipe.sockets import ServerConnection, format_address, tune_transport
+from tcppipe.sockets import ReadinessWatch, ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import certificate_names, describe_tls_error
@@ -88,14 +88,19 @@ MAX_VERIFY_REQUESTS: Final = 64
 # in units of about 32 KiB of our memory: a plain stranger costs 1 (a few KiB of
 # socket and session, at most one HELLO of 16 KiB), a TLS one 8 (asyncio's TLS
 # layer holds a 256 KiB buffer from the handshake on). When the budget is full
-# the oldest stranger is closed: a flood cannot keep a real client out, only
-# hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
+# the oldest stranger of the source with the most is closed: a flood cannot keep
+# a real client out, only hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
+# Under TLS a stranger is a plain one until its first TLS record is whole
+# (sockets.ServerConnection.wait_for_tls_record), and only then gets a TLS layer.
 STRANGER_UNITS: Final = 512
 STRANGER_UNITS_PER_SOURCE: Final = 128
 TLS_STRANGER_UNITS: Final = 8
 MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
-# After this many TLS strangers closed (about 5 MB of buffers), freed memory goes back to the system.
-TRIM_AFTER_TLS_STRANGERS: Final = 16
+# TLS handshakes of one source (address, or IPv6 /64) at once: its ninth waits, with no
+# TLS state, until one of the eight is done (HandshakeTurns), so one source can hold
+# at most an eighth of MAX_TLS_HANDSHAKES. A handshake takes a few round trips, so a
+# host whose many pipes connect at once (tcppipe with a glob) is served 8 at a time.
+MAX_TLS_HANDSHAKES_PER_SOURCE: Final = 8
 # "Address in use" at start (a restart racing the old process, or a squatter) is retried this
 # long, with a line at the first failure and then every BIND_RETRY_LOG_S, before tcppiped gives
 # up with EX_TEMPFAIL (which the unit restarts).
@@ -271,17 +276,6 @@ class PipeSession:
     peer_ip: str = ""
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, where there is one (not on musl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-        return trim
-    return None
-
-
-_MALLOC_TRIM: Final = _find_malloc_trim()
-
-
 def source_of(ip: str) -> str:
     """Whose budget a connection counts against: its IPv4 address, or its IPv6 /64."""
     with contextlib.suppress(ValueError):
@@ -296,18 +290,25 @@ class Strangers:
 
     ``charge`` admits a stranger (or raises its cost, at TLS) and names the
     strangers to close to make room: first the oldest of its own source if
-    that source is over its share, then the oldest of all. A connection leaves
-    with ``release`` at READY, at REFUSE, or at its end.
+    that source is over its share, then, while the budget is over, the oldest
+    stranger of the source with the most strangers (the oldest of all when
+    sources tie): a source with one stranger is not closed while another has
+    two, however many sources flood together. A connection leaves with
+    ``release`` at READY, at REFUSE, or at its end.
     """
 
     def __init__(self, units: int, per_source: int) -> None:
         self.units, self.per_source = units, per_source
         self.charged: dict[asyncio.Task[Any], tuple[str, int]] = {}  # insertion order: oldest first
         self.used = 0
-        self.by_source: dict[str, int] = {}
+        self.by_source: dict[str, int] = {}  # units
+        self.strangers: dict[str, int] = {}  # connections
 
     def charge(self, task: asyncio.Task[Any], source: str, units: int) -> list[asyncio.Task[Any]]:
-        self.release(task, keep_place=True)
+        if task in self.charged:
+            self.release(task, keep_place=True)
+        else:
+            self.strangers[source] = self.strangers.get(source, 0) + 1
         self.charged[task] = (source, units)
         self.used += units
         self.by_source[source] = self.by_source.get(source, 0) + units
@@ -318,13 +319,21 @@ class Strangers:
             if other is not task and other_source == source:
                 victims.append(other)
                 self.release(other)
-        for other in list(self.charged):
-            if self.used <= self.units:
+        while self.used > self.units:
+            victim = self._oldest_of_busiest(task)
+            if victim is None:
                 break
-            if other is not task:
-                victims.append(other)
-                self.release(other)
+            victims.append(victim)
+            self.release(victim)
         return victims
+
+    def _oldest_of_busiest(self, task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
+        """The oldest stranger but ``task`` of the source with the most strangers."""
+        victim, most = None, 0
+        for other, (source, _units) in self.charged.items():  # oldest first
+            if other is not task and self.strangers[source] > most:
+                victim, most = other, self.strangers[source]
+        return victim
 
     def release(self, task: asyncio.Task[Any], keep_place: bool = False) -> None:
         charged = self.charged.get(task)
@@ -333,15 +342,70 @@ class Strangers:
         source, units = charged
         if not keep_place:
             del self.charged[task]
+            _take(self.strangers, source, 1)
         self.used -= units
-        left = self.by_source[source] - units
-        if left > 0:
-            self.by_source[source] = left
-        else:
-            del self.by_source[source]
+        _take(self.by_source, source, units)
 
     def __contains__(self, task: object) -> bool:
         return task in self.charged
+
+
+class HandshakeTurns:
+    """At most ``per_source`` TLS handshakes of one source at once; the next wait their
+    turn, first come first served, as plain strangers (no TLS state yet). A source
+    with stalled handshakes delays only itself, and a host whose many pipes connect
+    at once is served a few at a time instead of closed."""
+
+    def __init__(self, per_source: int) -> None:
+        self.per_source = per_source
+        self.running: dict[str, int] = {}
+        self.waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, source: str) -> AsyncIterator[None]:
+        """Hold one of ``source``'s turns for the body (waiting for it first if need be)."""
+        if self.running.get(source, 0) < self.per_source and not self.waiting.get(source):
+            self.running[source] = self.running.get(source, 0) + 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue = self.waiting.setdefault(source, collections.deque())
+            queue.append(waiter)
+            try:
+                await waiter  # a finished turn is handed over, never given back first
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._hand_over(source)  # handed to us just as we were cancelled: pass it on
+                else:
+                    with contextlib.suppress(ValueError):  # passed over already, if a turn ended meanwhile
+                        queue.remove(waiter)
+                    if not queue and self.waiting.get(source) is queue:
+                        del self.waiting[source]
+                raise
+        try:
+            yield
+        finally:
+            self._hand_over(source)
+
+    def _hand_over(self, source: str) -> None:
+        """A turn of ``source`` has ended: the next waiter's now, else one fewer running."""
+        queue = self.waiting.get(source)
+        while queue:
+            waiter = queue.popleft()
+            if not queue:
+                del self.waiting[source]
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        _take(self.running, source, 1)
+
+
+def _take(counts: dict[str, int], key: str, n: int) -> None:
+    """Lower ``counts[key]`` by ``n``, dropping the key at zero."""
+    left = counts[key] - n
+    if left > 0:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 @dataclass
@@ -377,7 +441,8 @@ class Server:
     stats: ServerStats = field(default_factory=ServerStats)
     strangers: Strangers = field(init=False)
     evicted: set[asyncio.Task[Any]] = field(default_factory=set)
-    _freed_tls: int = 0
+    readiness: ReadinessWatch = field(default_factory=ReadinessWatch)
+    handshake_turns: HandshakeTurns = field(default_factory=lambda: HandshakeTurns(MAX_TLS_HANDSHAKES_PER_SOURCE))
     drops: RateLimitedLog = field(init=False)
     _followed: list[Entry] | None = None
     resolver: NameCache = field(init=False)
@@ -401,13 +466,6 @@ class Server:
             self.stats.strangers_closed_total += 1
             self.evicted.add(victim)
             victim.cancel()
-
-    def _trim(self) -> None:
-        """Give the memory of closed strangers back to the system. glibc keeps freed
-        TLS buffers (256 KiB each) in its heap, so 4,000 short-lived TLS strangers
-        would leave hundreds of MB resident although only 64 are alive at once."""
-        if _MALLOC_TRIM is not None:
-            _MALLOC_TRIM(0)
 
     def entries(self) -> list[Entry]:
         """The config in force (re-read if the file changed), with a stats row per pipe."""
@@ -536,11 +594,6 @@ class Server:
                 # Nothing owed to a stranger (not even a flush): its memory goes now,
                 # not after a close that a TLS layer in mid-handshake would never report.
                 conn.abort()
-                if conn.tls_started:
-                    self._freed_tls += 1
-                    if self._freed_tls >= TRIM_AFTER_TLS_STRANGERS:
-                        self._freed_tls = 0
-                        conn.loop.call_soon(self._trim)
             else:
                 conn.close()
                 await conn.wait_closed()
@@ -684,10 +737,14 @@ class Server:
             return None
         task = asyncio.current_task()
         assert task is not None
-        # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once.
-        self._charge(task, str(conn.get_extra_info("peername")[0]), TLS_STRANGER_UNITS)
-        conn.tls_started = True
-        await conn.start_tls(self.opts.tls)
+        peer_ip = str(conn.get_extra_info("peername")[0])
+        # No TLS layer, nor its cost, before the peer has sent a whole first record,
+        # and none while its source has MAX_TLS_HANDSHAKES_PER_SOURCE in progress.
+        await conn.wait_for_tls_record(self.readiness)
+        async with self.handshake_turns.turn(source_of(peer_ip)):
+            # TLS costs a stranger 8 units from here on: at most MAX_TLS_HANDSHAKES at once.
+            self._charge(task, peer_ip, TLS_STRANGER_UNITS)
+            await conn.start_tls(self.opts.tls)
         if self.opts.tls.verify_mode != ssl.CERT_REQUIRED:
             return None
         return certificate_names(conn.get_extra_info("peercert"))
@@ -783,6 +840,7 @@ class Server:
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
         self.digests.shutdown(wait=False, cancel_futures=True)
+        self.readiness.close()
 
 
 async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any) -> None:

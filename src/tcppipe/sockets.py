@@ -7,6 +7,8 @@ protocol events, so both ends behave the same on the wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 import socket
 import ssl
 from collections.abc import Callable
@@ -92,6 +94,90 @@ PREAUTH_READ_BYTES: Final = 4096
 # Smallest receive while streaming (a frame in flight asks for its whole rest).
 RECEIVE_BYTES: Final = 64 * 1024
 
+# A TLS stranger gets no TLS layer (asyncio's is 256 KiB of buffer and an SSL
+# object) until the kernel holds its whole first record: a peer that sends
+# nothing, half a ClientHello or no TLS at all costs a plain stranger's few KiB.
+# The record is only peeked at, never read, so the TLS layer reads it as sent.
+TLS_HANDSHAKE_RECORD: Final = 0x16
+TLS_RECORD_HEADER_BYTES: Final = 5
+MAX_TLS_RECORD_BYTES: Final = 2**14 + 256  # RFC 8446 5.1: a plaintext record holds at most 2^14 bytes
+# Waiting strangers woken per turn of the event loop: the TLS layers they start are
+# few enough that the strangers they push out are freed before the next ones start.
+READINESS_BATCH: Final = 16
+
+
+class ReadinessWatch:
+    """Wakes a task when a socket holds bytes, without reading them.
+
+    A paused transport's socket is watched by nobody, and the loop refuses to
+    watch a socket a transport owns; so a private epoll set does, itself watched
+    by the loop: one descriptor for every waiting stranger. Linux only
+    (``available`` is False elsewhere). Each wait arms the socket once
+    (EPOLLONESHOT) and disarms it when it ends, however it ends.
+    """
+
+    available: Final = hasattr(select, "epoll")
+
+    def __init__(self) -> None:
+        self._epoll: Any = None  # select.epoll, made at the first wait
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+
+    async def readable(self, fd: int) -> None:
+        """Return when ``fd`` is readable (bytes at or above its SO_RCVLOWAT, end of stream, or an error)."""
+        if self._epoll is None:
+            self._loop = asyncio.get_running_loop()
+            self._epoll = select.epoll()
+            self._loop.add_reader(self._epoll.fileno(), self._wake)
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+        self._waiting[fd] = waiter
+        try:
+            await waiter
+        finally:
+            if self._waiting.get(fd) is waiter:
+                del self._waiting[fd]
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+
+    def _wake(self) -> None:
+        for fd, _events in self._epoll.poll(0, READINESS_BATCH):
+            waiter = self._waiting.get(fd)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        """Stop watching; waits still pending never end (their tasks are cancelled at shutdown)."""
+        if self._epoll is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+        self._waiting.clear()
+
+
+def _peek(fd: int, size: int) -> bytes | None:
+    """Up to ``size`` bytes the kernel holds for ``fd``, left there; None if none yet."""
+    sock = socket.socket(fileno=fd)  # borrowed: detached below, so never closed here
+    try:
+        return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise ConnectionLost(describe_os_error(exc)) from None
+    finally:
+        sock.detach()
+
+
+def tls_record_length(header: bytes) -> int:
+    """The length of the TLS record that ``header`` (its first 5 bytes) begins;
+    ProtocolError unless it is a handshake record, as a ClientHello is."""
+    kind, major, minor, length = header[0], header[1], header[2], int.from_bytes(header[3:5])
+    if kind != TLS_HANDSHAKE_RECORD or major != 3 or minor > 4 or not 0 < length <= MAX_TLS_RECORD_BYTES:
+        raise ProtocolError(f"not a TLS handshake (first bytes {header.hex()})")
+    return length
+
 
 class ServerConnection(asyncio.BufferedProtocol):
     """One accepted connection, from the socket into its ``ServerSession``'s buffer.
@@ -110,7 +196,6 @@ class ServerConnection(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.tls = False
-        self.tls_started = False
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self._handler: Callable[[Event], None] | None = None
@@ -236,6 +321,33 @@ class ServerConnection(asyncio.BufferedProtocol):
         """Wait until the transport's write buffer is below its high-water mark."""
         if self._writable is not None:
             await self._writable
+
+    async def wait_for_tls_record(self, watch: ReadinessWatch) -> None:
+        """Return when the kernel holds the peer's whole first TLS record, having read
+        nothing; ProtocolError if it is no TLS handshake, ConnectionLost if the peer
+        ends first."""
+        assert self.transport is not None
+        if not watch.available:
+            return
+        sock = self.transport.get_extra_info("socket")
+        fd = sock.fileno()
+        want = TLS_RECORD_HEADER_BYTES
+        try:
+            while True:
+                # Readable only once ``want`` bytes are in, or at the end: no wake-up per byte dribbled.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+                await watch.readable(fd)
+                held = _peek(fd, want) or b""
+                if len(held) < want:
+                    raise ConnectionLost("peer closed before its first TLS record was whole")
+                if want > TLS_RECORD_HEADER_BYTES:
+                    return
+                want += tls_record_length(held)
+                if len(_peek(fd, want) or b"") >= want:
+                    return
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
 
     async def start_tls(self, context: ssl.SSLContext) -> None:
         """Upgrade to TLS as the server (nothing has been read before it)."""

@@ -289,6 +289,21 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start process ``pid``'s peak resident memory (VmHWM) afresh from its current size."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of process ``pid`` in MiB since it started or ``reset_peak_rss``."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
 @pytest.fixture
 def pipes(tmp_path: Path) -> Iterator[Pipes]:
     world = Pipes(tmp_path, SyslogSink(tmp_path / "syslog.sock"))
