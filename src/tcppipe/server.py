@@ -2,7 +2,10 @@
 
 Rule 1: thin. Who may send what where is ``config.py``'s decision; what may
 be said when is ``session.py``'s; how bytes land and are admitted is
-``pipe_server.py``'s and ``destination.py``'s.
+``pipe_server.py``'s and ``destination.py``'s. What strangers (not yet
+answered READY) may cost is ``strangers.py``'s, and whose TLS handshake
+waits its turn ``handshake_turns.py``'s; after READY, ``receiver.py``
+streams one connection into its destination.
 
 Rule 2: one task per connection, tracked in a set; one pipe's failure never
 touches another (no shared TaskGroup). A pipe has at most one live
@@ -15,18 +18,16 @@ Rule 3: signal handlers only set events; ``_serve_signals`` does the work.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import functools
-import ipaddress
 import logging
 import os
 import resource
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -37,29 +38,34 @@ from tcppipe.activation import ActivationError, inherited_sockets
 from tcppipe.config import ConfigError, Entry
 from tcppipe.destination import Destination, DestinationError, Span
 from tcppipe.errors import EXIT_TEMPFAIL, BadConfig, ConnectionLost, TcppipeError, describe_os_error, escape
+from tcppipe.handshake_turns import HandshakeTurns
 from tcppipe.logs import RateLimitedLog
-from tcppipe.pipe_server import Inadmissible, PipeServer
+from tcppipe.pipe_server import Inadmissible
 from tcppipe.protocol import (
     DEFAULT_HEARTBEAT_S,
     FEATURE_PROGRESS,
     FEATURE_ZSTD,
     MAX_HISTORY_SPANS,
-    MIN_HEARTBEAT_S,
     PURPOSE_VERIFY,
-    Data,
-    Event,
-    Generation,
     HeldSpan,
     Hello,
-    Progress,
     ProtocolError,
     Verify,
     split_range,
 )
+from tcppipe.receiver import PipeReceiver
 from tcppipe.resolver import NameCache
 from tcppipe.session import ServerSession
 from tcppipe.sockets import ReadinessWatch, ServerConnection, format_address, tune_transport
 from tcppipe.stats import PipeStats, ServerStats
+from tcppipe.strangers import (
+    MAX_TLS_HANDSHAKES_PER_SOURCE,
+    STRANGER_UNITS,
+    STRANGER_UNITS_PER_SOURCE,
+    TLS_STRANGER_UNITS,
+    Strangers,
+    source_of,
+)
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import certificate_names, describe_tls_error
 from tcppipe.verify import digest_ranges
@@ -72,35 +78,17 @@ PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
 # Connections beyond these are closed at once, before a byte is read: a flood
 # from one host cannot starve the others, nor all together exhaust our fds. A host
 # agent opens one connection per file: 4,096 lets one host send 4,000 files.
-# (Strangers, not yet authenticated, have their own small budget: see Strangers.)
+# (Strangers, not yet authenticated, have their own small budget: see strangers.py.)
 DEFAULT_MAX_CONNECTIONS: Final = 16384
 DEFAULT_MAX_PER_HOST: Final = 4096
 # Verify digests read whole destination files: their own threads, so they never starve
 # name lookups (the loop's default executor), at most one per pipe and DIGEST_THREADS in all.
 DIGEST_THREADS: Final = 4
 TAKEOVER_TIMEOUT_S: Final = 10.0
-ACK_DELAY_S: Final = 0.05
 SHUTDOWN_TIMEOUT_S: Final = 10.0
 SERVER_FEATURES: Final = (FEATURE_ZSTD, FEATURE_PROGRESS)
 # A verify needs about log64(size) requests; more is a client gone astray.
 MAX_VERIFY_REQUESTS: Final = 64
-# Strangers (connections not yet answered READY) share a budget of their own,
-# in units of about 32 KiB of our memory: a plain stranger costs 1 (a few KiB of
-# socket and session, at most one HELLO of 16 KiB), a TLS one 8 (asyncio's TLS
-# layer holds a 256 KiB buffer from the handshake on). When the budget is full
-# the oldest stranger of the source with the most is closed: a flood cannot keep
-# a real client out, only hurry the strangers along. 512 units: about 16 MiB, or 64 TLS handshakes at once.
-# Under TLS a stranger is a plain one until its first TLS record is whole
-# (sockets.ServerConnection.wait_for_tls_record), and only then gets a TLS layer.
-STRANGER_UNITS: Final = 512
-STRANGER_UNITS_PER_SOURCE: Final = 128
-TLS_STRANGER_UNITS: Final = 8
-MAX_TLS_HANDSHAKES: Final = STRANGER_UNITS // TLS_STRANGER_UNITS
-# TLS handshakes of one source (address, or IPv6 /64) at once: its ninth waits, with no
-# TLS state, until one of the eight is done (HandshakeTurns), so one source can hold
-# at most an eighth of MAX_TLS_HANDSHAKES. A handshake takes a few round trips, so a
-# host whose many pipes connect at once (tcppipe with a glob) is served 8 at a time.
-MAX_TLS_HANDSHAKES_PER_SOURCE: Final = 8
 # "Address in use" at start (a restart racing the old process, or a squatter) is retried this
 # long, with a line at the first failure and then every BIND_RETRY_LOG_S, before tcppiped gives
 # up with EX_TEMPFAIL (which the unit restarts).
@@ -179,92 +167,6 @@ class Unresolved(Exception):
         super().__init__(f"cannot resolve {host}: {error}; retry later")
 
 
-class PipeReceiver:
-    """One streaming connection's work: GENERATION/DATA/PROGRESS into the destination,
-    ACKs back; the adapter hands it events and time.
-
-    Rule: the destination is used only between construction and ``close()``.
-    ``close()`` is the one place that cancels the ACK timer, and it runs before
-    the destination closes; a late callback or event after it is a bug, caught
-    by an assertion instead of touching a descriptor number that may already
-    belong to another pipe's file.
-    """
-
-    def __init__(
-        self,
-        conn: ServerConnection,
-        dest: Destination,
-        stats: PipeStats,
-        count_lines: bool,
-        on_bug: Callable[[BaseException], None],
-    ) -> None:
-        self.conn, self.session = conn, conn.session
-        self.dest, self.on_bug = dest, on_bug
-        self.core = PipeServer(conn.session, dest, stats, count_lines)
-        self.loop = conn.loop
-        self.ack_timer: asyncio.TimerHandle | None = None
-        self.closed = False
-
-    def handle(self, event: Event) -> None:
-        """One event from the client (called from the protocol as its bytes arrive)."""
-        assert not self.closed, "event for a closed destination"
-        if not isinstance(event, Data | Generation | Progress):
-            raise ProtocolError(f"unexpected {type(event).__name__} while streaming")  # pragma: no cover
-        self.conn.write(self.core.apply(event, self.loop.time()))
-        if self.ack_timer is None:
-            self.ack_timer = self.loop.call_later(ACK_DELAY_S, self._fire, self._ack_due)
-
-    def _fire(self, callback: Callable[[], None]) -> None:
-        """Run a timer's callback. What it raises is a bug: it ends this connection, and the
-        connection task's reaper logs it with the pipe (or, if the task has gone, ``on_bug``)."""
-        try:
-            callback()
-        except Exception as exc:
-            if self.conn.done.done():
-                self.on_bug(exc)
-            else:
-                self.conn.finish(exc)
-
-    def _ack_due(self) -> None:
-        self.ack_timer = None
-        self.send_ack()
-
-    def send_ack(self, heartbeat: bool = False) -> None:
-        """ACK what has landed, if that is news (or a heartbeat is due)."""
-        assert not self.closed, "ACK of a closed destination"
-        self.conn.write(self.core.ack(self.loop.time(), heartbeat))
-
-    async def run(self) -> None:
-        """Receive until the client says goodbye (answered with a last ACK), falls silent
-        or breaks the protocol (raised)."""
-        session, conn = self.session, self.conn
-        conn.receive_with(self.handle)
-        while True:
-            wait_s = max(session.heartbeat_due_in(self.loop.time()), MIN_HEARTBEAT_S)
-            finished, _pending = await asyncio.wait({conn.done}, timeout=wait_s)
-            if finished:
-                break
-            now = self.loop.time()
-            if session.peer_dead(now):
-                raise ConnectionLost(f"no word from the client for {session.silence(now):.1f} s")
-            if session.heartbeat_due_in(now) <= 0:
-                self.send_ack(heartbeat=True)
-            session.decoder.release_idle_buffer()
-        conn.done.result()  # raises why the connection ended, if it failed
-        self.send_ack()  # the client's goodbye: tell it exactly what landed
-
-    def close(self) -> None:
-        """Stop every timer, then close the destination; idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        if self.ack_timer is not None:
-            self.ack_timer.cancel()
-            self.ack_timer = None
-        self.conn.finish(ConnectionLost("closed by the server"))
-        self.dest.close()
-
-
 @dataclass
 class PipeSession:
     entry: Entry
@@ -274,138 +176,6 @@ class PipeSession:
     dest: Destination | None = None
     receiver: PipeReceiver | None = None
     peer_ip: str = ""
-
-
-def source_of(ip: str) -> str:
-    """Whose budget a connection counts against: its IPv4 address, or its IPv6 /64."""
-    with contextlib.suppress(ValueError):
-        address = ipaddress.ip_address(ip)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
-            return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return ip
-
-
-class Strangers:
-    """The connections not yet answered READY, oldest first, and their cost in units.
-
-    ``charge`` admits a stranger (or raises its cost, at TLS) and names the
-    strangers to close to make room: first the oldest of its own source if
-    that source is over its share, then, while the budget is over, the oldest
-    stranger of the source with the most strangers (the oldest of all when
-    sources tie): a source with one stranger is not closed while another has
-    two, however many sources flood together. A connection leaves with
-    ``release`` at READY, at REFUSE, or at its end.
-    """
-
-    def __init__(self, units: int, per_source: int) -> None:
-        self.units, self.per_source = units, per_source
-        self.charged: dict[asyncio.Task[Any], tuple[str, int]] = {}  # insertion order: oldest first
-        self.used = 0
-        self.by_source: dict[str, int] = {}  # units
-        self.strangers: dict[str, int] = {}  # connections
-
-    def charge(self, task: asyncio.Task[Any], source: str, units: int) -> list[asyncio.Task[Any]]:
-        if task in self.charged:
-            self.release(task, keep_place=True)
-        else:
-            self.strangers[source] = self.strangers.get(source, 0) + 1
-        self.charged[task] = (source, units)
-        self.used += units
-        self.by_source[source] = self.by_source.get(source, 0) + units
-        victims: list[asyncio.Task[Any]] = []
-        for other, (other_source, _units) in list(self.charged.items()):
-            if self.by_source.get(source, 0) <= self.per_source:
-                break
-            if other is not task and other_source == source:
-                victims.append(other)
-                self.release(other)
-        while self.used > self.units:
-            victim = self._oldest_of_busiest(task)
-            if victim is None:
-                break
-            victims.append(victim)
-            self.release(victim)
-        return victims
-
-    def _oldest_of_busiest(self, task: asyncio.Task[Any]) -> asyncio.Task[Any] | None:
-        """The oldest stranger but ``task`` of the source with the most strangers."""
-        victim, most = None, 0
-        for other, (source, _units) in self.charged.items():  # oldest first
-            if other is not task and self.strangers[source] > most:
-                victim, most = other, self.strangers[source]
-        return victim
-
-    def release(self, task: asyncio.Task[Any], keep_place: bool = False) -> None:
-        charged = self.charged.get(task)
-        if charged is None:
-            return
-        source, units = charged
-        if not keep_place:
-            del self.charged[task]
-            _take(self.strangers, source, 1)
-        self.used -= units
-        _take(self.by_source, source, units)
-
-    def __contains__(self, task: object) -> bool:
-        return task in self.charged
-
-
-class HandshakeTurns:
-    """At most ``per_source`` TLS handshakes of one source at once; the next wait their
-    turn, first come first served, as plain strangers (no TLS state yet). A source
-    with stalled handshakes delays only itself, and a host whose many pipes connect
-    at once is served a few at a time instead of closed."""
-
-    def __init__(self, per_source: int) -> None:
-        self.per_source = per_source
-        self.running: dict[str, int] = {}
-        self.waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def turn(self, source: str) -> AsyncIterator[None]:
-        """Hold one of ``source``'s turns for the body (waiting for it first if need be)."""
-        if self.running.get(source, 0) < self.per_source and not self.waiting.get(source):
-            self.running[source] = self.running.get(source, 0) + 1
-        else:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            queue = self.waiting.setdefault(source, collections.deque())
-            queue.append(waiter)
-            try:
-                await waiter  # a finished turn is handed over, never given back first
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._hand_over(source)  # handed to us just as we were cancelled: pass it on
-                else:
-                    with contextlib.suppress(ValueError):  # passed over already, if a turn ended meanwhile
-                        queue.remove(waiter)
-                    if not queue and self.waiting.get(source) is queue:
-                        del self.waiting[source]
-                raise
-        try:
-            yield
-        finally:
-            self._hand_over(source)
-
-    def _hand_over(self, source: str) -> None:
-        """A turn of ``source`` has ended: the next waiter's now, else one fewer running."""
-        queue = self.waiting.get(source)
-        while queue:
-            waiter = queue.popleft()
-            if not queue:
-                del self.waiting[source]
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        _take(self.running, source, 1)
-
-
-def _take(counts: dict[str, int], key: str, n: int) -> None:
-    """Lower ``counts[key]`` by ``n``, dropping the key at zero."""
-    left = counts[key] - n
-    if left > 0:
-        counts[key] = left
-    else:
-        del counts[key]
 
 
 @dataclass
@@ -439,7 +209,7 @@ class Server:
     hup: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     stats: ServerStats = field(default_factory=ServerStats)
-    strangers: Strangers = field(init=False)
+    strangers: Strangers[asyncio.Task[Any]] = field(init=False)
     evicted: set[asyncio.Task[Any]] = field(default_factory=set)
     readiness: ReadinessWatch = field(default_factory=ReadinessWatch)
     handshake_turns: HandshakeTurns = field(default_factory=lambda: HandshakeTurns(MAX_TLS_HANDSHAKES_PER_SOURCE))

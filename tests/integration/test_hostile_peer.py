@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from tcppipe.protocol import MAX_DATA_BYTES, Decoder, FrameType, Hello, NeedData, Refuse, encode
-from tcppipe.server import MAX_TLS_HANDSHAKES_PER_SOURCE
 from tcppipe.session import MAX_HELLO_BYTES
+from tcppipe.strangers import MAX_TLS_HANDSHAKES_PER_SOURCE
 from tests.integration.certs import Authority, Issued
 from tests.integration.conftest import Pipes, peak_rss_mb, reset_peak_rss, rss_mb, wait_until
 

@@ -38,7 +38,8 @@ from tcppipe.origin import identify
 from tcppipe.pipe_client import PipeClient
 from tcppipe.pipe_server import Inadmissible, PipeServer
 from tcppipe.protocol import DEAD_AFTER_HEARTBEATS, Data, Generation, Hello, NeedData, Progress, ProtocolError
-from tcppipe.server import ACK_DELAY_S, SERVER_FEATURES
+from tcppipe.receiver import ACK_DELAY_S
+from tcppipe.server import SERVER_FEATURES
 from tcppipe.session import ServerSession
 from tcppipe.stats import PipeStats
 

@@ -26,6 +26,7 @@ PURE = [
     "pipe_client",
     "pipe_server",
     "checkpoint",
+    "strangers",
 ]
 FORBIDDEN = {
     "asyncio",
@@ -33,6 +34,8 @@ FORBIDDEN = {
     "ssl",
     "tcppipe.client",
     "tcppipe.server",
+    "tcppipe.receiver",
+    "tcppipe.handshake_turns",
     "tcppipe.cli",
     "tcppipe.control",
     "tcppipe.logs",

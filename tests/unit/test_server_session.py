@@ -24,7 +24,8 @@ from tcppipe.protocol import (
     data_header,
     encode,
 )
-from tcppipe.server import ConfigHolder, PipeReceiver, Server, ServerOptions
+from tcppipe.receiver import PipeReceiver
+from tcppipe.server import ConfigHolder, Server, ServerOptions
 from tcppipe.session import ServerSession, ServerState
 
 IDENT = GenerationId(1, 2, 4, "ab" * 32)
