@@ -51,6 +51,7 @@ from tcppipe.errors import TcppipeError, describe_os_error
 from tcppipe.origin import others_may_plant
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tasks import TaskReaper, log_loop_errors
+from tcppipe.watch import SharedInotify
 
 # Scans triggered by directory events run at most this often (a logrotate run of 100 files
 # makes hundreds of events; one scan after them sees every change).
@@ -147,6 +148,8 @@ class HostAgent:
         # What was last said about a path that gets no pipe, so a scan does not repeat it.
         self._said: dict[str, str] = {}
         self.handshakes = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+        # Every pipe's file events, on one inotify instance (made in ``run``, on the loop).
+        self.inotify: SharedInotify | None = None
 
     # -- signals -----------------------------------------------------------------
 
@@ -178,14 +181,16 @@ class HostAgent:
         self._claim_recorded()
         directories = watched_directories(self.patterns)
         watch = DirectoryWatch(self.wake.set, self.log)
+        self.inotify = SharedInotify(self.log)
         try:
             watch.watch(directories)
             self._scan(first=True)
             self._settle()
+            next_tick = time.monotonic() + self.template.interval_s
             while not self.stopping:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.template.interval_s):
+                    async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
                         await self.wake.wait()
                     await asyncio.sleep(MIN_SCAN_GAP_S)  # let a burst of directory events settle
                 if self.stopping:
@@ -197,14 +202,21 @@ class HostAgent:
                         pipe.client.request_hup()
                     self.discovery.retry_now()
                 self._scan(first=False)
-                for pipe in list(self.pipes.values()):
-                    pipe.client.poll()  # every pipe's -t tick, from this one timer
+                now = time.monotonic()
+                if now >= next_tick or self.inotify.fileno() < 0:
+                    # Every pipe's -t tick, from this one timer. A scan woken by a directory
+                    # event between ticks polls none of them (without inotify, all): the shared
+                    # instance has woken the pipes whose FILE the event named, and only those.
+                    next_tick = now + self.template.interval_s
+                    for pipe in list(self.pipes.values()):
+                        pipe.client.poll()
         finally:
             watch.close()
             self.request_stop()
             running = [p.task for p in self.pipes.values() if p.task is not None]
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            self.inotify.close()
         if self.start_failure is not None:
             raise self.start_failure
 
@@ -294,6 +306,7 @@ class HostAgent:
             admit=lambda gen: self.discovery.admits(path, (gen.dev, gen.ino)),
             polled=True,
             handshakes=self.handshakes,
+            watcher=None if self.inotify is None else self.inotify.watcher_for,
         )
         pipe = Pipe(key, client, lock)
         self.pipes[path] = pipe

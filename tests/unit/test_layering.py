@@ -26,6 +26,7 @@ PURE = [
     "pipe_client",
     "pipe_server",
     "checkpoint",
+    "inotify_routes",
 ]
 FORBIDDEN = {
     "asyncio",
