@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -272,3 +274,58 @@ def test_a_glob_that_matches_nothing_yet_detaches_and_waits_for_its_first_file(p
     first.write_bytes(numbered_lines(0, 50))
     wait_until(lambda: same_bytes(first, dest), what="the first file to appear")
     assert pipes.client_pid(first) == pid
+
+
+def inotify_instances(pid: int) -> int:
+    """How many inotify instances process ``pid`` holds (its ``anon_inode:inotify`` fds)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+    return count
+
+
+MANY_FILES = 300  # more than Linux's default 128 inotify instances per user
+# The server admits 128 unauthenticated connections per source address at once
+# (STRANGER_UNITS_PER_SOURCE): files are added in batches that stay under it.
+BATCH_FILES = 100
+EVENT_WAIT_S = 5.0  # well under -t 30: only an inotify event brings a change this soon
+
+
+def test_three_hundred_files_get_inotify_events_from_one_instance(pipes: Pipes) -> None:
+    """One tcppipe following 300 files by one glob uses one inotify instance for them: with -t 30 an
+    append and a rotation (mv, recreate, no SIGHUP) arrive within 5 s, and nothing says it is polling."""
+    pairs = [pipes.pipe(f"f{i:03}.log") for i in range(MANY_FILES)]
+    for origin, _dest in pairs[BATCH_FILES:]:
+        origin.unlink()  # defined on the server, made later
+    for i, (origin, _dest) in enumerate(pairs[:BATCH_FILES]):
+        origin.write_bytes(b"file %d\n" % i)
+    pipes.start_server("--max-per-host", "1000")  # one connection per pipe, all from 127.0.0.1
+    agent = start_agent(pipes, pipes.tmp / "origin" / "f*.log", extra=("-t", "30", "--rotate-grace", "0.5"))
+    wait_until(lambda: exact(pairs[:BATCH_FILES]), what=f"the first {BATCH_FILES} copies")
+    for start in range(BATCH_FILES, MANY_FILES, BATCH_FILES):
+        batch = pairs[start : start + BATCH_FILES]
+        for i, (origin, _dest) in enumerate(batch, start):
+            origin.write_bytes(b"file %d\n" % i)  # new files: found by the directory watch, not the -t scan
+        wait_until(lambda batch=batch: exact(batch), what=f"files {start} to {start + len(batch) - 1}")
+    assert all(pipes.client_pid(origin) == agent.pid for origin, _ in pairs[::50])
+    instances = inotify_instances(agent.pid)
+    assert instances <= 2  # the pipes' shared instance and the scan's directory watch
+    origin, dest = pairs[123]
+    with open(origin, "ab") as f:
+        f.write(b"an append\n")
+    wait_until(lambda: same_bytes(origin, dest), timeout=EVENT_WAIT_S, what="the append, by inotify")
+    origin, dest = pairs[7]
+    old_content = origin.read_bytes()
+    origin.rename(origin.with_name(origin.name + ".1"))  # f007.log.1: not matched by f*.log
+    origin.write_bytes(b"the new generation\n")
+    wait_until(
+        lambda: dest.read_bytes() == old_content + b"the new generation\n",
+        timeout=EVENT_WAIT_S,
+        what="the rotated file, then its new generation, without a SIGHUP",
+    )
+    assert inotify_instances(agent.pid) == instances
+    assert stop(agent) == 0
+    said = "\n".join(pipes.syslog.drain()) + pipes.stderr_of(agent)
+    assert "polling every -t" not in said
+    assert "no file-change events" not in said
