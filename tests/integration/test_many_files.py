@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -307,7 +308,7 @@ def test_three_hundred_files_get_inotify_events_from_one_instance(pipes: Pipes) 
         batch = pairs[start : start + BATCH_FILES]
         for i, (origin, _dest) in enumerate(batch, start):
             origin.write_bytes(b"file %d\n" % i)  # new files: found by the directory watch, not the -t scan
-        wait_until(lambda batch=batch: exact(batch), what=f"files {start} to {start + len(batch) - 1}")
+        wait_until(functools.partial(exact, batch), what=f"files {start} to {start + len(batch) - 1}")
     assert all(pipes.client_pid(origin) == agent.pid for origin, _ in pairs[::50])
     instances = inotify_instances(agent.pid)
     assert instances <= 2  # the pipes' shared instance and the scan's directory watch
