@@ -27,6 +27,11 @@ Rule 4 (signals): handlers only set flags and wake the scan task. SIGHUP
 makes every pipe check for rotation (each Client's own SIGHUP rule) and
 retries failed pipes at once; SIGTERM/SIGINT stop every pipe cleanly (each
 says goodbye and saves its status) and then the program.
+
+Rule 5 (one inotify instance): the scan's directories and every pipe's file
+events share one instance (``watch.py``; Linux allows 128 per user, not one
+per file). A pipe is woken by events of its own FILE name and its own
+generations only; the one -t timer polls every pipe, whatever was missed.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 from tcppipe import daemon
 from tcppipe.client import Client, ClientOptions
@@ -59,49 +64,6 @@ MIN_SCAN_GAP_S = 0.05
 # Pipes between connect and READY at once: tcppiped closes the oldest of a source's
 # strangers past its budget, so 2,000 pipes starting together would evict each other.
 HANDSHAKES_AT_ONCE: Final = 8
-
-
-class DirectoryWatch:
-    """Wakes the scan when an entry is created, moved or deleted in a watched directory
-    (one inotify instance for the agent; the -t poll covers anything missed)."""
-
-    def __init__(self, wake: Callable[[], None], log: logging.Logger) -> None:
-        self._wake = wake
-        self._inotify: Any = None
-        self._watched: set[str] = set()
-        try:
-            import inotify_simple
-
-            flags = inotify_simple.flags
-            self._mask = flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
-            self._inotify = inotify_simple.INotify(nonblocking=True)
-            asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
-        except (ImportError, OSError) as exc:
-            log.warning("no directory events (%s); new files are found by the -t poll", exc)
-            self.close()
-
-    def watch(self, directories: set[str]) -> None:
-        """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
-        if self._inotify is None:
-            return
-        for directory in directories - self._watched:
-            with contextlib.suppress(OSError):
-                self._inotify.add_watch(directory, self._mask)
-                self._watched.add(directory)
-
-    def _on_readable(self) -> None:
-        with contextlib.suppress(OSError):
-            for _ in range(64):
-                if len(os.read(self._inotify.fileno(), 65536)) < 4096:
-                    break
-        self._wake()
-
-    def close(self) -> None:
-        if self._inotify is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
-            self._inotify.close()
-            self._inotify = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -180,8 +142,8 @@ class HostAgent:
         daemon.early_signals.clear()
         self._claim_recorded()
         directories = watched_directories(self.patterns)
-        watch = DirectoryWatch(self.wake.set, self.log)
         self.inotify = SharedInotify(self.log)
+        watch = self.inotify.directory_watch(self.wake.set)
         try:
             watch.watch(directories)
             self._scan(first=True)

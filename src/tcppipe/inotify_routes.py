@@ -10,7 +10,9 @@ files in one directory 2,000 x 2,000 wake-ups.
 
 Rule 2 (file events go by inode): the kernel gives one watch descriptor per
 inode per instance, so two pipes watching one inode share it; an event on it
-wakes every pipe subscribed to it.
+wakes every pipe subscribed to it. The agent's scan subscribes to its
+directories the same way (every entry event wakes it), beside the pipes'
+names.
 
 Rule 3 (watches are counted): a watch serves every subscriber it has, and is
 removed only when its last subscriber leaves (``unsubscribe`` says when).
@@ -51,15 +53,15 @@ class Routes(Generic[K]):
 
     def __init__(self) -> None:
         self._names: dict[int, dict[str, set[K]]] = {}  # directory wd -> entry name -> subscribers
-        self._files: dict[int, set[K]] = {}  # file wd -> subscribers
+        self._all: dict[int, set[K]] = {}  # wd -> subscribers to all its events
 
     def subscribe_name(self, wd: int, name: str, key: K) -> None:
         """``key`` wants the events of entry ``name`` in the directory watched as ``wd``."""
         self._names.setdefault(wd, {}).setdefault(name, set()).add(key)
 
-    def subscribe_file(self, wd: int, key: K) -> None:
-        """``key`` wants every event of the file watched as ``wd``."""
-        self._files.setdefault(wd, set()).add(key)
+    def subscribe_all(self, wd: int, key: K) -> None:
+        """``key`` wants every event of ``wd`` (a file's, or a directory's whatever the name)."""
+        self._all.setdefault(wd, set()).add(key)
 
     def unsubscribe(self, wd: int, key: K) -> bool:
         """``key`` no longer wants ``wd``; True when nobody does (the caller removes the watch)."""
@@ -71,19 +73,19 @@ class Routes(Generic[K]):
                     del names[name]
             if not names:
                 del self._names[wd]
-        files = self._files.get(wd)
-        if files is not None:
-            files.discard(key)
-            if not files:
-                del self._files[wd]
+        everything = self._all.get(wd)
+        if everything is not None:
+            everything.discard(key)
+            if not everything:
+                del self._all[wd]
         return not self.in_use(wd)
 
     def in_use(self, wd: int) -> bool:
-        return wd in self._names or wd in self._files
+        return wd in self._names or wd in self._all
 
     def subscribers(self, wd: int) -> set[K]:
         """Everyone subscribed to ``wd``, by any name."""
-        keys = set(self._files.get(wd, ()))
+        keys = set(self._all.get(wd, ()))
         for named in self._names.get(wd, {}).values():
             keys |= named
         return keys
@@ -98,14 +100,14 @@ class Routes(Generic[K]):
             if mask & IN_IGNORED:
                 had = self.subscribers(wd)
                 self._names.pop(wd, None)
-                self._files.pop(wd, None)
+                self._all.pop(wd, None)
                 if had:
                     routed.lost[wd] = had
                     routed.wake |= had
                 continue
-            files = self._files.get(wd)
-            if files:
-                routed.wake |= files
+            everything = self._all.get(wd)
+            if everything:
+                routed.wake |= everything
             names = self._names.get(wd)
             if names and name:
                 routed.wake |= names.get(name, set())

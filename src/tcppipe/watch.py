@@ -1,4 +1,4 @@
-"""One inotify instance for every pipe of a host agent: the asyncio adapter over ``inotify_routes``.
+"""One inotify instance for a whole host agent, its pipes and its scan: the asyncio adapter over ``inotify_routes``.
 
 Rule 1: one instance per agent, not per pipe. Linux allows 128 inotify
 instances per user (``fs.inotify.max_user_instances``); with one per pipe a
@@ -9,7 +9,8 @@ Rule 2: each pipe gets a handle (``watcher_for``) with the single-file
 its wake callback. The handle watches FILE's directory (shared with every
 handle there, woken by FILE's name only) and each open generation through
 ``/proc/self/fd/N`` (woken by that inode's events). Which handle an event
-wakes is ``inotify_routes.Routes``'s decision.
+wakes is ``inotify_routes.Routes``'s decision. The agent's scan subscribes
+to the directories its patterns name on the same instance (``directory_watch``).
 
 Rule 3: bounded work. One readable callback reads at most ``READ_BYTES`` of
 events, wakes each pipe they name once, and returns; the event loop calls it
@@ -47,18 +48,28 @@ FILE_MASK: Final = 0x2 | 0x4 | 0x8 | 0x800 | 0x400  # MODIFY | ATTRIB | CLOSE_WR
 Identity = tuple[int, int]  # (st_dev, st_ino)
 
 
-class InotifyHandle:
+class Subscriber:
+    """Something the shared instance wakes: a pipe's handle or the agent's scan."""
+
+    def __init__(self, shared: SharedInotify, wake: Callable[[], None]) -> None:
+        self.shared = shared
+        self.wake = wake
+        self.closed = False
+
+    def lost(self, wd: int) -> None:
+        """The kernel dropped watch ``wd`` (IN_IGNORED): forget it, to watch again later."""
+
+
+class InotifyHandle(Subscriber):
     """One pipe's view of the shared instance: FILE's directory entry and its open generations."""
 
     def __init__(self, shared: SharedInotify, path: str, wake: Callable[[], None]) -> None:
-        self.shared = shared
-        self.wake = wake
+        super().__init__(shared, wake)
         self.directory = os.path.dirname(path) or "/"
         self.name = os.path.basename(path)
         self.dir_wd: int | None = None
         # Each generation watched, by identity: its watch descriptor and the generation.
         self.files: dict[Identity, tuple[int, OriginGeneration]] = {}
-        self.closed = False
 
     def watch_file(self, gen: OriginGeneration) -> None:
         """Follow ``gen``'s inode even after it is renamed out of the directory."""
@@ -72,14 +83,48 @@ class InotifyHandle:
         """Give back this pipe's watches (others' stay)."""
         self.shared.release(self)
 
+    def wds(self) -> set[int]:
+        found = {wd for wd, _gen in self.files.values()}
+        return found if self.dir_wd is None else found | {self.dir_wd}
+
+    def lost(self, wd: int) -> None:
+        if self.dir_wd == wd:
+            self.dir_wd = None  # watched again at the next watch_file
+        for identity, (file_wd, _gen) in list(self.files.items()):
+            if file_wd == wd:
+                del self.files[identity]
+
+
+class DirectoryWatch(Subscriber):
+    """The agent's scan: woken by any entry created, moved or deleted in its directories."""
+
+    def __init__(self, shared: SharedInotify, wake: Callable[[], None]) -> None:
+        super().__init__(shared, wake)
+        self.dirs: dict[str, int] = {}
+
+    def watch(self, directories: set[str]) -> None:
+        """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
+        self.shared.watch_directories(self, directories)
+
+    def close(self) -> None:
+        self.shared.release(self)
+
+    def wds(self) -> set[int]:
+        return set(self.dirs.values())
+
+    def lost(self, wd: int) -> None:
+        for directory, dir_wd in list(self.dirs.items()):
+            if dir_wd == wd:
+                del self.dirs[directory]
+
 
 class SharedInotify:
     """The agent's one inotify instance; ``watcher_for`` makes a Client's watcher."""
 
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
-        self.routes: Routes[InotifyHandle] = Routes()
-        self.handles: set[InotifyHandle] = set()
+        self.routes: Routes[Subscriber] = Routes()
+        self.handles: set[Subscriber] = set()
         self._inotify: Any = None
         self._warned_full = False
         try:
@@ -101,6 +146,12 @@ class SharedInotify:
         self._watch_directory(handle)
         return handle
 
+    def directory_watch(self, wake: Callable[[], None]) -> DirectoryWatch:
+        """The agent's scan subscription: ``wake`` on any entry event in the directories it watches."""
+        watch = DirectoryWatch(self, wake)
+        self.handles.add(watch)
+        return watch
+
     # -- for the handles -------------------------------------------------------
 
     def watch_file(self, handle: InotifyHandle, gen: OriginGeneration) -> None:
@@ -117,20 +168,24 @@ class SharedInotify:
         if wd is None:
             return
         handle.files[identity] = (wd, gen)
-        self.routes.subscribe_file(wd, handle)
+        self.routes.subscribe_all(wd, handle)
 
-    def release(self, handle: InotifyHandle) -> None:
-        if handle.closed:
+    def watch_directories(self, watch: DirectoryWatch, directories: set[str]) -> None:
+        if self._inotify is None or watch.closed:
             return
-        handle.closed = True
-        self.handles.discard(handle)
-        wds = {wd for wd, _gen in handle.files.values()}
-        if handle.dir_wd is not None:
-            wds.add(handle.dir_wd)
-        handle.files.clear()
-        handle.dir_wd = None
-        for wd in wds:
-            self._unsubscribe(wd, handle)
+        for directory in directories - watch.dirs.keys():
+            wd = self._add_watch(directory, DIR_MASK)
+            if wd is not None:
+                watch.dirs[directory] = wd
+                self.routes.subscribe_all(wd, watch)
+
+    def release(self, subscriber: InotifyHandle | DirectoryWatch) -> None:
+        if subscriber.closed:
+            return
+        subscriber.closed = True
+        self.handles.discard(subscriber)
+        for wd in subscriber.wds():
+            self._unsubscribe(wd, subscriber)
 
     # -- inside ----------------------------------------------------------------
 
@@ -150,8 +205,8 @@ class SharedInotify:
             if all(other != wd for other, _ in handle.files.values()):
                 self._unsubscribe(wd, handle)
 
-    def _unsubscribe(self, wd: int, handle: InotifyHandle) -> None:
-        if self.routes.unsubscribe(wd, handle) and self._inotify is not None:
+    def _unsubscribe(self, wd: int, subscriber: Subscriber) -> None:
+        if self.routes.unsubscribe(wd, subscriber) and self._inotify is not None:
             with contextlib.suppress(OSError):  # EINVAL: the kernel dropped it already
                 self._inotify.rm_watch(wd)
 
@@ -181,18 +236,14 @@ class SharedInotify:
             return
         routed = self.routes.route((e.wd, e.mask, e.name) for e in inotify_simple.parse_events(data))
         for wd, had in routed.lost.items():
-            for handle in had:
-                if handle.dir_wd == wd:
-                    handle.dir_wd = None
-                for identity, (file_wd, _gen) in list(handle.files.items()):
-                    if file_wd == wd:
-                        del handle.files[identity]
+            for subscriber in had:
+                subscriber.lost(wd)
         if routed.everyone:
             self._wake_all()
             return
-        for handle in routed.wake:
-            if not handle.closed:
-                handle.wake()
+        for subscriber in routed.wake:
+            if not subscriber.closed:
+                subscriber.wake()
 
     def _wake_all(self) -> None:
         for handle in list(self.handles):

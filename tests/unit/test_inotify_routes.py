@@ -66,9 +66,9 @@ def test_a_logrotate_run_wakes_each_pipe_once() -> None:
 def test_a_file_event_wakes_every_pipe_holding_that_inode() -> None:
     """A MODIFY on a watched inode wakes its subscribers (two pipes that hold it), nobody else."""
     routes: Routes[str] = Routes()
-    routes.subscribe_file(10, "p")
-    routes.subscribe_file(10, "q")
-    routes.subscribe_file(11, "r")
+    routes.subscribe_all(10, "p")
+    routes.subscribe_all(10, "q")
+    routes.subscribe_all(11, "r")
     assert routes.route([(10, MODIFY, "")]).wake == {"p", "q"}
     assert routes.route([(12, MODIFY, "")]).wake == set()  # a watch already given back
 
@@ -83,7 +83,7 @@ def test_an_overflow_wakes_everyone() -> None:
 def test_ignored_forgets_the_watch_and_tells_who_had_it() -> None:
     """IN_IGNORED: the descriptor is forgotten, its subscribers woken and listed as having lost it."""
     routes = directory_of(["a.log", "b.log"])
-    routes.subscribe_file(7, "a.log")
+    routes.subscribe_all(7, "a.log")
     routed = routes.route([(DIR_WD, IN_IGNORED, "")])
     assert routed.wake == {"a.log", "b.log"}
     assert routed.lost == {DIR_WD: {"a.log", "b.log"}}
@@ -124,6 +124,16 @@ def test_two_pipes_of_one_name_both_wake_and_one_leaving_keeps_the_other() -> No
 def test_a_batch_wakes_each_subscriber_once() -> None:
     """Many events for one pipe in a batch make a single wake-up entry."""
     routes = directory_of(["a.log"])
-    routes.subscribe_file(5, "a.log")
+    routes.subscribe_all(5, "a.log")
     routed = routes.route([(5, MODIFY, "")] * 100 + [(DIR_WD, CREATE, "a.log")])
     assert routed.wake == {"a.log"}
+
+
+def test_the_scan_s_directory_subscription_wakes_on_any_name_beside_the_pipes() -> None:
+    """The agent's scan subscribes to the whole directory: any entry event wakes it, and the pipe of that name."""
+    routes = directory_of(["a.log", "b.log"])
+    routes.subscribe_all(DIR_WD, "scan")
+    assert routes.route([(DIR_WD, CREATE, "new.log")]).wake == {"scan"}
+    assert routes.route([(DIR_WD, CREATE, "a.log")]).wake == {"scan", "a.log"}
+    assert not routes.unsubscribe(DIR_WD, "scan")  # the pipes still need the watch
+    assert routes.route([(DIR_WD, CREATE, "new.log")]).wake == set()

@@ -225,3 +225,25 @@ def test_an_overflowed_queue_wakes_every_pipe(tmp_path: Path) -> None:
             world.close()
 
     assert asyncio.run(scenario()) == {"a.log", "b.log"}
+
+
+def test_the_scan_shares_the_instance_and_the_directory_watch_with_the_pipes(tmp_path: Path) -> None:
+    """The agent's scan is woken by any new entry, on the pipes' directory watch; leaving, it keeps theirs."""
+
+    async def scenario() -> tuple[int, set[str], bool, int, set[str]]:
+        world = World(tmp_path, ["a.log"])
+        scanned: list[bool] = []
+        scan = world.shared.directory_watch(lambda: scanned.append(True))
+        try:
+            scan.watch({str(tmp_path)})
+            count = watches(world.shared)  # the directory once, and a.log's generation
+            woken = world.woken_by(lambda: (tmp_path / "new.log").write_bytes(b""))
+            scan.close()
+            after_close = watches(world.shared)
+            renamed = world.woken_by(lambda: (tmp_path / "a.log").rename(tmp_path / "a.log.1"))
+            return count, woken, bool(scanned), after_close, renamed
+        finally:
+            scan.close()
+            world.close()
+
+    assert asyncio.run(scenario()) == (2, set(), True, 2, {"a.log"})
