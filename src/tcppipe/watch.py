@@ -127,9 +127,11 @@ class SharedInotify:
         self.handles: set[Subscriber] = set()
         self._inotify: Any = None
         self._warned_full = False
+        self._parse_events: Callable[[bytes], list[Any]] = lambda _data: []
         try:
             import inotify_simple
 
+            self._parse_events = inotify_simple.parse_events
             self._inotify = inotify_simple.INotify(nonblocking=True)
             asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
         except (ImportError, OSError) as exc:
@@ -223,8 +225,6 @@ class SharedInotify:
             return None
 
     def _on_readable(self) -> None:
-        import inotify_simple
-
         try:
             data = os.read(self._inotify.fileno(), READ_BYTES)
         except BlockingIOError:
@@ -234,7 +234,7 @@ class SharedInotify:
             self.close()
             self._wake_all()
             return
-        routed = self.routes.route((e.wd, e.mask, e.name) for e in inotify_simple.parse_events(data))
+        routed = self.routes.route((e.wd, e.mask, e.name) for e in self._parse_events(data))
         for wd, had in routed.lost.items():
             for subscriber in had:
                 subscriber.lost(wd)
