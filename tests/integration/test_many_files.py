@@ -312,13 +312,13 @@ def test_three_hundred_files_get_inotify_events_from_one_instance(pipes: Pipes) 
     assert all(pipes.client_pid(origin) == agent.pid for origin, _ in pairs[::50])
     instances = inotify_instances(agent.pid)
     assert instances == 1  # the pipes' and the scan's, shared
-    origin, dest = pairs[123]
+    origin, dest = pairs[-1]  # started last: past the 128th pipe, it had no inotify instance of its own
     with open(origin, "ab") as f:
         f.write(b"an append\n")
     wait_until(lambda: same_bytes(origin, dest), timeout=EVENT_WAIT_S, what="the append, by inotify")
-    origin, dest = pairs[7]
+    origin, dest = pairs[-2]
     old_content = origin.read_bytes()
-    origin.rename(origin.with_name(origin.name + ".1"))  # f007.log.1: not matched by f*.log
+    origin.rename(origin.with_name(origin.name + ".1"))  # f298.log.1: not matched by f*.log
     origin.write_bytes(b"the new generation\n")
     wait_until(
         lambda: dest.read_bytes() == old_content + b"the new generation\n",
