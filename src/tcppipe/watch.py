@@ -67,6 +67,9 @@ class InotifyHandle(Subscriber):
         super().__init__(shared, wake)
         self.directory = os.path.dirname(path) or "/"
         self.name = os.path.basename(path)
+        # FILE a symlink: its target's entry changes under another name, so every entry event
+        # of the directory wakes this pipe (as the single-file Watcher does for any FILE).
+        self.any_name = os.path.islink(path)
         self.dir_wd: int | None = None
         # Each generation watched, by identity: its watch descriptor and the generation.
         self.files: dict[Identity, tuple[int, OriginGeneration]] = {}
@@ -195,8 +198,12 @@ class SharedInotify:
         if self._inotify is None:
             return
         wd = self._add_watch(handle.directory, DIR_MASK)
-        if wd is not None:
-            handle.dir_wd = wd
+        if wd is None:
+            return
+        handle.dir_wd = wd
+        if handle.any_name:
+            self.routes.subscribe_all(wd, handle)
+        else:
             self.routes.subscribe_name(wd, handle.name, handle)
 
     def _forget_closed(self, handle: InotifyHandle) -> None:

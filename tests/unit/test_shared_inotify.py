@@ -257,3 +257,25 @@ def test_the_scan_shares_the_instance_and_the_directory_watch_with_the_pipes(tmp
             world.close()
 
     assert asyncio.run(scenario()) == (2, set(), True, 2, {"a.log"})
+
+
+def test_a_symlinked_file_is_woken_by_its_target_s_rotation(tmp_path: Path) -> None:
+    """FILE a symlink to app.log beside it: the re-created app.log (another name) wakes its pipe."""
+
+    async def scenario() -> tuple[set[str], set[str]]:
+        (tmp_path / "app.log").write_bytes(b"")
+        (tmp_path / "current").symlink_to("app.log")
+        world = World(tmp_path, ["other.log"])
+        woken: list[str] = []
+        handle = world.shared.watcher_for(str(tmp_path / "current"), lambda: woken.append("current"), LOG)
+        try:
+            (tmp_path / "app.log").rename(tmp_path / "app.log.1")
+            drain(world.shared)
+            woken.clear()
+            recreated = world.woken_by(lambda: (tmp_path / "app.log").write_bytes(b""))
+            return set(woken), recreated
+        finally:
+            handle.close()
+            world.close()
+
+    assert asyncio.run(scenario()) == ({"current"}, set())
