@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from tcppipe import daemon
 from tcppipe.checkpoint import StatusFile, load_history
@@ -100,6 +100,18 @@ class ClientOptions:
     privileged_port: bool = False
 
 
+class WatcherLike(Protocol):
+    """What a Client asks of its watcher: ``Watcher`` here, a shared instance's handle in a host agent."""
+
+    def watch_file(self, gen: OriginGeneration) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+# Makes a pipe's watcher from FILE, the wake callback and the logger (``Watcher`` is one).
+MakeWatcher = Callable[[str, Callable[[], None], logging.Logger], WatcherLike]
+
+
 class Watcher:
     """Wakes the send loop on inotify events for FILE, its directory and open generations."""
 
@@ -164,13 +176,16 @@ class Client:
         admit: Callable[[OriginGeneration], bool] | None = None,
         polled: bool = False,
         handshakes: asyncio.Semaphore | None = None,
+        watcher: MakeWatcher | None = None,
     ) -> None:
         """``own_signals``: this pipe is the program (a host agent handles signals for all
         its pipes instead). ``admit``: asked about each new generation at FILE; one it
         refuses (another pipe's inode) retires this pipe (see ``_retire``). ``polled``: the
         host agent keeps the -t tick for all its pipes and calls ``poll`` (no timer here).
         ``handshakes``: slots shared by a host agent's pipes, one held from connect to READY,
-        so 2,000 pipes starting at once stay within the server's budget for strangers."""
+        so 2,000 pipes starting at once stay within the server's budget for strangers.
+        ``watcher``: makes this pipe's watcher (a host agent's shares one inotify instance);
+        by default a ``Watcher`` of its own."""
         self.opts = opts
         key = opts.key
         self.log = logger
@@ -191,7 +206,8 @@ class Client:
         self.stopping = False
         self.stop_event = asyncio.Event()
         self.hup_pending = False
-        self.watcher: Watcher | None = None
+        self.make_watcher: MakeWatcher = watcher or Watcher
+        self.watcher: WatcherLike | None = None
         self.last_byte_at: float | None = None
         self.catch_up = CatchUp() if opts.show_progress else None
         self.tasks = TaskReaper(logger, self.prefix)
@@ -241,7 +257,7 @@ class Client:
             self.say(logging.INFO, "%s is now another pipe's file: not started", self.opts.key.path)
             self.core.close()
             return
-        self.watcher = Watcher(self.opts.key.path, self.file_event.set, self.log)
+        self.watcher = self.make_watcher(self.opts.key.path, self.file_event.set, self.log)
         self._follow_files()
         files = self.tasks.spawn(self._file_side(), "file side")
         self._following = True

@@ -27,6 +27,11 @@ Rule 4 (signals): handlers only set flags and wake the scan task. SIGHUP
 makes every pipe check for rotation (each Client's own SIGHUP rule) and
 retries failed pipes at once; SIGTERM/SIGINT stop every pipe cleanly (each
 says goodbye and saves its status) and then the program.
+
+Rule 5 (one inotify instance): the scan's directories and every pipe's file
+events share one instance (``watch.py``; Linux allows 128 per user, not one
+per file). A pipe is woken by events of its own FILE name and its own
+generations only; the one -t timer polls every pipe, whatever was missed.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import signal
 import stat
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 from tcppipe import daemon
 from tcppipe.client import Client, ClientOptions
@@ -51,6 +56,7 @@ from tcppipe.errors import TcppipeError, describe_os_error
 from tcppipe.origin import others_may_plant
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tasks import TaskReaper, log_loop_errors
+from tcppipe.watch import SharedInotify
 
 # Scans triggered by directory events run at most this often (a logrotate run of 100 files
 # makes hundreds of events; one scan after them sees every change).
@@ -58,49 +64,6 @@ MIN_SCAN_GAP_S = 0.05
 # Pipes between connect and READY at once: tcppiped closes the oldest of a source's
 # strangers past its budget, so 2,000 pipes starting together would evict each other.
 HANDSHAKES_AT_ONCE: Final = 8
-
-
-class DirectoryWatch:
-    """Wakes the scan when an entry is created, moved or deleted in a watched directory
-    (one inotify instance for the agent; the -t poll covers anything missed)."""
-
-    def __init__(self, wake: Callable[[], None], log: logging.Logger) -> None:
-        self._wake = wake
-        self._inotify: Any = None
-        self._watched: set[str] = set()
-        try:
-            import inotify_simple
-
-            flags = inotify_simple.flags
-            self._mask = flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
-            self._inotify = inotify_simple.INotify(nonblocking=True)
-            asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
-        except (ImportError, OSError) as exc:
-            log.warning("no directory events (%s); new files are found by the -t poll", exc)
-            self.close()
-
-    def watch(self, directories: set[str]) -> None:
-        """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
-        if self._inotify is None:
-            return
-        for directory in directories - self._watched:
-            with contextlib.suppress(OSError):
-                self._inotify.add_watch(directory, self._mask)
-                self._watched.add(directory)
-
-    def _on_readable(self) -> None:
-        with contextlib.suppress(OSError):
-            for _ in range(64):
-                if len(os.read(self._inotify.fileno(), 65536)) < 4096:
-                    break
-        self._wake()
-
-    def close(self) -> None:
-        if self._inotify is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
-            self._inotify.close()
-            self._inotify = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -147,6 +110,8 @@ class HostAgent:
         # What was last said about a path that gets no pipe, so a scan does not repeat it.
         self._said: dict[str, str] = {}
         self.handshakes = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+        # Every pipe's file events, on one inotify instance (made in ``run``, on the loop).
+        self.inotify: SharedInotify | None = None
 
     # -- signals -----------------------------------------------------------------
 
@@ -177,15 +142,17 @@ class HostAgent:
         daemon.early_signals.clear()
         self._claim_recorded()
         directories = watched_directories(self.patterns)
-        watch = DirectoryWatch(self.wake.set, self.log)
+        self.inotify = SharedInotify(self.log)
+        watch = self.inotify.directory_watch(self.wake.set)
         try:
             watch.watch(directories)
             self._scan(first=True)
             self._settle()
+            next_tick = time.monotonic() + self.template.interval_s
             while not self.stopping:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.template.interval_s):
+                    async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
                         await self.wake.wait()
                     await asyncio.sleep(MIN_SCAN_GAP_S)  # let a burst of directory events settle
                 if self.stopping:
@@ -197,14 +164,21 @@ class HostAgent:
                         pipe.client.request_hup()
                     self.discovery.retry_now()
                 self._scan(first=False)
-                for pipe in list(self.pipes.values()):
-                    pipe.client.poll()  # every pipe's -t tick, from this one timer
+                now = time.monotonic()
+                if now >= next_tick or self.inotify.fileno() < 0:
+                    # Every pipe's -t tick, from this one timer. A scan woken by a directory
+                    # event between ticks polls none of them (without inotify, all): the shared
+                    # instance has woken the pipes whose FILE the event named, and only those.
+                    next_tick = now + self.template.interval_s
+                    for pipe in list(self.pipes.values()):
+                        pipe.client.poll()
         finally:
             watch.close()
             self.request_stop()
             running = [p.task for p in self.pipes.values() if p.task is not None]
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            self.inotify.close()
         if self.start_failure is not None:
             raise self.start_failure
 
@@ -294,6 +268,7 @@ class HostAgent:
             admit=lambda gen: self.discovery.admits(path, (gen.dev, gen.ino)),
             polled=True,
             handshakes=self.handshakes,
+            watcher=None if self.inotify is None else self.inotify.watcher_for,
         )
         pipe = Pipe(key, client, lock)
         self.pipes[path] = pipe

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -272,3 +274,55 @@ def test_a_glob_that_matches_nothing_yet_detaches_and_waits_for_its_first_file(p
     first.write_bytes(numbered_lines(0, 50))
     wait_until(lambda: same_bytes(first, dest), what="the first file to appear")
     assert pipes.client_pid(first) == pid
+
+
+def inotify_instances(pid: int) -> int:
+    """How many inotify instances process ``pid`` holds (its ``anon_inode:inotify`` fds)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+    return count
+
+
+MANY_FILES = 300  # more than Linux's default 128 inotify instances per user
+LATE_FILES = 50  # made after the start: found through the scan's directory watch, on the same instance
+EVENT_WAIT_S = 5.0  # well under -t 30: only an inotify event brings a change this soon
+
+
+def test_three_hundred_files_get_inotify_events_from_one_instance(pipes: Pipes) -> None:
+    """One tcppipe following 300 files by one glob uses one inotify instance for them: with -t 30 new
+    files, an append and a rotation (mv, recreate, no SIGHUP) arrive within 5 s, and nothing says it polls."""
+    pairs = [pipes.pipe(f"f{i:03}.log") for i in range(MANY_FILES)]
+    early, late = pairs[:-LATE_FILES], pairs[-LATE_FILES:]
+    for origin, _dest in late:
+        origin.unlink()  # defined on the server, made later
+    for i, (origin, _dest) in enumerate(early):
+        origin.write_bytes(b"file %d\n" % i)
+    pipes.start_server()
+    agent = start_agent(pipes, pipes.tmp / "origin" / "f*.log", extra=("-t", "30", "--rotate-grace", "0.5"))
+    wait_until(lambda: exact(early), what=f"the first {len(early)} copies")
+    for i, (origin, _dest) in enumerate(late, len(early)):
+        origin.write_bytes(b"file %d\n" % i)
+    wait_until(lambda: exact(late), timeout=EVENT_WAIT_S, what=f"{LATE_FILES} files made after the start")
+    assert all(pipes.client_pid(origin) == agent.pid for origin, _ in pairs[::50])
+    instances = inotify_instances(agent.pid)
+    assert instances == 1  # the pipes' and the scan's, shared
+    origin, dest = pairs[-1]  # started last: past the 128th pipe, it had no inotify instance of its own
+    with open(origin, "ab") as f:
+        f.write(b"an append\n")
+    wait_until(lambda: same_bytes(origin, dest), timeout=EVENT_WAIT_S, what="the append, by inotify")
+    origin, dest = pairs[-2]
+    old_content = origin.read_bytes()
+    origin.rename(origin.with_name(origin.name + ".1"))  # f298.log.1: not matched by f*.log
+    origin.write_bytes(b"the new generation\n")
+    wait_until(
+        lambda: dest.read_bytes() == old_content + b"the new generation\n",
+        timeout=EVENT_WAIT_S,
+        what="the rotated file, then its new generation, without a SIGHUP",
+    )
+    assert inotify_instances(agent.pid) == instances
+    assert stop(agent) == 0
+    said = "\n".join(pipes.syslog.drain()) + pipes.stderr_of(agent)
+    assert "polling every -t" not in said
+    assert "no file-change events" not in said

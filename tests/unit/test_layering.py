@@ -27,6 +27,7 @@ PURE = [
     "pipe_server",
     "checkpoint",
     "strangers",
+    "inotify_routes",
 ]
 FORBIDDEN = {
     "asyncio",

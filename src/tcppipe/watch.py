@@ -1,0 +1,265 @@
+"""One inotify instance for a whole host agent, its pipes and its scan: the asyncio adapter over ``inotify_routes``.
+
+Rule 1: one instance per agent, not per pipe. Linux allows 128 inotify
+instances per user (``fs.inotify.max_user_instances``); with one per pipe a
+host of 2,000 files got events for 128 of them and polled the rest.
+
+Rule 2: each pipe gets a handle (``watcher_for``) with the single-file
+``Watcher``'s interface: ``watch_file(gen)``, ``fileno()``, ``close()``, and
+its wake callback. The handle watches FILE's directory (shared with every
+handle there, woken by FILE's name only) and each open generation through
+``/proc/self/fd/N`` (woken by that inode's events). Which handle an event
+wakes is ``inotify_routes.Routes``'s decision. The agent's scan subscribes
+to the directories its patterns name on the same instance (``directory_watch``).
+
+Rule 3: bounded work. One readable callback reads at most ``READ_BYTES`` of
+events, wakes each pipe they name once, and returns; the event loop calls it
+again while more wait, so a burst never starves the pipes it wakes.
+
+Rule 4: a handle removes only its own subscriptions; a watch goes when no
+handle needs it. Generations a pipe has closed lose their watch at its next
+``watch_file`` (a rotated file left on disk would otherwise keep a watch for
+as long as the agent runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, Final
+
+from tcppipe.errors import describe_os_error
+from tcppipe.inotify_routes import Routes
+from tcppipe.origin import OriginGeneration
+
+# One read per readable callback: about 500 events of a 16-character name (16 bytes of
+# header plus the name padded to 16). At least one event of the longest name (272 bytes).
+READ_BYTES: Final = 16384
+
+# The masks of the single-file Watcher: no MODIFY on the directory (every append to
+# every neighbour would be an event); appends come from the watches on the generations.
+DIR_MASK: Final = 0x100 | 0x80 | 0x40 | 0x200  # CREATE | MOVED_TO | MOVED_FROM | DELETE
+FILE_MASK: Final = 0x2 | 0x4 | 0x8 | 0x800 | 0x400  # MODIFY | ATTRIB | CLOSE_WRITE | MOVE_SELF | DELETE_SELF
+
+Identity = tuple[int, int]  # (st_dev, st_ino)
+
+
+class Subscriber:
+    """Something the shared instance wakes: a pipe's handle or the agent's scan."""
+
+    def __init__(self, shared: SharedInotify, wake: Callable[[], None]) -> None:
+        self.shared = shared
+        self.wake = wake
+        self.closed = False
+
+    def lost(self, wd: int) -> None:
+        """The kernel dropped watch ``wd`` (IN_IGNORED): forget it, to watch again later."""
+
+
+class InotifyHandle(Subscriber):
+    """One pipe's view of the shared instance: FILE's directory entry and its open generations."""
+
+    def __init__(self, shared: SharedInotify, path: str, wake: Callable[[], None]) -> None:
+        super().__init__(shared, wake)
+        self.directory = os.path.dirname(path) or "/"
+        self.name = os.path.basename(path)
+        # FILE a symlink: its target's entry changes under another name, so every entry event
+        # of the directory wakes this pipe (as the single-file Watcher does for any FILE).
+        self.any_name = os.path.islink(path)
+        self.dir_wd: int | None = None
+        # Each generation watched, by identity: its watch descriptor and the generation.
+        self.files: dict[Identity, tuple[int, OriginGeneration]] = {}
+
+    def watch_file(self, gen: OriginGeneration) -> None:
+        """Follow ``gen``'s inode even after it is renamed out of the directory."""
+        self.shared.watch_file(self, gen)
+
+    def fileno(self) -> int:
+        """The shared inotify fd (-1 when polling)."""
+        return self.shared.fileno()
+
+    def close(self) -> None:
+        """Give back this pipe's watches (others' stay)."""
+        self.shared.release(self)
+
+    def wds(self) -> set[int]:
+        found = {wd for wd, _gen in self.files.values()}
+        return found if self.dir_wd is None else found | {self.dir_wd}
+
+    def lost(self, wd: int) -> None:
+        if self.dir_wd == wd:
+            self.dir_wd = None  # watched again at the next watch_file
+        for identity, (file_wd, _gen) in list(self.files.items()):
+            if file_wd == wd:
+                del self.files[identity]
+
+
+class DirectoryWatch(Subscriber):
+    """The agent's scan: woken by any entry created, moved or deleted in its directories."""
+
+    def __init__(self, shared: SharedInotify, wake: Callable[[], None]) -> None:
+        super().__init__(shared, wake)
+        self.dirs: dict[str, int] = {}
+
+    def watch(self, directories: set[str]) -> None:
+        """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
+        self.shared.watch_directories(self, directories)
+
+    def close(self) -> None:
+        self.shared.release(self)
+
+    def wds(self) -> set[int]:
+        return set(self.dirs.values())
+
+    def lost(self, wd: int) -> None:
+        for directory, dir_wd in list(self.dirs.items()):
+            if dir_wd == wd:
+                del self.dirs[directory]
+
+
+class SharedInotify:
+    """The agent's one inotify instance; ``watcher_for`` makes a Client's watcher."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.routes: Routes[Subscriber] = Routes()
+        self.handles: set[Subscriber] = set()
+        self._inotify: Any = None
+        self._warned_full = False
+        self._parse_events: Callable[[bytes], list[Any]] = lambda _data: []
+        try:
+            import inotify_simple
+
+            self._parse_events = inotify_simple.parse_events
+            self._inotify = inotify_simple.INotify(nonblocking=True)
+            asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
+        except (ImportError, OSError) as exc:
+            log.warning("no file-change events (%s); every pipe is polling every -t seconds", exc)
+            self.close()
+
+    def fileno(self) -> int:
+        return -1 if self._inotify is None else int(self._inotify.fileno())
+
+    def watcher_for(self, path: str, wake: Callable[[], None], log: logging.Logger) -> InotifyHandle:
+        """A handle for the pipe of FILE ``path``, woken through ``wake`` (``log`` is the agent's)."""
+        handle = InotifyHandle(self, path, wake)
+        self.handles.add(handle)
+        self._watch_directory(handle)
+        return handle
+
+    def directory_watch(self, wake: Callable[[], None]) -> DirectoryWatch:
+        """The agent's scan subscription: ``wake`` on any entry event in the directories it watches."""
+        watch = DirectoryWatch(self, wake)
+        self.handles.add(watch)
+        return watch
+
+    # -- for the handles -------------------------------------------------------
+
+    def watch_file(self, handle: InotifyHandle, gen: OriginGeneration) -> None:
+        if self._inotify is None or handle.closed:
+            return
+        self._forget_closed(handle)
+        if handle.dir_wd is None:
+            self._watch_directory(handle)  # dropped by the kernel (directory gone) or failed before
+        identity = (gen.dev, gen.ino)
+        known = handle.files.get(identity)
+        if known is not None and not known[1].closed:
+            return
+        wd = self._add_watch(f"/proc/self/fd/{gen.fd}", FILE_MASK)
+        if wd is None:
+            return
+        handle.files[identity] = (wd, gen)
+        self.routes.subscribe_all(wd, handle)
+
+    def watch_directories(self, watch: DirectoryWatch, directories: set[str]) -> None:
+        if self._inotify is None or watch.closed:
+            return
+        for directory in directories - watch.dirs.keys():
+            wd = self._add_watch(directory, DIR_MASK)
+            if wd is not None:
+                watch.dirs[directory] = wd
+                self.routes.subscribe_all(wd, watch)
+
+    def release(self, subscriber: InotifyHandle | DirectoryWatch) -> None:
+        if subscriber.closed:
+            return
+        subscriber.closed = True
+        self.handles.discard(subscriber)
+        for wd in subscriber.wds():
+            self._unsubscribe(wd, subscriber)
+
+    # -- inside ----------------------------------------------------------------
+
+    def _watch_directory(self, handle: InotifyHandle) -> None:
+        if self._inotify is None:
+            return
+        wd = self._add_watch(handle.directory, DIR_MASK)
+        if wd is None:
+            return
+        handle.dir_wd = wd
+        if handle.any_name:
+            self.routes.subscribe_all(wd, handle)
+        else:
+            self.routes.subscribe_name(wd, handle.name, handle)
+
+    def _forget_closed(self, handle: InotifyHandle) -> None:
+        """Drop the watches of generations the pipe has closed (its tailer let them go)."""
+        gone = [identity for identity, (_wd, gen) in handle.files.items() if gen.closed]
+        for identity in gone:
+            wd, _gen = handle.files.pop(identity)
+            if all(other != wd for other, _ in handle.files.values()):
+                self._unsubscribe(wd, handle)
+
+    def _unsubscribe(self, wd: int, subscriber: Subscriber) -> None:
+        if self.routes.unsubscribe(wd, subscriber) and self._inotify is not None:
+            with contextlib.suppress(OSError):  # EINVAL: the kernel dropped it already
+                self._inotify.rm_watch(wd)
+
+    def _add_watch(self, path: str, mask: int) -> int | None:
+        try:
+            return int(self._inotify.add_watch(path, mask))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC and not self._warned_full:
+                self._warned_full = True
+                self.log.warning(
+                    "inotify watch limit reached (fs.inotify.max_user_watches): %s; some files are polled every -t",
+                    describe_os_error(exc),
+                )
+            return None
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._inotify.fileno(), READ_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.log.warning("inotify read failed (%s); every pipe is polling every -t seconds", exc)
+            self.close()
+            self._wake_all()
+            return
+        routed = self.routes.route((e.wd, e.mask, e.name) for e in self._parse_events(data))
+        for wd, had in routed.lost.items():
+            for subscriber in had:
+                subscriber.lost(wd)
+        if routed.everyone:
+            self._wake_all()
+            return
+        for subscriber in routed.wake:
+            if not subscriber.closed:
+                subscriber.wake()
+
+    def _wake_all(self) -> None:
+        for handle in list(self.handles):
+            handle.wake()
+
+    def close(self) -> None:
+        """Close the instance (every watch with it); handles still open fall back to polling."""
+        if self._inotify is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
+            self._inotify.close()
+            self._inotify = None
