@@ -200,7 +200,8 @@ class Client:
             history=load_history(self.status_file.path),
         )
         self.on_ready = on_ready
-        # The file side wakes on inotify events, signals and the -t tick; the sender on file-side news and ACKs.
+        # The file side task wakes on signals and its -t tick (file events are followed in their
+        # callback, see poll); the sender on file-side news and ACKs.
         self.file_event = asyncio.Event()
         self.send_event = asyncio.Event()
         self.stopping = False
@@ -257,7 +258,8 @@ class Client:
             self.say(logging.INFO, "%s is now another pipe's file: not started", self.opts.key.path)
             self.core.close()
             return
-        self.watcher = self.make_watcher(self.opts.key.path, self.file_event.set, self.log)
+        # A file event is followed right in its callback (no hop through the file side task).
+        self.watcher = self.make_watcher(self.opts.key.path, self.poll, self.log)
         self._follow_files()
         files = self.tasks.spawn(self._file_side(), "file side")
         self._following = True
@@ -284,7 +286,7 @@ class Client:
                 raise self._poll_failure
             self._follow_files()
             if self.polled:
-                await self.file_event.wait()  # an inotify event, a signal, or a failed poll
+                await self.file_event.wait()  # a signal, or a failed poll
                 continue
             timeout = self.opts.interval_s
             owed = self.status_file.due_in(time.monotonic())
@@ -295,9 +297,10 @@ class Client:
                     await self.file_event.wait()
 
     def poll(self) -> None:
-        """The -t tick of a ``polled`` pipe: the file side's work, done by the host agent's
-        loop without waking this pipe's task (100 idle pipes cost one timer, not 100). A
-        failure (a bug) goes to the file side task, which dies of it as it would itself."""
+        """The file side's work, done now by the caller: a file event's callback, or the host
+        agent's -t tick of a ``polled`` pipe (100 idle pipes cost one timer, not 100). No
+        task is woken for it; a failure (a bug) goes to the file side task, which dies of it
+        as it would itself."""
         if not self._following or self.stopping or self._poll_failure is not None:
             return
         try:
