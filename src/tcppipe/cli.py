@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tcppipe import __version__
 from tcppipe.daemon import Detacher, catch_early_signals
@@ -37,6 +37,9 @@ from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
 from tcppipe.status import PipeRow, render_json, render_table
 from tcppipe.tls import TlsFiles, client_context, server_context
+
+if TYPE_CHECKING:
+    from tcppipe.client import ClientOptions  # the client loads only for the client's commands
 
 DEFAULT_PORT = 6514
 DEFAULT_CONFIG = "/etc/tcppipe.conf"
@@ -539,7 +542,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         return verify_main(args_list[1:])
     catch_early_signals()  # before the slow imports: a SIGTERM now must still stop us cleanly
     # Each program imports only its own half: start-up time is part of every catch-up.
-    from tcppipe.client import ClientOptions, run_client
+    from tcppipe.client import run_client
 
     program = _Program("tcppipe")
     lock: HeldLock | None = None
@@ -550,41 +553,15 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         key = PipeKey.from_options(args.file, args.host, args.port)
         state_dir = args.state_dir or _default_state_dir()
         if args.show_pid:
-            pid = holder_pid(key.lock_path(state_dir))
-            if pid is None:
-                return 1
-            print(pid)
-            return 0
+            return _print_holder(key.lock_path(state_dir))
         program.start_logging(args.syslog_address, args.foreground)
         os.close(open_origin(key.path))
-        try:
-            os.makedirs(state_dir, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create state directory {state_dir}: {describe_os_error(exc)}") from None
+        _make_state_dir(state_dir)
         code = program.detach()
         if code is not None:
             return code
-        try:
-            lock = HeldLock.acquire(key.lock_path(state_dir))
-        except OSError as exc:
-            raise UsageError(f"cannot lock {key.lock_path(state_dir)}: {describe_os_error(exc)}") from None
-        if lock is None:
-            pid = holder_pid(key.lock_path(state_dir))
-            raise AlreadyRunning(f"already running for {key.path} to {key.host} port {key.port} (pid {pid})")
-        tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
-        opts = ClientOptions(
-            key,
-            args.interval,
-            args.full,
-            args.bind,
-            state_dir,
-            args.rotate_grace,
-            args.heartbeat,
-            tls,
-            compress=args.compress,
-            show_progress=args.foreground and _is_terminal(sys.stderr),
-            privileged_port=args.privileged_port,
-        )
+        lock = _hold_lock(key.lock_path(state_dir), f"already running for {key.path} to {key.host} port {key.port}")
+        opts = _client_options(args, key, state_dir, show_progress=args.foreground and _is_terminal(sys.stderr))
         asyncio.run(run_client(opts, program.log, program.ready))
         program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)
         return 0
@@ -621,10 +598,55 @@ def _agent_lock_path(state_dir: str, patterns: Sequence[str], key: PipeKey) -> s
     return os.path.join(state_dir, agent_lock_name(patterns, key.host, key.port))
 
 
+def _print_holder(lock_path: str) -> int:
+    """``-I``: print the pid holding ``lock_path`` (exit 0), or nothing (exit 1)."""
+    pid = holder_pid(lock_path)
+    if pid is None:
+        return 1
+    print(pid)
+    return 0
+
+
+def _make_state_dir(state_dir: str) -> None:
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create state directory {state_dir}: {describe_os_error(exc)}") from None
+
+
+def _hold_lock(lock_path: str, busy: str) -> HeldLock:
+    """The lock at ``lock_path``, held; AlreadyRunning (``busy``, and the holder's pid) if taken."""
+    try:
+        lock = HeldLock.acquire(lock_path)
+    except OSError as exc:
+        raise UsageError(f"cannot lock {lock_path}: {describe_os_error(exc)}") from None
+    if lock is None:
+        raise AlreadyRunning(f"{busy} (pid {holder_pid(lock_path)})")
+    return lock
+
+
+def _client_options(args: argparse.Namespace, key: PipeKey, state_dir: str, show_progress: bool) -> ClientOptions:
+    """The pipe options of the command line (a host agent's template for each of its pipes)."""
+    from tcppipe.client import ClientOptions
+
+    return ClientOptions(
+        key,
+        args.interval,
+        args.full,
+        args.bind,
+        state_dir,
+        args.rotate_grace,
+        args.heartbeat,
+        client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)),
+        compress=args.compress,
+        show_progress=show_progress,
+        privileged_port=args.privileged_port,
+    )
+
+
 def _host_agent_main(program: _Program, args: argparse.Namespace) -> int:
     """tcppipe with several -f or a glob: a pipe per matching file, one process (exit status
     as in host_agent.py Rule 3)."""
-    from tcppipe.client import ClientOptions
     from tcppipe.discovery import is_pattern
     from tcppipe.host_agent import run_agent
 
@@ -632,44 +654,19 @@ def _host_agent_main(program: _Program, args: argparse.Namespace) -> int:
     state_dir = args.state_dir or _default_state_dir()
     lock_path = _agent_lock_path(state_dir, patterns, key)
     if args.show_pid:
-        pid = holder_pid(lock_path)
-        if pid is None:
-            return 1
-        print(pid)
-        return 0
+        return _print_holder(lock_path)
     lock: HeldLock | None = None
     try:
         program.start_logging(args.syslog_address, args.foreground)
         for pattern in patterns:
             if not is_pattern(pattern):
                 os.close(open_origin(pattern))  # a plain -f must exist at start, as in the one-file form
-        try:
-            os.makedirs(state_dir, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create state directory {state_dir}: {describe_os_error(exc)}") from None
+        _make_state_dir(state_dir)
         code = program.detach()
         if code is not None:
             return code
-        try:
-            lock = HeldLock.acquire(lock_path)
-        except OSError as exc:
-            raise UsageError(f"cannot lock {lock_path}: {describe_os_error(exc)}") from None
-        if lock is None:
-            pid = holder_pid(lock_path)
-            raise AlreadyRunning(f"already running with these -f to {key.host} port {key.port} (pid {pid})")
-        tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
-        template = ClientOptions(
-            key,
-            args.interval,
-            args.full,
-            args.bind,
-            state_dir,
-            args.rotate_grace,
-            args.heartbeat,
-            tls,
-            compress=args.compress,
-            privileged_port=args.privileged_port,
-        )
+        lock = _hold_lock(lock_path, f"already running with these -f to {key.host} port {key.port}")
+        template = _client_options(args, key, state_dir, show_progress=False)
         asyncio.run(run_agent(patterns, template, program.log, program.ready))
         program.log.info("[%s:%d] stopped", key.host, key.port)
         return 0

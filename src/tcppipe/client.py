@@ -26,7 +26,6 @@ import errno
 import logging
 import os
 import random
-import signal
 import socket
 import ssl
 import sys
@@ -58,7 +57,7 @@ PRIVILEGED_PORTS: Final = (600, 1024)
 MAX_PORT_TRIES: Final = 64
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 GOODBYE_TIMEOUT_S: Final = 5.0
-SENDER_IDLE_S: Final = 5.0
+SENDER_IDLE_S: Final = 15.0
 
 
 T = TypeVar("T")
@@ -243,15 +242,7 @@ class Client:
         loop = asyncio.get_running_loop()
         if self.own_signals:
             log_loop_errors(loop, self.log)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-            loop.add_signal_handler(signal.SIGHUP, self.request_hup)
-            for signum in daemon.early_signals:
-                if signum == signal.SIGHUP:
-                    self.request_hup()
-                else:
-                    self.request_stop()
-            daemon.early_signals.clear()
+            daemon.handle_signals(loop, self.request_stop, self.request_hup)
         self.core.start(time.monotonic())
         if self.admit is not None and not self.admit(self.core.tailer.current):
             # Replaced, between the agent's look and our open, by another pipe's file.
@@ -304,6 +295,9 @@ class Client:
         if not self._following or self.stopping or self._poll_failure is not None:
             return
         try:
+            idle = not (self.hup_pending or self.retiring or self.status_file.owed)
+            if idle and self.core.tailer.unchanged():
+                return  # 2,000 idle pipes: a stat and an fstat each per tick, nothing more
             self._follow_files()
         except Exception as exc:
             self._poll_failure = exc

@@ -12,6 +12,11 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio  # only for the annotation: this module loads before the slow imports
 
 
 class Detacher:
@@ -88,3 +93,14 @@ def catch_early_signals() -> None:
     """
     for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda number, _frame: early_signals.append(number))
+
+
+def handle_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None], hup: Callable[[], None]) -> None:
+    """From now on SIGTERM and SIGINT call ``stop`` and SIGHUP ``hup`` on ``loop``; those
+    that came before (``early_signals``) are replayed, in order."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, hup)
+    for signum in early_signals:
+        (hup if signum == signal.SIGHUP else stop)()
+    early_signals.clear()

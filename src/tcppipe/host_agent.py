@@ -43,7 +43,6 @@ import fnmatch
 import glob
 import logging
 import os
-import signal
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -131,15 +130,7 @@ class HostAgent:
         """Run until SIGTERM/SIGINT (returns), or raise the start-up failure (TcppipeError)."""
         loop = asyncio.get_running_loop()
         log_loop_errors(loop, self.log)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.request_hup)
-        for signum in daemon.early_signals:
-            if signum == signal.SIGHUP:
-                self.request_hup()
-            else:
-                self.request_stop()
-        daemon.early_signals.clear()
+        daemon.handle_signals(loop, self.request_stop, self.request_hup)
         self._claim_recorded()
         directories = watched_directories(self.patterns)
         self.inotify = SharedInotify(self.log)

@@ -123,6 +123,19 @@ class Tailer:
 
     # -- the file side -----------------------------------------------------------
 
+    def unchanged(self) -> bool:
+        """Would ``follow`` find nothing new? Every held generation at the size last seen and
+        FILE still the newest one, not shrunk: an idle tick's cheap test (fstats and a stat)."""
+        try:
+            for gen in self.gens:
+                if not gen.closed and os.fstat(gen.fd).st_size != gen.seen_size:
+                    return False
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        last = self.current
+        return (st.st_dev, st.st_ino) == (last.dev, last.ino) and st.st_size >= last.high_water
+
     def follow(self, now: float) -> None:
         """Notice growth of every held generation, and FILE replaced or truncated."""
         for gen in self.gens:

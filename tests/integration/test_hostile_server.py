@@ -101,8 +101,8 @@ def empty_fingerprint_of(path: Path) -> GenerationId:
     return GenerationId(st.st_dev, st.st_ino, 0, hashlib.sha256(b"").hexdigest())
 
 
-def test_a_server_cannot_make_tcppipe_send_a_file_beside_file(pipes: Pipes, tmp_path: Path) -> None:
-    """READY naming a secret file beside FILE (fingerprint of length 0) gets FILE's bytes, never the secret's."""
+def file_beside_a_secret(tmp_path: Path) -> tuple[Path, Path]:
+    """FILE (app.log) and, beside it, a root-only secret.key."""
     origin_dir = tmp_path / "origin"
     origin_dir.mkdir()
     secret = origin_dir / "secret.key"
@@ -110,6 +110,12 @@ def test_a_server_cannot_make_tcppipe_send_a_file_beside_file(pipes: Pipes, tmp_
     os.chmod(secret, 0o600)
     origin = origin_dir / "app.log"
     origin.write_bytes(b"the only file this pipe may send\n")
+    return origin, secret
+
+
+def test_a_server_cannot_make_tcppipe_send_a_file_beside_file(pipes: Pipes, tmp_path: Path) -> None:
+    """READY naming a secret file beside FILE (fingerprint of length 0) gets FILE's bytes, never the secret's."""
+    origin, secret = file_beside_a_secret(tmp_path)
     impostor = Impostor(encode(Ready(empty_fingerprint_of(secret), 0)))
     try:
         pipes.port = impostor.port
@@ -128,13 +134,7 @@ def test_a_server_cannot_make_verify_read_a_file_beside_file(tmp_path: Path) -> 
     impostor naming a secret's inode with an empty fingerprint (as current generation and as an
     earlier one) gets no VERIFY of it (before, the client hashed the secret and sent it VERIFY
     requests whose bisection tells the server where its guess of the secret stops being right)."""
-    origin_dir = tmp_path / "origin"
-    origin_dir.mkdir()
-    secret = origin_dir / "secret.key"
-    secret.write_bytes(b"-----BEGIN PRIVATE KEY----- do not send\n" * 50)
-    os.chmod(secret, 0o600)
-    origin = origin_dir / "app.log"
-    origin.write_bytes(b"the only file this pipe may send\n")
+    origin, secret = file_beside_a_secret(tmp_path)
     size = secret.stat().st_size
     named = empty_fingerprint_of(secret)
     impostor = Impostor(encode(Ready(named, size, (), 0, (HeldSpan(named, 0, size),))))

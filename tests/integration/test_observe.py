@@ -49,6 +49,15 @@ def verify(pipes: Pipes, origin: Path) -> tuple[int, str]:
     return out.returncode, (out.stdout + out.stderr).strip()
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Edit one byte of ``path`` by hand (its case flipped)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x20]))
+
+
 def test_server_status_follows_a_pipe_through_its_states(pipes: Pipes) -> None:
     """tcppiped status: a defined pipe waits, streams with bytes and lag, drains a rotated file, reconnects."""
     origin, dest = pipes.pipe("app.log")
@@ -142,11 +151,7 @@ def test_verify_says_exact_and_finds_a_byte_edited_by_hand(pipes: Pipes) -> None
     code, text = verify(pipes, origin)
     assert (code, text) == (0, f"exact: {size(origin)} bytes (bytes 0..{size(origin)} of {origin})")
 
-    with open(dest, "r+b") as f:
-        f.seek(123_457)
-        byte = f.read(1)
-        f.seek(123_457)
-        f.write(bytes([byte[0] ^ 0x20]))
+    flip_byte(dest, 123_457)
     code, text = verify(pipes, origin)
     assert code == 1
     assert text.startswith(f"differs at byte 123457 of {origin}")
@@ -312,11 +317,7 @@ def test_verify_checks_every_generation_the_destination_holds(pipes: Pipes) -> N
         f"generation 2 of 2 (current): exact: {len(second)} bytes (bytes 0..{len(second)} of {origin})",
     ]
 
-    with open(dest, "r+b") as f:
-        f.seek(4_321)
-        byte = f.read(1)
-        f.seek(4_321)
-        f.write(bytes([byte[0] ^ 0x20]))
+    flip_byte(dest, 4_321)
     code, text = verify(pipes, origin)
     assert code == 1, text
     assert text.splitlines()[0].startswith(f"generation 1 of 2: differs at byte 4321 of {rotated}")
