@@ -1,11 +1,12 @@
-"""A host agent starting with many files at once: its pipes must not evict each other."""
+"""A host agent with many files: starting together, kill -9, rotations, a glob server entry."""
 
 from __future__ import annotations
 
 import time
 
-from tests.integration.conftest import Pipes, stop, wait_until
+from tests.integration.conftest import Pipes, kill9, same_bytes, stop, wait_until
 from tests.integration.test_many_files import start_agent
+from tests.integration.test_restart import Writer, numbered_lines
 
 FILES = 400  # above tcppiped's 128 strangers per source
 
@@ -32,4 +33,49 @@ def test_four_hundred_files_start_together_without_evicting_each_other(pipes: Pi
     assert all((dest_dir / o.name).read_bytes() == o.read_bytes() for o in origins)
     messages = pipes.syslog.drain()
     assert not [m for m in messages if "server closed the connection" in m or "trying it again" in m]
+    assert stop(agent) == 0
+
+
+def test_fifty_files_through_one_glob_entry_survive_kill9_and_rotation(pipes: Pipes) -> None:
+    """A glob client and a glob server entry ({name}): 50 files stream, the client is killed -9
+    and restarted, ten files are rotated (mv + a new file, no SIGHUP) and new files appear;
+    every destination holds each of its origin's generations in order, exactly."""
+    origin_dir, dest_dir = pipes.tmp / "origin", pipes.tmp / "dest"
+    origin_dir.mkdir()
+    pipes.define(f"127.0.0.1:{origin_dir}/*.log | {dest_dir}/{{name}}")
+    origins = [origin_dir / f"site{i:02d}.log" for i in range(50)]
+    for i, origin in enumerate(origins):
+        origin.write_bytes(numbered_lines(i * 10_000, 100 + i))
+    pipes.start_server()
+    agent = start_agent(pipes, origin_dir / "*.log")
+    writers = [Writer(origin, lines_per_tick=2, tick_s=0.02) for origin in origins]
+    for writer in writers:
+        writer.start()
+    try:
+        wait_until(lambda: all((dest_dir / o.name).exists() for o in origins), what="all 50 streaming")
+        kill9(agent)
+        wait_until(lambda: all(w.written > 40 for w in writers), what="appends while tcppipe is dead")
+        agent = start_agent(pipes, origin_dir / "*.log")
+    finally:
+        for writer in writers:
+            writer.finish()
+    rotated = []
+    for origin in origins[:10]:  # the writers are done: a rename and a new file, as logrotate does
+        old = origin.with_name(origin.name + ".1")  # not matched by *.log: the old generation only
+        origin.rename(old)
+        origin.write_bytes(b"after the rotation of " + origin.name.encode() + b"\n")
+        rotated.append((old, origin))
+    new = [origin_dir / f"new{i}.log" for i in range(3)]
+    for path in new:
+        path.write_bytes(b"a new site's first line\n")
+
+    def exact() -> bool:
+        for old, origin in rotated:
+            dest = dest_dir / origin.name
+            if not dest.exists() or dest.read_bytes() != old.read_bytes() + origin.read_bytes():
+                return False
+        rest = [*origins[10:], *new]
+        return all(same_bytes(o, dest_dir / o.name) for o in rest)
+
+    wait_until(exact, what="every destination exact")
     assert stop(agent) == 0
