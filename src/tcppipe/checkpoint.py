@@ -17,7 +17,7 @@ from typing import Any
 
 from tcppipe import state
 from tcppipe.protocol import GenerationId, ProtocolError
-from tcppipe.tailer import History, Recorded
+from tcppipe.tailer import MAX_FINISHED, Finished, History, Recorded
 
 STATUS_INTERVAL_S = 1.0
 
@@ -31,14 +31,30 @@ def load_history(path: str) -> History:
         with contextlib.suppress(ProtocolError):
             size, igen = _nth_int(sizes, index), _nth_int(igens, index)
             held.append(Recorded(GenerationId.from_json(item), size, igen))
+    finished = finished_of(raw.get("finished"))
     offset = raw.get("offset")
     try:
         ident = GenerationId.from_json(raw.get("generation"))
     except ProtocolError:
-        return History(None, tuple(held))
+        return History(None, tuple(held), finished)
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**62:
-        return History(None, tuple(held))
-    return History((ident, offset), tuple(held))
+        return History(None, tuple(held), finished)
+    return History((ident, offset), tuple(held), finished)
+
+
+def finished_of(raw: object) -> tuple[Finished, ...]:
+    """The status file's finished generations: [dev, ino, igen or null] each (a damaged list is none)."""
+    if not isinstance(raw, list):
+        return ()
+    out: list[Finished] = []
+    for item in raw[-MAX_FINISHED:]:
+        if not isinstance(item, list) or len(item) != 3:
+            return ()
+        dev, ino, igen = _nth_int(item, 0), _nth_int(item, 1), _nth_int(item, 2)
+        if dev is None or ino is None:
+            return ()
+        out.append((dev, ino, igen))
+    return tuple(out)
 
 
 def _nth_int(values: object, index: int) -> int | None:

@@ -49,10 +49,11 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from tcppipe import daemon
+from tcppipe.checkpoint import finished_of
 from tcppipe.client import Client, ClientOptions
 from tcppipe.discovery import Decision, Discovery, Inode, is_pattern, watched_directories
 from tcppipe.errors import TcppipeError, describe_os_error
-from tcppipe.origin import others_may_plant
+from tcppipe.origin import inode_generation, others_may_plant
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.watch import SharedInotify
@@ -175,7 +176,10 @@ class HostAgent:
 
     def _claim_recorded(self) -> None:
         """Before the first scan: every inode a status file of this host and port lists for a
-        file these patterns match is that file's (Rule 2 of discovery.py, across restarts)."""
+        file these patterns match is that file's (Rule 2 of discovery.py, across restarts). So is
+        a generation it sent to its end and let go, while a matching name still has it: the same
+        inode and the same inode generation, so never a new file that reused the number."""
+        finished: dict[Inode, tuple[str, int]] = {}
         for path in sorted(glob.glob(os.path.join(glob.escape(self.state_dir), "tcppipe.*.status"))):
             raw = read_json(path) or {}
             origin = raw.get("file")
@@ -183,8 +187,18 @@ class HostAgent:
                 continue
             if not any(fnmatch.fnmatchcase(origin, p) for p in self.patterns):
                 continue
-            listed = [*raw.get("queue", []), raw.get("generation")]
+            queue = raw.get("queue")
+            listed = [*(queue if isinstance(queue, list) else []), raw.get("generation")]
             self.discovery.claim(origin, _inodes(listed))
+            for dev, ino, igen in finished_of(raw.get("finished")):
+                if igen is not None:  # unknown: a reused inode number could not be told apart
+                    finished.setdefault((dev, ino), (origin, igen))
+        if not finished:
+            return
+        for path, inode in self._found().items():
+            owner = finished.get(inode)
+            if owner is not None and _inode_generation_of(path) == owner[1]:
+                self.discovery.claim(owner[0], [inode])
 
     def _found(self) -> dict[str, Inode]:
         """Every regular file the patterns match now, with its inode."""
@@ -312,6 +326,17 @@ class HostAgent:
             self.on_ready()
         else:
             self.request_stop()
+
+
+def _inode_generation_of(path: str) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return inode_generation(fd)
+    finally:
+        os.close(fd)
 
 
 def _inodes(listed: list[object]) -> list[Inode]:

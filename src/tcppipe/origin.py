@@ -30,12 +30,15 @@ FS_IOC_GETVERSION = 0x80087601
 
 
 def others_may_plant(directory: str) -> bool:
-    """Could a user other than root (or us) put a symbolic link in ``directory``?
-    (The state directory's rule: ``state.unsafe_directory_reason``.)"""
+    """Could a user other than root (or us) put a symbolic link in ``directory``? The state
+    directory's rule (``state.unsafe_directory_reason``), and a sticky directory others may
+    write too: there a name tcppipe does not own yet (a new FILE, a glob's match) is anyone's."""
     try:
-        return state.unsafe_directory_reason(os.stat(directory or "/")) is not None
+        st = os.stat(directory or "/")
     except OSError:
         return True
+    sticky_shared = bool(st.st_mode & stat.S_ISVTX and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    return sticky_shared or state.unsafe_directory_reason(st) is not None
 
 
 def open_origin(path: str) -> int:
@@ -103,13 +106,10 @@ def inode_generation(fd: int) -> int | None:
     return value
 
 
-def find_generation(
-    directory: str, record: GenerationId, igen: int | None = None, by_igen: bool = False
-) -> tuple[str, int] | None:
+def find_generation(directory: str, record: GenerationId, igen: int | None = None) -> tuple[str, int] | None:
     """Search ``directory`` for the file that is generation ``record`` (a rotated
     origin after a restart), with inode generation ``igen`` if it is known; its
-    path and an open fd, or None. With ``by_igen``, the inode and a known ``igen``
-    are enough, whatever its head now holds (verify: the file tcppipe sent)."""
+    path and an open fd, or None."""
     try:
         with os.scandir(directory) as entries:
             for count, entry in enumerate(entries):
@@ -119,8 +119,6 @@ def find_generation(
                     if entry.inode() != record.ino or not entry.is_file(follow_symlinks=False):
                         continue
                     fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                    if by_igen and igen is not None and inode_generation(fd) == igen:
-                        return entry.path, fd
                     if matches(record, fd) and (igen is None or inode_generation(fd) in (None, igen)):
                         return entry.path, fd
                     os.close(fd)

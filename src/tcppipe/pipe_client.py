@@ -66,6 +66,7 @@ class PipeClient:
         self.compress = compress
         self.full = full
         self.history = history or History()
+        self.tailer.finished = list(self.history.finished)
         self.session: ClientSession[OriginGeneration] | None = None
         # Set at the first READY: from then on failures mean "reconnect", not "exit".
         self.established = False
@@ -283,6 +284,7 @@ class PipeClient:
             "queue": [r.ident.to_json() for r in listed],
             "sizes": [r.size for r in listed],
             "igens": [r.igen for r in listed],
+            "finished": [list(f) for f in self.tailer.finished],
             "state": self.state,
             "origin_end": self.origin_end(),
             "generations": len(self.generations_sent),
@@ -307,6 +309,7 @@ class PipeClient:
             tuple(extra.items()),
         )
         if not force and news == self._status_news:
+            status.owed = False  # the file already shows this
             return
         if not status.due(shape, now, force):
             return

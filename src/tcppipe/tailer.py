@@ -42,6 +42,10 @@ from tcppipe.errors import OriginError, describe_os_error
 from tcppipe.origin import OriginGeneration, find_generation, matches
 from tcppipe.protocol import GenerationId
 
+Finished = tuple[int, int, int | None]
+# Finished generations a status file lists (a rotation a day for a month, and then some).
+MAX_FINISHED = 32
+
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
@@ -61,10 +65,12 @@ class Recorded:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """What the previous run's status file says: where it stood, and what it held, oldest first."""
+    """What the previous run's status file says: where it stood, what it held (oldest first),
+    and the generations it had sent to their end and let go."""
 
     position: tuple[GenerationId, int] | None = None
     held: tuple[Recorded, ...] = ()
+    finished: tuple[Finished, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,9 @@ class Tailer:
         self._reopen_error: str | None = None
         # After a restart: the recorded generation, listed by the last run but found nowhere.
         self.gone_record: Recorded | None = None
+        # (dev, ino, inode generation) of the generations sent to their end and let go, newest
+        # last: a host agent must not take one of them for a new file after a restart.
+        self.finished: list[Finished] = []
 
     # -- what is held ------------------------------------------------------------
 
@@ -374,7 +383,9 @@ class Tailer:
         gen.acked = offset
         index = self.gens.index(gen)
         for old in self.gens[:index]:
+            self.finished.append((old.dev, old.ino, old.igen))
             old.close()
+        del self.finished[:-MAX_FINISHED]
         del self.gens[:index]
 
     def take_notices(self) -> list[str]:

@@ -9,10 +9,11 @@ Rule 2 (which files are read): FILE itself, or a file beside it that is the
 named generation by inode and head; beside FILE, the server's record must
 cover the file's first 4 KiB (or all of it), so a hostile server that names
 another file's inode with a short fingerprint learns nothing of that file.
-A file whose head is not the record's is still compared when its inode and
-inode generation are those this tcppipe named for the generation (the server
-can know them only from tcppipe): the destination then holds bytes that are
-not the origin's (forged, or edited), and the search shows where.
+FILE, when its head is not the record's, is still compared if its inode and
+inode generation are those tcppipe named for the generation (the file it
+sent): the destination then holds bytes that are not the origin's (forged, or
+edited), and the search shows where. Beside FILE the head must match: an
+inode generation can be guessed on some file systems (btrfs).
 
 Rule 3 (the verdict): exit 0 when every generation that could be found is
 exact, the current one was found, and at least one was checked; an earlier
@@ -170,7 +171,7 @@ def _find_origin(path: str, record: GenerationId, igen: int | None) -> tuple[str
         if matches(record, fd) or (in_file and igen is not None and inode_generation(fd) == igen):
             return path, fd
         os.close(fd)
-    found = None if in_file else find_generation(os.path.dirname(path) or "/", record, igen, by_igen=True)
+    found = None if in_file else find_generation(os.path.dirname(path) or "/", record)
     if in_file:
         return (
             f"not checked: inode {record.ino} is {path} now, but its first {record.fp_len} bytes are not "
@@ -179,8 +180,6 @@ def _find_origin(path: str, record: GenerationId, igen: int | None) -> tuple[str
     if found is None:
         return f"not checked: inode {record.ino} is neither {path} nor beside it any more (rotated away?)"
     beside, fd = found
-    if not matches(record, fd):
-        return found  # its inode generation is the one tcppipe named: the file it sent
     if record.fp_len < min(os.fstat(fd).st_size, FINGERPRINT_BYTES):
         os.close(fd)
         return f"not checked: the record names {beside} by only its first {record.fp_len} bytes"

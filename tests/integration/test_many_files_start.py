@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from tests.integration.conftest import Pipes, kill9, same_bytes, stop, wait_until
@@ -78,4 +79,43 @@ def test_fifty_files_through_one_glob_entry_survive_kill9_and_rotation(pipes: Pi
         return all(same_bytes(o, dest_dir / o.name) for o in rest)
 
     wait_until(exact, what="every destination exact")
+    assert stop(agent) == 0
+
+
+def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes) -> None:
+    """A glob that matches rotated names (``*``) and a {name} entry: app.log is sent, rotated to
+    app.log.1 (same inode, sent to its end and let go), and the agent restarts. The status file
+    lists the generations the pipe let go (inode and inode generation), so app.log.1 is still
+    app.log's old generation, not a new file to send again (before, the restart sent all of it
+    a second time, into app.log.1's destination)."""
+    origin_dir, dest_dir = pipes.tmp / "origin", pipes.tmp / "dest"
+    origin_dir.mkdir()
+    pipes.define(f"127.0.0.1:{origin_dir}/* | {dest_dir}/{{name}}")
+    app, rotated = origin_dir / "app.log", origin_dir / "app.log.1"
+    first = numbered_lines(0, 300)
+    app.write_bytes(first)
+    pipes.start_server()
+    agent = start_agent(pipes, origin_dir / "*")
+    wait_until(lambda: (dest_dir / "app.log").exists() and (dest_dir / "app.log").read_bytes() == first)
+    app.rename(rotated)
+    app.write_bytes(b"second generation\n")
+    wait_until(lambda: (dest_dir / "app.log").read_bytes() == first + b"second generation\n", what="the rotation")
+
+    def let_go() -> bool:
+        for path in pipes.client_state.glob("tcppipe.*.status"):
+            raw = json.loads(path.read_text())
+            if raw.get("file") == str(app) and raw.get("finished"):
+                return True
+        return False
+
+    wait_until(let_go, what="the old generation let go")
+    said = "app.log.1 is a rotated generation of"
+    before = pipes.syslog.count(said)
+    assert stop(agent) == 0
+    agent = start_agent(pipes, origin_dir / "*")
+    wait_until(lambda: pipes.syslog.count(said) > before, what="app.log.1 known as app.log's after the restart")
+    with open(app, "ab") as f:
+        f.write(b"third\n")
+    wait_until(lambda: (dest_dir / "app.log").read_bytes() == first + b"second generation\nthird\n")
+    assert not (dest_dir / "app.log.1").exists()
     assert stop(agent) == 0

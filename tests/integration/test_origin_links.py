@@ -109,3 +109,19 @@ def test_a_link_in_a_directory_only_root_may_write_is_the_operators(pipes: Pipes
     client = pipes.start_client(origin)
     wait_until(lambda: dest.exists() and dest.read_bytes() == real.read_bytes(), what="the linked file")
     assert stop(client) == 0
+
+
+def test_a_link_in_a_sticky_directory_everyone_may_write_is_refused(pipes: Pipes) -> None:
+    """Root's own sticky, world-writable directory (as /tmp): a name tcppipe does not own yet is
+    anyone's there, so a link at FILE is not followed either."""
+    origin, dest = pipes.pipe("app.log")
+    _, secret = neighbours_directory(pipes)
+    os.chown(origin.parent, 0, 0)
+    origin.parent.chmod(0o1777)
+    origin.unlink()
+    origin.symlink_to(secret)
+    pipes.start_server()
+    out = pipes.run(pipes.client_args(origin))
+    assert out.returncode == 7, out.stderr
+    assert "is a symbolic link in a directory others may write (not followed)" in out.stderr
+    assert not dest.exists()
