@@ -100,6 +100,9 @@ RECEIVE_BYTES: Final = 64 * 1024
 # The record is only peeked at, never read, so the TLS layer reads it as sent.
 TLS_HANDSHAKE_RECORD: Final = 0x16
 TLS_RECORD_HEADER_BYTES: Final = 5
+# A peek that finds fewer bytes than SO_RCVLOWAT promised is looked at again this often, spaced.
+SHORT_PEEKS: Final = 8
+SHORT_PEEK_WAIT_S: Final = 0.02
 MAX_TLS_RECORD_BYTES: Final = 2**14 + 256  # RFC 8446 5.1: a plaintext record holds at most 2^14 bytes
 # Waiting strangers woken per turn of the event loop: the TLS layers they start are
 # few enough that the strangers they push out are freed before the next ones start.
@@ -332,6 +335,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         sock = self.transport.get_extra_info("socket")
         fd = sock.fileno()
         want = TLS_RECORD_HEADER_BYTES
+        short = 0
         try:
             while True:
                 # Readable only once ``want`` bytes are in, or at the end: no wake-up per byte dribbled.
@@ -339,7 +343,13 @@ class ServerConnection(asyncio.BufferedProtocol):
                 await watch.readable(fd)
                 held = _peek(fd, want) or b""
                 if len(held) < want:
-                    raise ConnectionLost("peer closed before its first TLS record was whole")
+                    # The end of the peer's stream, or (rarely) the kernel waking us below the
+                    # mark under memory pressure: a few more looks, spaced, then it is the end.
+                    short += 1
+                    if not held or short > SHORT_PEEKS:
+                        raise ConnectionLost("peer closed before its first TLS record was whole")
+                    await asyncio.sleep(SHORT_PEEK_WAIT_S)
+                    continue
                 if want > TLS_RECORD_HEADER_BYTES:
                     return
                 want += tls_record_length(held)
