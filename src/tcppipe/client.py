@@ -50,6 +50,7 @@ from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import describe_tls_error
+from tcppipe.watch import close_inotify
 
 CONNECT_TIMEOUT_S: Final = 10.0
 # --privileged-port picks a free source port in this range (as rsh and NFS clients do).
@@ -156,9 +157,7 @@ class Watcher:
 
     def close(self) -> None:
         if self._inotify is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
-            self._inotify.close()
+            close_inotify(self._inotify)
             self._inotify = None
 
 

@@ -48,6 +48,13 @@ FILE_MASK: Final = 0x2 | 0x4 | 0x8 | 0x800 | 0x400  # MODIFY | ATTRIB | CLOSE_WR
 Identity = tuple[int, int]  # (st_dev, st_ino)
 
 
+def close_inotify(inotify: Any) -> None:
+    """Stop the event loop reading ``inotify`` (an ``inotify_simple.INotify``) and close it."""
+    with contextlib.suppress(Exception):
+        asyncio.get_running_loop().remove_reader(inotify.fileno())
+    inotify.close()
+
+
 class Subscriber:
     """Something the shared instance wakes: a pipe's handle or the agent's scan."""
 
@@ -259,7 +266,5 @@ class SharedInotify:
     def close(self) -> None:
         """Close the instance (every watch with it); handles still open fall back to polling."""
         if self._inotify is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._inotify.fileno())
-            self._inotify.close()
+            close_inotify(self._inotify)
             self._inotify = None

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Pipes, command, stop, wait_until
+from tests.integration.conftest import Pipes, stop, wait_until
+from tests.integration.test_many_files import start_agent
 
 NOBODY = 65534
 SECRET = b"root:$6$TOPSECRET$hash:19000:0:99999:7:::\n"
@@ -33,10 +34,8 @@ def neighbours_directory(pipes: Pipes) -> tuple[Path, Path]:
     return origin_dir, secret
 
 
-def test_a_link_at_file_in_a_directory_others_may_write_is_refused(pipes: Pipes) -> None:
-    """tcppipe -f app.log, app.log a link to a root-only file: exit 7 naming the link, nothing sent."""
-    origin, dest = pipes.pipe("app.log")
-    _, secret = neighbours_directory(pipes)
+def assert_link_refused(pipes: Pipes, origin: Path, dest: Path, secret: Path) -> None:
+    """FILE made a link to ``secret``: tcppipe exits 7 naming the link, and nothing is sent."""
     origin.unlink()
     origin.symlink_to(secret)
     pipes.start_server()
@@ -44,6 +43,13 @@ def test_a_link_at_file_in_a_directory_others_may_write_is_refused(pipes: Pipes)
     assert out.returncode == 7, out.stderr
     assert "is a symbolic link in a directory others may write (not followed)" in out.stderr
     assert not dest.exists()
+
+
+def test_a_link_at_file_in_a_directory_others_may_write_is_refused(pipes: Pipes) -> None:
+    """tcppipe -f app.log, app.log a link to a root-only file: exit 7 naming the link, nothing sent."""
+    origin, dest = pipes.pipe("app.log")
+    _, secret = neighbours_directory(pipes)
+    assert_link_refused(pipes, origin, dest, secret)
 
 
 def test_a_link_planted_at_a_rotation_is_not_followed(pipes: Pipes) -> None:
@@ -76,22 +82,7 @@ def test_a_glob_does_not_follow_a_link_planted_among_its_matches(pipes: Pipes) -
     good.write_bytes(b"a real line\n")
     (origin_dir / "evil.log").symlink_to(secret)
     pipes.start_server()
-    client = pipes.spawn(
-        [
-            command("tcppipe"),
-            "-f",
-            f"{origin_dir}/*.log",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(pipes.port),
-            "--state-dir",
-            str(pipes.client_state),
-            "--syslog-address",
-            str(pipes.syslog.path),
-            "--foreground",
-        ]
-    )
+    client = start_agent(pipes, f"{origin_dir}/*.log")
     wait_until(lambda: (dest_dir / "good.log").exists() and (dest_dir / "good.log").read_bytes() == b"a real line\n")
     pipes.syslog.wait_for("evil.log is a symbolic link in a directory others may write: not followed")
     assert not (dest_dir / "evil.log").exists()
@@ -118,10 +109,4 @@ def test_a_link_in_a_sticky_directory_everyone_may_write_is_refused(pipes: Pipes
     _, secret = neighbours_directory(pipes)
     os.chown(origin.parent, 0, 0)
     origin.parent.chmod(0o1777)
-    origin.unlink()
-    origin.symlink_to(secret)
-    pipes.start_server()
-    out = pipes.run(pipes.client_args(origin))
-    assert out.returncode == 7, out.stderr
-    assert "is a symbolic link in a directory others may write (not followed)" in out.stderr
-    assert not dest.exists()
+    assert_link_refused(pipes, origin, dest, secret)
