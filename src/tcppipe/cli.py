@@ -28,6 +28,7 @@ from tcppipe.errors import (
     AlreadyRunning,
     BadConfig,
     TcppipeError,
+    Unreachable,
     UsageError,
     describe_os_error,
 )
@@ -201,7 +202,13 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
         metavar="FILE",
         help="origin file (must exist); again for more files; a quoted glob for every file it matches, now and later",
     )
-    p.add_argument("-h", dest="host", required=True, metavar="HOST", help="host running tcppiped")
+    p.add_argument(
+        "-h",
+        dest="host",
+        required=True,
+        metavar="HOST",
+        help="host running tcppiped; a,b,c (HOST[:PORT] each) for receivers to fail over between, in this order",
+    )
     p.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT, metavar="PORT", help="server port (6514)")
     p.add_argument(
         "-t",
@@ -485,13 +492,26 @@ def client_status_main(argv: Sequence[str]) -> int:
 def verify_main(argv: Sequence[str]) -> int:
     def run() -> int:
         args = verify_parser().parse_args(argv)
+        from tcppipe.receivers import parse_receivers
+
         key = PipeKey.from_options(args.file, args.host, args.port)
         tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
         from tcppipe.verify_client import verify_pipe
 
-        exact, message = asyncio.run(verify_pipe(key, args.bind, tls))
-        print(message)
-        return 0 if exact else EXIT_FAILURE
+        receivers = parse_receivers(args.host, args.port)
+        for n, receiver in enumerate(receivers, 1):
+            try:
+                # Receivers share the destination: the first that answers can tell.
+                exact, message = asyncio.run(
+                    verify_pipe(PipeKey(key.path, receiver.host, receiver.port), args.bind, tls)
+                )
+            except Unreachable:
+                if n == len(receivers):
+                    raise
+                continue
+            print(message)
+            return 0 if exact else EXIT_FAILURE
+        return EXIT_FAILURE  # pragma: no cover (parse_receivers gives at least one)
 
     return _one_shot("tcppipe verify", run)
 
@@ -628,6 +648,7 @@ def _hold_lock(lock_path: str, busy: str) -> HeldLock:
 def _client_options(args: argparse.Namespace, key: PipeKey, state_dir: str, show_progress: bool) -> ClientOptions:
     """The pipe options of the command line (a host agent's template for each of its pipes)."""
     from tcppipe.client import ClientOptions
+    from tcppipe.receivers import parse_receivers
 
     return ClientOptions(
         key,
@@ -641,6 +662,7 @@ def _client_options(args: argparse.Namespace, key: PipeKey, state_dir: str, show
         compress=args.compress,
         show_progress=show_progress,
         privileged_port=args.privileged_port,
+        receivers=parse_receivers(args.host, args.port),
     )
 
 

@@ -16,6 +16,13 @@ handshake at once; while streaming it says goodbye first.
 Rule 4: before the first READY every failure ends the program with its exit
 status; after it, a lost connection is retried forever with capped back-off,
 and only a REFUSE (the pipe was removed) ends it.
+
+Rule 5 (receivers, ``-h a,b,c``): which address is tried next is
+``receivers.Rotation``'s decision. A failed connection (or a dead or stalled
+peer) moves on to the next address at once; the back-off of Rule 4 comes
+once a whole round has failed, and before the first READY a whole round's
+failure is the end (Unreachable, as with one host). Each READY, from
+whichever receiver, says where to resume.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from tcppipe.protocol import (
     MAX_DATA_BYTES,
     ProtocolError,
 )
+from tcppipe.receivers import Receiver, Rotation, Target, parse_receivers
 from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
 from tcppipe.tasks import TaskReaper, log_loop_errors
@@ -57,6 +65,8 @@ CONNECT_TIMEOUT_S: Final = 10.0
 PRIVILEGED_PORTS: Final = (600, 1024)
 MAX_PORT_TRIES: Final = 64
 HANDSHAKE_TIMEOUT_S: Final = 15.0
+# A receiver's name lookup at each round of -h's list; a name that fails is tried by name.
+RESOLVE_TIMEOUT_S: Final = 5.0
 GOODBYE_TIMEOUT_S: Final = 5.0
 SENDER_IDLE_S: Final = 15.0
 
@@ -98,6 +108,11 @@ class ClientOptions:
     show_progress: bool = False
     # Connect from a source port below 1024 (root only), for servers that require one.
     privileged_port: bool = False
+    # -h's receivers in the order given (empty: the key's one host and port).
+    receivers: tuple[Receiver, ...] = ()
+
+    def receiver_list(self) -> tuple[Receiver, ...]:
+        return self.receivers or parse_receivers(self.key.host, self.key.port)
 
 
 class WatcherLike(Protocol):
@@ -219,6 +234,7 @@ class Client:
         self._handshake_slot = False
         self._following = False  # the file side runs: ``poll`` may act
         self._poll_failure: Exception | None = None
+        self.rotation = Rotation(opts.receiver_list())
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -396,21 +412,19 @@ class Client:
 
     async def _connect_and_stream(self) -> None:
         backoff = Backoff()
+        rotation = self.rotation
         while not self.stopping:
             first = not self.core.established
             self._release_handshake_slot()
             if not await self._take_handshake_slot():
                 return
+            if rotation.round_due:
+                await self._start_round()
+            target = rotation.current
             try:
-                connected = await self._unless_stopped(self._connect())
+                connected = await self._unless_stopped(self._connect(target))
             except OSError as exc:
-                reason = describe(exc)
-                if first:
-                    key = self.opts.key
-                    raise Unreachable(f"cannot connect to {key.host} port {key.port}: {reason}") from None
-                delay = backoff.next_delay()
-                self.say(logging.WARNING, "cannot connect (%s); retrying in %.1f s", reason, delay)
-                await self._sleep(delay)
+                await self._failed(describe(exc), first, backoff, "cannot connect")
                 continue
             if connected is None:
                 return  # stopped while connecting
@@ -418,22 +432,69 @@ class Client:
             try:
                 await self._session(reader, writer)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
-                if not self.core.established:
-                    reason = describe(exc)
-                    if self.opts.tls is not None and isinstance(exc, ConnectionLost | ConnectionError):
-                        # TLS 1.3 checks our certificate after our side of the handshake is
-                        # done; the server's alert is often lost to the reset that follows.
-                        reason += " right after the TLS handshake (the server may have rejected our certificate)"
-                    raise Unreachable(f"connection to {self.opts.key.host} failed: {reason}") from None
-                delay = backoff.next_delay()
-                self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", describe(exc), delay)
-                await self._sleep(delay)
+                reason = describe(exc)
+                if (
+                    not self.core.established
+                    and self.opts.tls is not None
+                    and isinstance(exc, ConnectionLost | ConnectionError)
+                ):
+                    # TLS 1.3 checks our certificate after our side of the handshake is
+                    # done; the server's alert is often lost to the reset that follows.
+                    reason += " right after the TLS handshake (the server may have rejected our certificate)"
+                await self._failed(reason, first, backoff, "connection lost" if self.core.established else "failed")
                 continue
             finally:
                 self.core.disconnect()
                 self._save_status(force=True)
                 await close_writer(writer)
             backoff.reset()
+
+    async def _start_round(self) -> None:
+        """Resolve every receiver of -h (bounded; a failed lookup is tried by name) for a round."""
+        loop = asyncio.get_running_loop()
+
+        async def lookup(receiver: Receiver) -> list[str] | None:
+            try:
+                async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                    infos = await loop.getaddrinfo(receiver.host, receiver.port, type=socket.SOCK_STREAM)
+            except (OSError, TimeoutError):
+                return None
+            return [str(info[4][0]) for info in infos]
+
+        receivers = self.rotation.receivers
+        if len(receivers) == 1:
+            # One host: asyncio's own connect tries its addresses, exactly as before lists existed.
+            self.rotation.start_round([None])
+            return
+        self.rotation.start_round(list(await asyncio.gather(*(lookup(r) for r in receivers))))
+
+    async def _failed(self, reason: str, first: bool, backoff: Backoff, what: str) -> None:
+        """A connection to the current address failed: move on to the next address at once, or
+        back off once a whole round has failed (before the first READY: Unreachable)."""
+        rotation = self.rotation
+        target = rotation.current
+        round_failed = rotation.failed(reason)
+        single = len(rotation.targets) == 1
+        if first and round_failed:
+            if single and what == "cannot connect":
+                raise Unreachable(f"cannot connect to {target.receiver.host} port {target.receiver.port}: {reason}")
+            if single:
+                raise Unreachable(f"connection to {target.receiver.host} failed: {reason}")
+            raise Unreachable("no receiver answered: " + "; ".join(rotation.failures))
+        if not round_failed:
+            nxt = rotation.current if not rotation.round_due else rotation.targets[0]
+            self.say(logging.WARNING, "%s %s (%s); trying %s", what, target.label, reason, nxt.label)
+            return
+        rotation.backed_off()
+        delay = backoff.next_delay()
+        if single:
+            again = "reconnecting" if what == "connection lost" else "retrying"
+            self.say(logging.WARNING, "%s (%s); %s in %.1f s", what, reason, again, delay)
+        else:
+            self.say(
+                logging.WARNING, "%s %s (%s); every receiver tried, again in %.1f s", what, target.label, reason, delay
+            )
+        await self._sleep(delay)
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
         """``work``'s result, or None if a SIGTERM/SIGINT came first (``work`` is then cancelled):
@@ -460,8 +521,8 @@ class Client:
                     self.send_event.clear()
                     await self.send_event.wait()
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await connect(self.opts.key, self.opts.bind, self.opts.tls, self.opts.privileged_port)
+    async def _connect(self, target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await connect(target, self.opts.bind, self.opts.tls, self.opts.privileged_port)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tune(writer)
@@ -479,6 +540,7 @@ class Client:
         if await self._unless_stopped(handshake()) is None:
             return  # stopped during the handshake: nothing was sent yet
         self._release_handshake_slot()
+        self._note_receiver(first)
         resumed = core.resumed
         if resumed is not None:
             self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
@@ -498,6 +560,15 @@ class Client:
             await asyncio.wait({receiver})
             if not receiver.cancelled():
                 receiver.exception()  # retrieved: the sender already said why the connection ended
+
+    def _note_receiver(self, first: bool) -> None:
+        """READY came from the current address: say so when the pipe moved to another receiver."""
+        target = self.rotation.current
+        before = self.rotation.ready()
+        if before is not None:
+            self.say(logging.WARNING, "receiver is now %s (was %s)", target.label, before.label)
+        elif first and len(self.rotation.receivers) > 1:
+            self.say(logging.INFO, "receiver is %s", target.label)
 
     async def _say_goodbye(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
         """Half-close and wait (bounded) for the server's final ACK, so the
@@ -574,10 +645,21 @@ class Client:
         key = self.opts.key
         try:
             self.core.save_status(
-                self.status_file, time.monotonic(), force, host=key.host, port=key.port, last_byte_at=self.last_byte_at
+                self.status_file,
+                time.monotonic(),
+                force,
+                host=key.host,
+                port=key.port,
+                last_byte_at=self.last_byte_at,
+                receiver=self._receiver_now(),
             )
         except OSError as exc:
             self.say(logging.WARNING, "cannot write status file %s: %s", self.status_file.path, describe_os_error(exc))
+
+    def _receiver_now(self) -> str | None:
+        """The receiver this pipe streams to now (None: not connected); for the status file."""
+        serving = self.rotation.serving
+        return None if serving is None or not self.core.streaming else serving.label
 
 
 async def _read(reader: asyncio.StreamReader) -> bytes:
@@ -589,26 +671,28 @@ async def _read(reader: asyncio.StreamReader) -> bytes:
 
 
 async def connect(
-    key: PipeKey, bind: str | None, tls: ssl.SSLContext | None, privileged_port: bool = False
+    target: Target, bind: str | None, tls: ssl.SSLContext | None, privileged_port: bool = False
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the server of ``key`` (TLS when ``tls`` is given), bounded in time."""
-    server_hostname = key.host if tls else None
+    """A connection to ``target`` (TLS when ``tls`` is given, checked against the receiver's
+    name), bounded in time."""
+    host, port = target.address or target.receiver.host, target.receiver.port
+    server_hostname = target.receiver.host if tls else None
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
         if not privileged_port:
             local = (bind, 0) if bind else None
             return await asyncio.open_connection(
-                key.host, key.port, local_addr=local, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname
+                host, port, local_addr=local, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname
             )
-        sock = await _connect_from_privileged_port(key, bind)
+        sock = await _connect_from_privileged_port(host, port, bind)
         return await asyncio.open_connection(sock=sock, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname)
 
 
-async def _connect_from_privileged_port(key: PipeKey, bind: str | None) -> socket.socket:
+async def _connect_from_privileged_port(host: str, port: int, bind: str | None) -> socket.socket:
     """A socket bound to a free port below 1024 and connected to the server: only root
     can bind one, so a server that requires it knows no other local user sent this."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(key.host, key.port, type=socket.SOCK_STREAM)
-    failure: OSError = OSError(f"no address for {key.host}")
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"no address for {host}")
     for family, kind, proto, _name, address in infos:
         sock = socket.socket(family, kind, proto)
         try:

@@ -39,8 +39,13 @@ def row_from_status(path: str, now: float) -> PipeRow | None:
     behind = _behind(raw, origin, offset)
     last = raw.get("last_byte_at")
     idle = max(0.0, now - last) if isinstance(last, int | float) else None
+    # Which receiver of -h's list it streams to now (only while its lock says it runs).
+    receiver = raw.get("receiver")
+    where = f"{host}:{port}"
+    if isinstance(receiver, str) and running and receiver != where:
+        where = f"{receiver} (of {where})"
     return PipeRow(
-        host=f"{host}:{port}",
+        host=where,
         origin=origin,
         destination="-",
         state=str(raw.get("state", RECONNECTING)) if running else STOPPED,

@@ -28,6 +28,7 @@ PURE = [
     "checkpoint",
     "strangers",
     "inotify_routes",
+    "receivers",
 ]
 FORBIDDEN = {
     "asyncio",
