@@ -414,7 +414,6 @@ class Client:
         backoff = Backoff()
         rotation = self.rotation
         while not self.stopping:
-            first = not self.core.established
             self._release_handshake_slot()
             if not await self._take_handshake_slot():
                 return
@@ -424,7 +423,7 @@ class Client:
             try:
                 connected = await self._unless_stopped(self._connect(target))
             except OSError as exc:
-                await self._failed(describe(exc), first, backoff, "cannot connect")
+                await self._failed(describe(exc), backoff, "cannot connect")
                 continue
             if connected is None:
                 return  # stopped while connecting
@@ -441,7 +440,7 @@ class Client:
                     # TLS 1.3 checks our certificate after our side of the handshake is
                     # done; the server's alert is often lost to the reset that follows.
                     reason += " right after the TLS handshake (the server may have rejected our certificate)"
-                await self._failed(reason, first, backoff, "connection lost" if self.core.established else "failed")
+                await self._failed(reason, backoff, "connection lost" if self.core.established else "failed")
                 continue
             finally:
                 self.core.disconnect()
@@ -468,10 +467,11 @@ class Client:
             return
         self.rotation.start_round(list(await asyncio.gather(*(lookup(r) for r in receivers))))
 
-    async def _failed(self, reason: str, first: bool, backoff: Backoff, what: str) -> None:
+    async def _failed(self, reason: str, backoff: Backoff, what: str) -> None:
         """A connection to the current address failed: move on to the next address at once, or
         back off once a whole round has failed (before the first READY: Unreachable)."""
         rotation = self.rotation
+        first = not self.core.established
         target = rotation.current
         round_failed = rotation.failed(reason)
         single = len(rotation.targets) == 1
