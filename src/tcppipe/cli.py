@@ -35,6 +35,7 @@ from tcppipe.errors import (
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
 from tcppipe.origin import open_origin
 from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT_S
+from tcppipe.receivers import describe_pipe_host
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
 from tcppipe.status import PipeRow, render_json, render_table
 from tcppipe.tls import TlsFiles, client_context, server_context
@@ -583,7 +584,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         lock = _hold_lock(key.lock_path(state_dir), f"already running for {key.path} to {key.host} port {key.port}")
         opts = _client_options(args, key, state_dir, show_progress=args.foreground and _is_terminal(sys.stderr))
         asyncio.run(run_client(opts, program.log, program.ready))
-        program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)
+        program.log.info("[%s %s] stopped", describe_pipe_host(key.host, key.port), key.path)
         return 0
     except TcppipeError as exc:
         return program.fail(exc)
@@ -690,7 +691,7 @@ def _host_agent_main(program: _Program, args: argparse.Namespace) -> int:
         lock = _hold_lock(lock_path, f"already running with these -f to {key.host} port {key.port}")
         template = _client_options(args, key, state_dir, show_progress=False)
         asyncio.run(run_agent(patterns, template, program.log, program.ready))
-        program.log.info("[%s:%d] stopped", key.host, key.port)
+        program.log.info("[%s] stopped", describe_pipe_host(key.host, key.port))
         return 0
     finally:
         if lock is not None:

@@ -53,7 +53,7 @@ from tcppipe.protocol import (
     MAX_DATA_BYTES,
     ProtocolError,
 )
-from tcppipe.receivers import Receiver, Rotation, Target, parse_receivers
+from tcppipe.receivers import Receiver, Rotation, Target, describe_pipe_host, parse_receivers
 from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
 from tcppipe.tasks import TaskReaper, log_loop_errors
@@ -202,7 +202,7 @@ class Client:
         self.opts = opts
         key = opts.key
         self.log = logger
-        self.prefix = f"[{key.host}:{key.port} {key.path}]"
+        self.prefix = f"[{describe_pipe_host(key.host, key.port)} {key.path}]"
         self.status_file = StatusFile(key.status_path(opts.state_dir))
         self.core = PipeClient(
             key.path,
@@ -423,7 +423,7 @@ class Client:
             try:
                 connected = await self._unless_stopped(self._connect(target))
             except OSError as exc:
-                await self._failed(describe(exc), backoff, "cannot connect")
+                await self._failed(describe(exc), backoff, "connect")
                 continue
             if connected is None:
                 return  # stopped while connecting
@@ -440,7 +440,7 @@ class Client:
                     # TLS 1.3 checks our certificate after our side of the handshake is
                     # done; the server's alert is often lost to the reset that follows.
                     reason += " right after the TLS handshake (the server may have rejected our certificate)"
-                await self._failed(reason, backoff, "connection lost" if self.core.established else "failed")
+                await self._failed(reason, backoff, "lost" if self.core.established else "handshake")
                 continue
             finally:
                 self.core.disconnect()
@@ -460,40 +460,48 @@ class Client:
                 return None
             return [str(info[4][0]) for info in infos]
 
+        # Every address of every receiver is ours to try (one name with several addresses
+        # fails over between them too): asyncio's connect by name would always start at the first.
         receivers = self.rotation.receivers
-        if len(receivers) == 1:
-            # One host: asyncio's own connect tries its addresses, exactly as before lists existed.
-            self.rotation.start_round([None])
-            return
         self.rotation.start_round(list(await asyncio.gather(*(lookup(r) for r in receivers))))
 
-    async def _failed(self, reason: str, backoff: Backoff, what: str) -> None:
-        """A connection to the current address failed: move on to the next address at once, or
-        back off once a whole round has failed (before the first READY: Unreachable)."""
+    async def _failed(self, reason: str, backoff: Backoff, kind: str) -> None:
+        """A connection to the current address failed (``kind``: "connect", "handshake" or
+        "lost"): move on to the next address at once, or back off once a whole round has
+        failed (before the first READY: Unreachable)."""
         rotation = self.rotation
         first = not self.core.established
         target = rotation.current
         round_failed = rotation.failed(reason)
-        single = len(rotation.targets) == 1
+        receiver = target.receiver
+        if len(rotation.targets) == 1:  # one address: the messages of one host, as before lists
+            if first and kind == "connect":
+                raise Unreachable(f"cannot connect to {receiver.host} port {receiver.port}: {reason}")
+            if first:
+                raise Unreachable(f"connection to {receiver.host} failed: {reason}")
+            delay = backoff.next_delay()
+            if kind == "connect":
+                self.say(logging.WARNING, "cannot connect (%s); retrying in %.1f s", reason, delay)
+            else:
+                self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", reason, delay)
+            rotation.backed_off()
+            await self._sleep(delay)
+            return
         if first and round_failed:
-            if single and what == "cannot connect":
-                raise Unreachable(f"cannot connect to {target.receiver.host} port {target.receiver.port}: {reason}")
-            if single:
-                raise Unreachable(f"connection to {target.receiver.host} failed: {reason}")
             raise Unreachable("no receiver answered: " + "; ".join(rotation.failures))
+        what = {
+            "connect": "cannot connect to {}",
+            "handshake": "connection to {} failed",
+            "lost": "connection to {} lost",
+        }
+        said = what[kind].format(target.label)
         if not round_failed:
-            nxt = rotation.current if not rotation.round_due else rotation.targets[0]
-            self.say(logging.WARNING, "%s %s (%s); trying %s", what, target.label, reason, nxt.label)
+            upcoming = rotation.targets[0] if rotation.round_due else rotation.current
+            self.say(logging.WARNING, "%s (%s); trying %s", said, reason, upcoming.label)
             return
         rotation.backed_off()
         delay = backoff.next_delay()
-        if single:
-            again = "reconnecting" if what == "connection lost" else "retrying"
-            self.say(logging.WARNING, "%s (%s); %s in %.1f s", what, reason, again, delay)
-        else:
-            self.say(
-                logging.WARNING, "%s %s (%s); every receiver tried, again in %.1f s", what, target.label, reason, delay
-            )
+        self.say(logging.WARNING, "%s (%s); every receiver tried, trying again in %.1f s", said, reason, delay)
         await self._sleep(delay)
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:

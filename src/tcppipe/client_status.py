@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from tcppipe import state
+from tcppipe.receivers import describe_pipe_host
 from tcppipe.state import PipeKey
 from tcppipe.status import RECONNECTING, STOPPED, PipeRow
 
@@ -41,7 +42,7 @@ def row_from_status(path: str, now: float) -> PipeRow | None:
     idle = max(0.0, now - last) if isinstance(last, int | float) else None
     # Which receiver of -h's list it streams to now (only while its lock says it runs).
     receiver = raw.get("receiver")
-    where = f"{host}:{port}"
+    where = describe_pipe_host(host, port)
     if isinstance(receiver, str) and running and receiver != where:
         where = f"{receiver} (of {where})"
     return PipeRow(

@@ -54,6 +54,7 @@ from tcppipe.client import Client, ClientOptions
 from tcppipe.discovery import Decision, Discovery, Inode, is_pattern, watched_directories
 from tcppipe.errors import TcppipeError, describe_os_error
 from tcppipe.origin import inode_generation, others_may_plant
+from tcppipe.receivers import describe_pipe_host
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.watch import SharedInotify
@@ -98,7 +99,8 @@ class HostAgent:
         self.on_ready = on_ready
         self.discovery = Discovery(template.grace_s)
         self.pipes: dict[str, Pipe] = {}
-        self.tasks = TaskReaper(logger, f"[{self.host}:{self.port}]")
+        self.where = describe_pipe_host(self.host, self.port)
+        self.tasks = TaskReaper(logger, f"[{self.where}]")
         self.wake = asyncio.Event()
         self.stopping = False
         self.hup_pending = False
@@ -245,7 +247,7 @@ class HostAgent:
     def _say_once(self, path: str, message: str, level: int = logging.INFO) -> None:
         if self._said.get(path) != message:
             self._said[path] = message
-            self.log.log(level, "[%s:%d] %s", self.host, self.port, message)
+            self.log.log(level, "[%s] %s", self.where, message)
 
     # -- one pipe ----------------------------------------------------------------
 

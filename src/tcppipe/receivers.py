@@ -100,13 +100,22 @@ def parse_receivers(text: str, default_port: int) -> tuple[Receiver, ...]:
     return tuple(dict.fromkeys(receivers))
 
 
+def is_plain_host(text: str) -> bool:
+    """``-h`` is one host without a port of its own (the form before lists)."""
+    return "," not in text and "[" not in text and text.count(":") != 1
+
+
 def pipe_host(text: str, default_port: int) -> str:
-    """The host part of a pipe's key (Rule 1): one plain host as before; a list as a sorted set,
-    ``-p``'s port left implicit."""
-    if "," not in text and "[" not in text and text.count(":") != 1:
+    """The host part of a pipe's key (Rule 1): one plain host as before; otherwise the set of
+    receivers, each ``host:port``, sorted."""
+    if is_plain_host(text):
         return _normalise_host(text)  # one host: the key every earlier version used
-    names = {r.host if r.port == default_port else r.label for r in parse_receivers(text, default_port)}
-    return ",".join(sorted(names))
+    return ",".join(sorted({r.label for r in parse_receivers(text, default_port)}))
+
+
+def describe_pipe_host(host: str, port: int) -> str:
+    """A key's receivers for a log prefix or a status row: ``host:port``, or the list (ports in it)."""
+    return f"{host}:{port}" if is_plain_host(host) else host
 
 
 class Rotation:

@@ -31,8 +31,10 @@ def test_a_malformed_list_is_a_usage_error(text: str) -> None:
 
 def test_the_key_is_the_set_and_one_host_keeps_its_old_key() -> None:
     """a,b and B,a,a name one pipe (-I finds it either way); one host is keyed as before lists existed."""
-    assert pipe_host("a,b", 6514) == pipe_host(" B ,a,a", 6514) == pipe_host("a:6514,b", 6514) == "a,b"
-    assert pipe_host("a:7000,b", 6514) == "a:7000,b"
+    assert pipe_host("a,b", 6514) == pipe_host(" B ,a,a", 6514) == pipe_host("a:6514,b", 6514) == "a:6514,b:6514"
+    assert pipe_host("a:7000,b", 6514) == pipe_host("b:6514,a:7000", 1) == "a:7000,b:6514"
+    assert pipe_host("[::1]", 6514) == "[::1]:6514"
+    assert pipe_host("::1", 6514) == "::1"  # a bare IPv6 literal is one plain host
     assert pipe_host("Archive.Example.NET.", 6514) == "archive.example.net"
     assert PipeKey.from_options("/f", "b,a", 6514) == PipeKey.from_options("/f", "a,b", 6514)
 

@@ -1,0 +1,154 @@
+"""Receivers a client fails over between (``-h A,B``): a receiver killed, down at start, or stalled.
+
+Two tcppipeds, A on 127.0.0.2 and B on 127.0.0.3, with one config, one state
+directory and one destination directory (shared storage standing in for
+replicated storage); each has a pid file of its own (one pid file is one
+tcppiped's lock) and a port of its own (the state directory holds a control
+socket per port). The client connects from 127.0.0.1, which the config names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.integration.conftest import Pipes, command, free_port, kill9, same_bytes, sha256, size, stop, wait_until
+from tests.integration.test_restart import Writer
+
+# The client's heartbeat: a peer silent for 3 of them is dead.
+HEARTBEAT_S = "0.3"
+# From a receiver's death (or stall) to READY from the other; the dead-peer rule takes 0.9 s of it.
+MOVE_WITHIN_S = 10.0
+
+
+class Receivers:
+    """Receiver A and B of one test: the addresses, ports and how to start each."""
+
+    def __init__(self, pipes: Pipes) -> None:
+        self.pipes = pipes
+        self.ports = {"A": pipes.port, "B": free_port()}
+        self.addresses = {"A": "127.0.0.2", "B": "127.0.0.3"}
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        return self.pipes.start_server(
+            "--bind",
+            self.addresses[name],
+            "-p",
+            str(self.ports[name]),
+            "--pid-file",
+            str(self.pipes.tmp / f"tcppiped-{name}.pid"),
+        )
+
+    def label(self, name: str) -> str:
+        return f"{self.addresses[name]}:{self.ports[name]}"
+
+    @property
+    def host_list(self) -> str:
+        return f"{self.label('A')},{self.label('B')}"
+
+    def client_args(self, origin: Path, foreground: bool = True) -> list[str]:
+        return self.pipes.client_args(
+            origin, "-b", "127.0.0.1", "--heartbeat", HEARTBEAT_S, host=self.host_list, foreground=foreground
+        )
+
+
+def status_host(pipes: Pipes, origin: Path, host_list: str) -> str:
+    """The HOST column ``tcppipe status --json`` shows for the pipe of ``origin``."""
+    state = ["-p", str(pipes.port), "--state-dir", str(pipes.client_state)]
+    out = pipes.run([command("tcppipe"), "status", "-f", str(origin), "-h", host_list, *state, "--json"])
+    assert out.returncode == 0, out.stderr
+    return str(json.loads(out.stdout)["pipes"][0]["host"])
+
+
+def test_a_killed_receiver_is_replaced_by_the_next_and_nothing_is_lost_or_doubled(pipes: Pipes) -> None:
+    """kill -9 of the receiver in use mid-stream: the client moves to B within the bound and the
+    destination ends byte-exact; status names the receiver in use."""
+    origin, dest = pipes.pipe("killed.log")
+    receivers = Receivers(pipes)
+    server_a = receivers.start("A")
+    receivers.start("B")
+    writer = Writer(origin)
+    writer.start()
+    try:
+        client = pipes.spawn(receivers.client_args(origin))
+        pipes.syslog.wait_for(f"receiver is {receivers.label('A')}")
+        wait_until(lambda: size(dest) > 20_000, what="streaming to A")
+        wait_until(
+            lambda: status_host(pipes, origin, receivers.host_list).startswith(receivers.label("A")),
+            what="status naming A",
+        )
+        kill9(server_a)
+        pipes.syslog.wait_for(f"receiver is now {receivers.label('B')}", timeout=MOVE_WITHIN_S)
+        landed = size(dest)
+        wait_until(lambda: size(dest) > landed + 20_000, what="streaming to B")
+    finally:
+        writer.finish()
+    wait_until(lambda: same_bytes(origin, dest), what="exact after the failover")
+    assert sha256(origin) == sha256(dest)
+    wait_until(
+        lambda: status_host(pipes, origin, receivers.host_list).startswith(receivers.label("B")),
+        what="status naming B",
+    )
+    # -I finds the pipe by the list in any order: the list is a set of interchangeable receivers.
+    reordered = f"{receivers.label('B')},{receivers.label('A')}"
+    assert pipes.client_pid(origin, host=reordered) == client.pid
+    assert stop(client) == 0
+
+
+def test_a_receiver_down_at_start_is_skipped_and_none_up_is_unreachable(pipes: Pipes) -> None:
+    """With A down the client starts against B; with neither up it exits 4 as with one host."""
+    origin, dest = pipes.pipe("down.log")
+    origin.write_bytes(b"before any receiver\n" * 100)
+    receivers = Receivers(pipes)
+    nobody = pipes.run(receivers.client_args(origin, foreground=False), timeout=30)
+    assert nobody.returncode == 4, nobody.stderr
+    assert "no receiver answered" in nobody.stderr
+    assert nobody.stderr.count("\n") == 1  # one line
+    receivers.start("B")
+    pipes.spawn(receivers.client_args(origin))
+    pipes.syslog.wait_for(f"receiver is {receivers.label('B')}")
+    assert pipes.syslog.count(f"cannot connect to {receivers.label('A')}") >= 1
+    with open(origin, "ab") as f:
+        f.write(b"after the start\n")
+    wait_until(lambda: same_bytes(origin, dest), what="exact through B")
+
+
+def test_a_stalled_receiver_is_left_after_the_dead_peer_rule(pipes: Pipes) -> None:
+    """SIGSTOP of the receiver in use: after 3 silent heartbeats the client moves to B; the end is exact.
+
+    A stopped A still holds, in its socket, bytes the client sent before it gave up on it: let it
+    run again and it could append them after B did (the destination's guard against two tcppipeds
+    is not here yet). So A never runs again: once the client is stopped and the destination checked,
+    A is killed while still stopped, and the destination is checked again."""
+    origin, dest = pipes.pipe("stalled.log")
+    receivers = Receivers(pipes)
+    server_a = receivers.start("A")
+    receivers.start("B")
+    writer = Writer(origin)
+    writer.start()
+    stopped = False
+    try:
+        client = pipes.spawn(receivers.client_args(origin))
+        pipes.syslog.wait_for(f"receiver is {receivers.label('A')}")
+        wait_until(lambda: size(dest) > 20_000, what="streaming to A")
+        os.kill(server_a.pid, signal.SIGSTOP)
+        stopped = True
+        pipes.syslog.wait_for(f"receiver is now {receivers.label('B')}", timeout=MOVE_WITHIN_S)
+        assert pipes.syslog.count("no word from the server") >= 1
+        landed = size(dest)
+        wait_until(lambda: size(dest) > landed + 20_000, what="streaming to B")
+        writer.finish()
+        wait_until(lambda: same_bytes(origin, dest), what="exact after the stall")
+        assert stop(client) == 0
+        exact = sha256(origin)
+        assert sha256(dest) == exact
+        kill9(server_a)  # SIGKILL ends a stopped process without letting it run
+        stopped = False
+        assert sha256(dest) == exact
+    finally:
+        writer.finish()
+        if stopped and server_a.poll() is None:
+            server_a.kill()  # never SIGCONT: see the docstring
