@@ -152,3 +152,30 @@ def test_a_stalled_receiver_is_left_after_the_dead_peer_rule(pipes: Pipes) -> No
         writer.finish()
         if stopped and server_a.poll() is None:
             server_a.kill()  # never SIGCONT: see the docstring
+
+
+def test_a_host_agent_moves_each_pipe_to_the_next_receiver(pipes: Pipes) -> None:
+    """tcppipe -f GLOB -h A,B: kill -9 of A moves every pipe to B (each by itself); each ends byte-exact."""
+    pairs = [pipes.pipe(f"agent{i}.log") for i in range(3)]
+    receivers = Receivers(pipes)
+    server_a = receivers.start("A")
+    receivers.start("B")
+    writers = [Writer(origin, lines_per_tick=5) for origin, _dest in pairs]
+    for writer in writers:
+        writer.start()
+    try:
+        agent = pipes.spawn(receivers.client_args(pipes.tmp / "origin" / "agent*.log"))
+        wait_until(lambda: pipes.syslog.count(f"receiver is {receivers.label('A')}") >= 3, what="3 pipes on A")
+        wait_until(lambda: all(size(dest) > 5000 for _origin, dest in pairs), what="streaming to A")
+        kill9(server_a)
+        wait_until(
+            lambda: pipes.syslog.count(f"receiver is now {receivers.label('B')}") >= 3,
+            timeout=MOVE_WITHIN_S,
+            what="3 pipes on B",
+        )
+    finally:
+        for writer in writers:
+            writer.finish()
+    for origin, dest in pairs:
+        wait_until(lambda: same_bytes(origin, dest), what=f"{origin.name} exact")  # noqa: B023
+    assert stop(agent) == 0
