@@ -431,6 +431,9 @@ class Client:
             try:
                 await self._session(reader, writer)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
+                # Dead, stalled or broken: drop it now (a close would wait, up to close_writer's
+                # bound, to flush bytes a stalled receiver will not take) and move on.
+                writer.transport.abort()
                 reason = describe(exc)
                 if (
                     not self.core.established
