@@ -79,6 +79,13 @@ many files:
   the pipe it came from. A failing pipe is logged and retried every 30 s
   (at once on SIGHUP); the others go on.
 
+receivers:
+  -h a,b:7000,[::1] (HOST[:PORT] each) lists receivers with one config and
+  shared destinations: they are tried in this order; a failed or dead
+  connection moves to the next at once, back-off comes once per failed
+  round, and each READY says where to resume. tcppipe -I and status take
+  the list in any order.
+
 signals:
   SIGHUP       follow a rotation (see above); with many files, every pipe
   SIGTERM/INT  stop cleanly, status saved, exit 0
@@ -91,7 +98,7 @@ files:
 exit status:
   0 ok (or -I found a pid)   1 -I found none, verify found a difference,
   or an internal error   2 usage   3 refused by the server   4 server
-  unreachable   6 already running   7 origin unreadable
+  (every receiver of -h) unreachable   6 already running   7 origin unreadable
 
 examples:
   tcppipe -f /var/log/messages -h archive.example.net
