@@ -35,7 +35,7 @@ from tcppipe.errors import (
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
 from tcppipe.origin import open_origin
 from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT_S
-from tcppipe.receivers import describe_pipe_host
+from tcppipe.receivers import describe_pipe_host, parse_receivers
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
 from tcppipe.status import PipeRow, render_json, render_table
 from tcppipe.tls import TlsFiles, client_context, server_context
@@ -500,8 +500,6 @@ def client_status_main(argv: Sequence[str]) -> int:
 def verify_main(argv: Sequence[str]) -> int:
     def run() -> int:
         args = verify_parser().parse_args(argv)
-        from tcppipe.receivers import parse_receivers
-
         key = PipeKey.from_options(args.file, args.host, args.port)
         tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
         from tcppipe.verify_client import verify_pipe
@@ -656,7 +654,6 @@ def _hold_lock(lock_path: str, busy: str) -> HeldLock:
 def _client_options(args: argparse.Namespace, key: PipeKey, state_dir: str, show_progress: bool) -> ClientOptions:
     """The pipe options of the command line (a host agent's template for each of its pipes)."""
     from tcppipe.client import ClientOptions
-    from tcppipe.receivers import parse_receivers
 
     return ClientOptions(
         key,
