@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tcppipe.protocol import GenerationId
+from tcppipe.tailer import Finished, History, Recorded
 
 Inode = tuple[int, int]
 # ``identify(path, length)``: the inode generation number (None if the file system has none)
@@ -115,6 +116,19 @@ class Claim:
         if self.let_go and self.ident.fp_len == 0:
             return False  # empty when let go: nothing of it was sent
         return self.ident.heads(head)
+
+
+def claims_of(origin: str, history: History) -> list[tuple[Inode, Claim]]:
+    """What ``origin``'s status file (``history``) claims: the generations it held (its resume
+    may adopt them again), then those it sent to their end and let go."""
+    held = [*history.held, *([Recorded(history.position[0])] if history.position is not None else [])]
+    claims = [((r.ident.dev, r.ident.ino), Claim(origin, r.ident, r.igen, r.size, let_go=False)) for r in held]
+    return claims + let_go_claims(origin, history.finished)
+
+
+def let_go_claims(origin: str, finished: Iterable[Finished]) -> list[tuple[Inode, Claim]]:
+    """The claims of generations ``origin``'s pipe sent to their end and let go."""
+    return [((f.dev, f.ino), Claim(origin, f.ident, f.igen, f.size, f.mtime_ns)) for f in finished]
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,11 +51,11 @@ from typing import Final
 from tcppipe import daemon
 from tcppipe.checkpoint import load_history
 from tcppipe.client import Client, ClientOptions
-from tcppipe.discovery import Claim, Decision, Discovery, Seen, is_pattern, watched_directories
+from tcppipe.discovery import Decision, Discovery, Seen, claims_of, is_pattern, let_go_claims, watched_directories
 from tcppipe.errors import TcppipeError, describe_os_error
 from tcppipe.origin import others_may_plant, read_identity
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
-from tcppipe.tailer import Finished, Recorded
+from tcppipe.tailer import Finished
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.watch import SharedInotify
 
@@ -190,20 +190,9 @@ class HostAgent:
                 self._claim_status(origin, path)
 
     def _claim_status(self, origin: str, status_path: str) -> None:
-        """Claim for ``origin`` what its status file lists: the generations it held (its
-        resume may adopt them again) and those it sent to their end and let go."""
-        history = load_history(status_path)
-        held = [*history.held, *([Recorded(history.position[0])] if history.position is not None else [])]
-        for record in held:
-            ident = record.ident
-            claim = Claim(origin, ident, record.igen, record.size, let_go=False)
-            self.discovery.claim((ident.dev, ident.ino), claim)
-        self._claim_let_go(origin, history.finished)
-
-    def _claim_let_go(self, path: str, finished: Sequence[Finished]) -> None:
-        for gen in finished:
-            claim = Claim(path, gen.ident, gen.igen, gen.size, gen.mtime_ns)
-            self.discovery.claim((gen.dev, gen.ino), claim)
+        """Claim for ``origin`` what its status file lists."""
+        for inode, claim in claims_of(origin, load_history(status_path)):
+            self.discovery.claim(inode, claim)
 
     def _found(self) -> dict[str, Seen]:
         """Every regular file the patterns match now, with its inode, size and mtime."""
@@ -234,7 +223,8 @@ class HostAgent:
             let_go = pipe.client.let_go()
             if let_go and let_go[-1] is not pipe.last_let_go:
                 pipe.last_let_go = let_go[-1]
-                self._claim_let_go(path, let_go)
+                for inode, claim in let_go_claims(path, let_go):
+                    self.discovery.claim(inode, claim)
         decision = self.discovery.decide(self._found(), running, now, read_identity)
         self._report_rotated(decision)
         for path in decision.gone:
