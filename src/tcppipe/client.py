@@ -56,6 +56,7 @@ from tcppipe.protocol import (
 from tcppipe.receivers import Receiver, Rotation, Target, describe_pipe_host, parse_receivers
 from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
+from tcppipe.tailer import Finished
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import describe_tls_error
 from tcppipe.watch import close_inotify
@@ -376,6 +377,10 @@ class Client:
         """The (st_dev, st_ino) of every generation this pipe holds or its status file lists
         (FILE, those draining or queued, and until READY those the last run listed)."""
         return frozenset(self.core.shape())
+
+    def let_go(self) -> list[Finished]:
+        """The generations this pipe sent to their end and let go (its status file's and since), oldest first."""
+        return self.core.tailer.finished
 
     def drained(self) -> bool:
         """Connected, and every generation held acknowledged to its end: nothing left to send."""

@@ -284,7 +284,7 @@ class PipeClient:
             "queue": [r.ident.to_json() for r in listed],
             "sizes": [r.size for r in listed],
             "igens": [r.igen for r in listed],
-            "finished": [list(f) for f in self.tailer.finished],
+            "finished": [f.to_json() for f in self.tailer.finished],
             "state": self.state,
             "origin_end": self.origin_end(),
             "generations": len(self.generations_sent),

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.integration.conftest import Pipes, kill9, same_bytes, stop, wait_until
 from tests.integration.test_many_files import start_agent
 from tests.integration.test_restart import Writer, numbered_lines
 
 FILES = 400  # above tcppiped's 128 strangers per source
+TMPFS = "/dev/shm"
 
 
 def test_four_hundred_files_start_together_without_evicting_each_other(pipes: Pipes) -> None:
@@ -82,13 +90,30 @@ def test_fifty_files_through_one_glob_entry_survive_kill9_and_rotation(pipes: Pi
     assert stop(agent) == 0
 
 
-def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes) -> None:
+@pytest.fixture(params=["disk", "tmpfs"])
+def origin_dir(request: pytest.FixtureRequest, pipes: Pipes) -> Iterator[Path]:
+    """The origin directory: under pytest's temporary directory (a file system with inode
+    generation numbers here), or on tmpfs, which has none."""
+    if request.param == "disk":
+        yield pipes.tmp / "origin"
+        return
+    if not os.path.isdir(TMPFS) or not os.access(TMPFS, os.W_OK):
+        pytest.skip(f"{TMPFS} (tmpfs) is not writable here")
+    parent = Path(tempfile.mkdtemp(dir=TMPFS, prefix="tcppipe-test-"))
+    try:
+        yield parent / "origin"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes, origin_dir: Path) -> None:
     """A glob that matches rotated names (``*``) and a {name} entry: app.log is sent, rotated to
     app.log.1 (same inode, sent to its end and let go), and the agent restarts. The status file
-    lists the generations the pipe let go (inode and inode generation), so app.log.1 is still
-    app.log's old generation, not a new file to send again (before, the restart sent all of it
-    a second time, into app.log.1's destination)."""
-    origin_dir, dest_dir = pipes.tmp / "origin", pipes.tmp / "dest"
+    lists the generations the pipe let go (inode, head, size and mtime, and the inode generation
+    where the file system has one), so app.log.1 is still app.log's old generation, not a new
+    file to send again (before, the restart sent all of it a second time, into app.log.1's
+    destination; on tmpfs, without inode generation numbers, it still did)."""
+    dest_dir = pipes.tmp / "dest"
     origin_dir.mkdir()
     pipes.define(f"127.0.0.1:{origin_dir}/* | {dest_dir}/{{name}}")
     app, rotated = origin_dir / "app.log", origin_dir / "app.log.1"
