@@ -95,6 +95,8 @@ def test_a_killed_receiver_is_replaced_by_the_next_and_nothing_is_lost_or_double
     # -I finds the pipe by the list in any order: the list is a set of interchangeable receivers.
     reordered = f"{receivers.label('B')},{receivers.label('A')}"
     assert pipes.client_pid(origin, host=reordered) == client.pid
+    second = pipes.run(pipes.client_args(origin, "-b", "127.0.0.1", host=reordered), timeout=30)
+    assert second.returncode == 6, second.stderr  # already running: the reordered list is the same pipe
     assert stop(client) == 0
 
 
