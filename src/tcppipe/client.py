@@ -43,7 +43,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from tcppipe import daemon
 from tcppipe.checkpoint import StatusFile, load_history
-from tcppipe.errors import ConnectionLost, TcppipeError, Unreachable, UsageError, describe_os_error
+from tcppipe.errors import ConnectionLost, RefusedForNow, TcppipeError, Unreachable, UsageError, describe_os_error
 from tcppipe.origin import OriginGeneration
 from tcppipe.pipe_client import PipeClient
 from tcppipe.progress import CatchUp
@@ -236,6 +236,9 @@ class Client:
         self._following = False  # the file side runs: ``poll`` may act
         self._poll_failure: Exception | None = None
         self.rotation = Rotation(opts.receiver_list())
+        # A receiver of the list refused the pipe for now before the first READY: if none takes
+        # it, the start fails as refused for now (75, started again later), not as unreachable.
+        self._refused_for_now = False
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -450,6 +453,14 @@ class Client:
                     reason += " right after the TLS handshake (the server may have rejected our certificate)"
                 await self._failed(reason, backoff, "lost" if self.core.established else "handshake")
                 continue
+            except RefusedForNow as exc:
+                # Before the first READY (after it this is RetryLater, a lost connection): this
+                # receiver cannot take the pipe now (its storage, its name cache); another may.
+                if len(rotation.targets) == 1:
+                    raise
+                self._refused_for_now = True
+                await self._failed(exc.message.removeprefix("server refused the pipe for now: "), backoff, "refused")
+                continue
             finally:
                 self.core.disconnect()
                 self._save_status(force=True)
@@ -474,9 +485,9 @@ class Client:
         self.rotation.start_round(list(await asyncio.gather(*(lookup(r) for r in receivers))))
 
     async def _failed(self, reason: str, backoff: Backoff, kind: str) -> None:
-        """A connection to the current address failed (``kind``: "connect", "handshake" or
-        "lost"): move on to the next address at once, or back off once a whole round has
-        failed (before the first READY: Unreachable)."""
+        """A connection to the current address failed (``kind``: "connect", "handshake", "lost"
+        or "refused" for now): move on to the next address at once, or back off once a whole
+        round has failed (before the first READY: Unreachable, or RefusedForNow if one did)."""
         rotation = self.rotation
         first = not self.core.established
         target = rotation.current
@@ -496,11 +507,14 @@ class Client:
             await self._sleep(delay)
             return
         if first and round_failed:
+            if self._refused_for_now:
+                raise RefusedForNow("no receiver took the pipe now: " + "; ".join(rotation.failures))
             raise Unreachable("no receiver answered: " + "; ".join(rotation.failures))
         what = {
             "connect": "cannot connect to {}",
             "handshake": "connection to {} failed",
             "lost": "connection to {} lost",
+            "refused": "{} refused the pipe for now",
         }
         said = what[kind].format(target.label)
         if not round_failed:

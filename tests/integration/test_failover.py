@@ -32,8 +32,9 @@ class Receivers:
         self.ports = {"A": pipes.port, "B": free_port()}
         self.addresses = {"A": "127.0.0.2", "B": "127.0.0.3"}
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.pipes.start_server(
+            *extra,
             "--bind",
             self.addresses[name],
             "-p",
@@ -116,6 +117,28 @@ def test_a_receiver_down_at_start_is_skipped_and_none_up_is_unreachable(pipes: P
     with open(origin, "ab") as f:
         f.write(b"after the start\n")
     wait_until(lambda: same_bytes(origin, dest), what="exact through B")
+
+
+def test_a_receiver_that_refuses_for_now_is_skipped_and_alone_it_is_exit_75(pipes: Pipes) -> None:
+    """A receiver whose storage is broken refuses the pipe for now: the client starts on the next;
+    when no receiver takes it, the start ends with 75 (refused for now), not 4."""
+    origin, dest = pipes.pipe("storage.log")
+    origin.write_bytes(b"a line\n" * 1000)
+    blocker = pipes.tmp / "broken-storage"
+    blocker.write_bytes(b"")  # a file where A's destination directory should be: it cannot be opened
+    broken = pipes.tmp / "broken.conf"
+    broken.write_text(f"127.0.0.1:{origin} | {blocker}/storage.log\n")
+    receivers = Receivers(pipes)
+    server_a = receivers.start("A", "-f", str(broken))
+    alone = pipes.run(receivers.client_args(origin, foreground=False), timeout=30)
+    assert alone.returncode == 75, alone.stderr
+    assert "no receiver took the pipe now" in alone.stderr
+    receivers.start("B")
+    pipes.spawn(receivers.client_args(origin))
+    pipes.syslog.wait_for(f"receiver is {receivers.label('B')}")
+    assert pipes.syslog.count(f"{receivers.label('A')} refused the pipe for now") >= 1
+    wait_until(lambda: same_bytes(origin, dest), what="exact through B")
+    assert server_a.poll() is None
 
 
 def test_a_stalled_receiver_is_left_after_the_dead_peer_rule(pipes: Pipes) -> None:
