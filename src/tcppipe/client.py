@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import random
@@ -470,11 +471,12 @@ class Client:
     async def _start_round(self) -> None:
         """Resolve every receiver of -h (bounded; a failed lookup is tried by name) for a round."""
         loop = asyncio.get_running_loop()
+        family = _family_of(self.opts.bind)
 
         async def lookup(receiver: Receiver) -> list[str] | None:
             try:
                 async with asyncio.timeout(RESOLVE_TIMEOUT_S):
-                    infos = await loop.getaddrinfo(receiver.host, receiver.port, type=socket.SOCK_STREAM)
+                    infos = await loop.getaddrinfo(receiver.host, receiver.port, family=family, type=socket.SOCK_STREAM)
             except (OSError, TimeoutError):
                 return None
             return [str(info[4][0]) for info in infos]
@@ -690,6 +692,15 @@ class Client:
         """The receiver this pipe streams to now (None: not connected); for the status file."""
         serving = self.rotation.serving
         return None if serving is None or not self.core.streaming else serving.label
+
+
+def _family_of(bind: str | None) -> socket.AddressFamily:
+    """The address family a -b address allows connecting to (any, without -b or for a name)."""
+    try:
+        version = ipaddress.ip_address(bind or "").version
+    except ValueError:
+        return socket.AF_UNSPEC
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 async def _read(reader: asyncio.StreamReader) -> bytes:
