@@ -33,7 +33,10 @@ pipe); if the path comes back later it is a new pipe, which resumes where the
 destination stands like any restart.
 
 Rule 5 (failures stay local): a pipe that ended with an error is retried
-after ``retry_s`` (at once after a SIGHUP: ``retry_now``); the others go on.
+after ``retry_s``, doubled at each failure in a row up to ``RETRY_MAX_S`` (a
+file the server does not define costs a connection every 10 minutes, not every
+30 s forever); at once after a SIGHUP (``retry_now``), and from ``retry_s``
+again once it got READY (``succeeded``). The others go on.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ Identify = Callable[[str, int], "tuple[int | None, bytes] | None"]
 
 # A pipe that ended with an error (refused, unreachable, unreadable) is tried again after this long.
 RETRY_FAILED_S = 30.0
+# ... doubled at each failure in a row, up to this.
+RETRY_MAX_S = 600.0
 
 
 def is_pattern(path: str) -> bool:
@@ -157,6 +162,7 @@ class Discovery:
         self.claims: dict[Inode, Claim] = {}
         self._absent_since: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
 
     def claim(self, inode: Inode, claim: Claim) -> None:
         """Record a claim (a status file's generation, or one a pipe let go); a new one for the
@@ -197,13 +203,22 @@ class Discovery:
         self.held[seen.inode] = path
         return True
 
-    def failed(self, path: str, now: float) -> None:
-        """``path``'s pipe ended with an error: try it again after ``retry_s``."""
-        self._retry_at[path] = now + self.retry_s
+    def failed(self, path: str, now: float) -> float:
+        """``path``'s pipe ended with an error: the delay until it is tried again (Rule 5)."""
+        count = self._failures.get(path, 0)
+        self._failures[path] = count + 1
+        delay: float = min(self.retry_s * 2.0 ** min(count, 32), max(self.retry_s, RETRY_MAX_S))
+        self._retry_at[path] = now + delay
+        return delay
+
+    def succeeded(self, path: str) -> None:
+        """``path``'s pipe got READY: its next failure waits ``retry_s`` again."""
+        self._failures.pop(path, None)
 
     def retry_now(self) -> None:
-        """A SIGHUP: every failed pipe is tried again at the next scan."""
+        """A SIGHUP: every failed pipe is tried again at the next scan, its delay from ``retry_s``."""
         self._retry_at.clear()
+        self._failures.clear()
 
     def decide(
         self,

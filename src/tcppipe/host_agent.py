@@ -16,7 +16,7 @@ resume rule and its per-connection back-pressure stay as they are.
 Rule 3 (failures stay local): each Client runs in its own task, never in a
 shared TaskGroup. A pipe that ends with an error (refused, unreachable,
 unreadable, an internal error) is logged to syslog, its lock released, and it
-is tried again after ``discovery.RETRY_FAILED_S`` or at the next SIGHUP; the
+is tried again after a delay (``discovery.py`` Rule 5) or at the next SIGHUP; the
 other pipes go on. Exit status: at start, once every pipe found by the first
 scan has had its first answer, the agent is ready (detaches, 0) if one of them
 got READY or none was found; if all of them failed, it stops with the first
@@ -316,10 +316,8 @@ class HostAgent:
             for line in failure.message.splitlines():
                 pipe.client.say(logging.ERROR, "%s", line)
             if not self.stopping:
-                self.discovery.failed(path, time.monotonic())
-                pipe.client.say(
-                    logging.INFO, "pipe ended; trying it again in %.0f s (or at a SIGHUP)", self.discovery.retry_s
-                )
+                delay = self.discovery.failed(path, time.monotonic())
+                pipe.client.say(logging.INFO, "pipe ended; trying it again in %.0f s (or at a SIGHUP)", delay)
             if path in self._initial and self.start_failure is None and not self._any_ready:
                 self.start_failure = failure
         elif not self.stopping:
@@ -328,6 +326,7 @@ class HostAgent:
         self._settle()
 
     def _pipe_ready(self, path: str) -> None:
+        self.discovery.succeeded(path)
         self._any_ready = True
         self._initial.discard(path)
         self._settle()

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 from tcppipe.discovery import (
+    RETRY_MAX_S,
     Claim,
     Decision,
     Discovery,
@@ -241,6 +242,18 @@ def test_a_failed_pipe_is_retried_after_the_delay_or_at_once_after_a_hup() -> No
     assert decide(d, fs, {}, 32.0).start == ()
     d.retry_now()
     assert decide(d, fs, {}, 33.0).start == ("/l/a.log",)
+
+
+def test_a_pipe_that_keeps_failing_waits_longer_each_time_up_to_the_cap() -> None:
+    """30, 60, 120 ... s up to RETRY_MAX_S; READY or a SIGHUP starts again from 30 s."""
+    d = Discovery(GRACE_S, retry_s=30.0)
+    delays = [d.failed("/l/a.log", 0.0) for _ in range(8)]
+    assert delays == [30.0, 60.0, 120.0, 240.0, 480.0, RETRY_MAX_S, RETRY_MAX_S, RETRY_MAX_S]
+    d.succeeded("/l/a.log")
+    assert d.failed("/l/a.log", 0.0) == 30.0
+    assert d.failed("/l/a.log", 0.0) == 60.0
+    d.retry_now()
+    assert d.failed("/l/a.log", 0.0) == 30.0
 
 
 def test_patterns_are_normalised_like_a_plain_file() -> None:
