@@ -12,8 +12,10 @@ naming a pipe: ``pipe_host`` (the key of the lock and status files, ``-I``,
 ``keep_tcppipe_alive``) is the entries normalised, de-duplicated and sorted.
 The order as given is the order they are tried in.
 
-Rule 2 (the round): each receiver's addresses (A and AAAA, in the resolver's
-order) are tried in turn, the list's order kept. A pipe stays with the
+Rule 2 (the round): each receiver's addresses (A and AAAA) are tried in turn,
+the list's order kept. A name's addresses keep the order of the lookup that
+first returned them (a round-robin DNS answer rotates them at every lookup;
+a pipe must not wander between receivers that all work). A pipe stays with the
 address that answered READY until that connection fails (closed, refused for
 now, or dead: the heartbeat's dead-peer rule); then the next address is tried
 at once. Only when every address of the round has failed since the last
@@ -129,6 +131,8 @@ class Rotation:
         self.failures: list[str] = []
         # The target of the last READY.
         self.serving: Target | None = None
+        # Each receiver's addresses in the order first seen (Rule 2).
+        self._order: dict[Receiver, list[str]] = {}
 
     @property
     def round_due(self) -> bool:
@@ -142,7 +146,10 @@ class Rotation:
             if not found:
                 self.targets.append(Target(receiver, None))
                 continue
-            self.targets += [Target(receiver, a) for a in dict.fromkeys(found)]
+            kept = [a for a in self._order.get(receiver, []) if a in found]
+            order = kept + [a for a in dict.fromkeys(found) if a not in kept]
+            self._order[receiver] = order  # only what this lookup found: bounded by its answer
+            self.targets += [Target(receiver, a) for a in order]
         self.index = 0
 
     @property

@@ -57,3 +57,13 @@ def test_rotation_moves_on_at_once_and_backs_off_per_round() -> None:
     assert rotation.failed("refused")  # a, then b: the round failed
     rotation.backed_off()
     assert rotation.failures == []
+
+
+def test_a_names_addresses_keep_the_order_first_seen() -> None:
+    """A round-robin answer in another order does not reorder the round; new addresses go last."""
+    rotation = Rotation((Receiver("rr", 1),))
+    rotation.start_round([["10.0.0.1", "10.0.0.2"]])
+    rotation.start_round([["10.0.0.3", "10.0.0.2", "10.0.0.1"]])
+    assert [t.address for t in rotation.targets] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    rotation.start_round([["10.0.0.3", "10.0.0.1"]])
+    assert [t.address for t in rotation.targets] == ["10.0.0.1", "10.0.0.3"]
