@@ -204,3 +204,29 @@ def test_a_host_agent_moves_each_pipe_to_the_next_receiver(pipes: Pipes) -> None
     for origin, dest in pairs:
         wait_until(lambda: same_bytes(origin, dest), what=f"{origin.name} exact")  # noqa: B023
     assert stop(agent) == 0
+
+
+def test_keep_tcppipe_alive_with_a_list_starts_one_tcppipe_whatever_the_order(pipes: Pipes) -> None:
+    """keep_tcppipe_alive -h A,B starts one detached tcppipe; run again with B,A it starts none."""
+    origin, dest = pipes.pipe("kept.log")
+    origin.write_bytes(b"kept alive\n" * 100)
+    receivers = Receivers(pipes)
+    receivers.start("B")  # A is down: the detached tcppipe starts on B
+    pipes.client_state.mkdir(exist_ok=True)
+    (pipes.client_state / "tcppipe.keepalive").touch()
+    reordered = f"{receivers.label('B')},{receivers.label('A')}"
+
+    def keepalive(host_list: str) -> int:
+        args = receivers.client_args(origin, foreground=False)
+        args[0] = command("keep_tcppipe_alive")
+        args[args.index("-h") + 1] = host_list
+        return pipes.run(args).returncode
+
+    assert keepalive(receivers.host_list) == 0
+    pid = pipes.client_pid(origin, host=receivers.host_list)
+    assert pid is not None
+    pipes.adopt(pid)
+    wait_until(lambda: same_bytes(origin, dest), what="exact through B")
+    assert keepalive(reordered) == 0
+    assert pipes.client_pid(origin, host=reordered) == pid
+    assert pipes.syslog.count("receiver is ") == 1  # one tcppipe, one first READY
