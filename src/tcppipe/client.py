@@ -19,9 +19,10 @@ and only a REFUSE (the pipe was removed) ends it.
 
 Rule 5 (receivers, ``-h a,b,c``): which address is tried next is
 ``receivers.Rotation``'s decision. A failed connection (or a dead or stalled
-peer) moves on to the next address at once; the back-off of Rule 4 comes
-once a whole round has failed, and before the first READY a whole round's
-failure is the end (Unreachable, as with one host). Each READY, from
+peer, or before the first READY a refusal for now) moves on to the next
+address at once; the back-off of Rule 4 comes once a whole round has failed,
+and before the first READY a whole round's failure is the end (Unreachable
+as with one host; RefusedForNow if a receiver said so). Each READY, from
 whichever receiver, says where to resume.
 """
 
