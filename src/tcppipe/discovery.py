@@ -121,7 +121,12 @@ class Claim:
 def claims_of(origin: str, history: History) -> list[tuple[Inode, Claim]]:
     """What ``origin``'s status file (``history``) claims: the generations it held (its resume
     may adopt them again), then those it sent to their end and let go."""
-    held = [*history.held, *([Recorded(history.position[0])] if history.position is not None else [])]
+    held = list(history.held)
+    position = history.position
+    # The position names a held generation (the oldest): a second claim on its inode would
+    # replace the held one's and lose its inode generation and size.
+    if position is not None and all((r.ident.dev, r.ident.ino) != (position[0].dev, position[0].ino) for r in held):
+        held.append(Recorded(position[0]))
     claims = [((r.ident.dev, r.ident.ino), Claim(origin, r.ident, r.igen, r.size, let_go=False)) for r in held]
     return claims + let_go_claims(origin, history.finished)
 

@@ -13,11 +13,13 @@ from tcppipe.discovery import (
     Inode,
     Seen,
     agent_lock_name,
+    claims_of,
     is_pattern,
     normalise_pattern,
     watched_directories,
 )
 from tcppipe.protocol import GenerationId
+from tcppipe.tailer import History, Recorded
 
 GRACE_S = 5.0
 A, B, C = (1, 10), (1, 11), (1, 12)
@@ -190,6 +192,19 @@ def test_status_file_claims_hold_across_a_restart() -> None:
     decision = decide(d, fs, {}, 0.0)
     assert decision.start == ("/l/a.log", "/l/other.log")
     assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
+
+
+def test_a_status_files_position_keeps_the_held_generations_inode_generation() -> None:
+    """The position names the oldest held generation: its claim keeps that entry's inode generation,
+    so a later file in the freed inode (another igen) is a new pipe, even when the held one was empty."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    history = History((empty, 0), (Recorded(empty, 0, 1),))
+    for inode, claim in claims_of("/l/a.log", history):
+        d.claim(inode, claim)
+    assert d.claims[A].igen == 1
+    fs.put("/l/c.log", A, b"a later file\n", igen=2, mtime_ns=7)
+    assert decide(d, fs, {}, 0.0).start == ("/l/c.log",)
 
 
 def test_an_older_status_files_claim_without_a_head_needs_the_same_inode_generation() -> None:
