@@ -41,7 +41,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import posixpath
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tcppipe.protocol import GenerationId
@@ -134,6 +134,16 @@ def claims_of(origin: str, history: History) -> list[tuple[Inode, Claim]]:
 def let_go_claims(origin: str, finished: Iterable[Finished]) -> list[tuple[Inode, Claim]]:
     """The claims of generations ``origin``'s pipe sent to their end and let go."""
     return [((f.dev, f.ino), Claim(origin, f.ident, f.igen, f.size, f.mtime_ns)) for f in finished]
+
+
+def let_go_since(finished: Sequence[Finished], last: Finished | None) -> list[Finished]:
+    """The generations in ``finished`` (oldest first) let go after ``last`` (all, if it is not
+    there). Only these are claimed: claiming an older one again would replace a claim made
+    since (its file became another path's pipe, retired, and that pipe's status claims it)."""
+    for index in range(len(finished) - 1, -1, -1):
+        if finished[index] is last:
+            return list(finished[index + 1 :])
+    return list(finished)
 
 
 @dataclass(frozen=True, slots=True)

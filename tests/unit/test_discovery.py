@@ -15,11 +15,13 @@ from tcppipe.discovery import (
     agent_lock_name,
     claims_of,
     is_pattern,
+    let_go_claims,
+    let_go_since,
     normalise_pattern,
     watched_directories,
 )
 from tcppipe.protocol import GenerationId
-from tcppipe.tailer import History, Recorded
+from tcppipe.tailer import Finished, History, Recorded
 
 GRACE_S = 5.0
 A, B, C = (1, 10), (1, 11), (1, 12)
@@ -205,6 +207,23 @@ def test_a_status_files_position_keeps_the_held_generations_inode_generation() -
     assert d.claims[A].igen == 1
     fs.put("/l/c.log", A, b"a later file\n", igen=2, mtime_ns=7)
     assert decide(d, fs, {}, 0.0).start == ("/l/c.log",)
+
+
+def test_only_generations_let_go_since_the_last_scan_are_claimed_again() -> None:
+    """A pipe's let-go list is news only past the entry last claimed: claiming an older one again
+    would replace a claim made since (its file became another path's pipe, which claims it)."""
+    first, second, third = Finished(1, 10), Finished(1, 11), Finished(1, 12)
+    assert let_go_since([first, second, third], first) == [second, third]
+    assert let_go_since([first, second], second) == []
+    assert let_go_since([first, second], None) == [first, second]
+    assert let_go_since([second], first) == [second]  # trimmed past it: all are news
+    d = Discovery(GRACE_S)
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, None, 0, 1))  # a.log let it go empty
+    d.claim(A, Claim("/l/a.log.2", GenerationId(1, 10, 1, hashlib.sha256(b"x").hexdigest()), None, 1, let_go=False))
+    for inode, claim in let_go_claims("/l/a.log", let_go_since([first, second], first)):
+        d.claim(inode, claim)
+    assert d.claims[A].owner == "/l/a.log.2"
 
 
 def test_an_older_status_files_claim_without_a_head_needs_the_same_inode_generation() -> None:
