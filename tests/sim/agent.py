@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tcppipe.discovery import Claim, Discovery, Identify, Inode, Seen, claims_of, let_go_claims
+from tcppipe.discovery import Claim, Discovery, Identify, Inode, Seen, claims_of, let_go_claims, let_go_since
 from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId
 from tcppipe.tailer import MAX_FINISHED, Finished, History, Recorded
 
@@ -305,10 +305,12 @@ class ModelPipe:
         history = self.world.statuses.get(self.path)
         if history is not None:
             self.finished = list(history.finished)
+            self.last_let_go = self.finished[-1] if self.finished else None
         self._hold(current, now)
         self.opened = True
         if not self.world.rules.admits(self.path, current.seen(), fs.identify):
             self.world.trace(f"{self.path}: now another pipe's file: not started")
+            self.close()  # closed before any status is written, as Client.run does
             self.world.end_pipe(self, failed=False)
             return False
         if history is not None:
@@ -504,8 +506,9 @@ class AgentWorld:
         running = {path: pipe.held_inodes() for path, pipe in self.pipes.items()}
         for path, pipe in self.pipes.items():
             if pipe.finished and pipe.finished[-1] is not pipe.last_let_go:
+                fresh = let_go_since(pipe.finished, pipe.last_let_go)
                 pipe.last_let_go = pipe.finished[-1]
-                self.rules.let_go(path, pipe.finished)
+                self.rules.let_go(path, fresh)
         start, gone = self.rules.decide(self.fs.found(), running, self.now, self.fs.identify)
         for path in gone:
             pipe = self.pipes[path]
