@@ -25,7 +25,10 @@ only while its stat is unchanged, or, once it changed, while ``identify`` shows
 the same inode generation and the same head. A file let go while empty had
 nothing of it sent: changed, it is a new pipe. A claim is dropped once no
 matching path has its inode, and as soon as the check fails: the path then
-gets a new pipe, sent from its first byte.
+gets a new pipe, sent from its first byte. One inode number may carry claims
+of several owners (status files after a restart, one of them for a file that
+was freed and its number reused): newest first, each is checked in its turn,
+and the first that names the file decides.
 
 Rule 4 (gone for good): a running pipe whose path has matched nothing for
 ``grace_s`` is finished once it has nothing left to send (the adapter asks its
@@ -168,41 +171,48 @@ class Discovery:
         self.retry_s = retry_s
         # Inodes the running pipes hold open (as of the last scan, and since then by admits/start).
         self.held: dict[Inode, str] = {}
-        # Inodes claimed with no pipe holding them open (Rule 3).
-        self.claims: dict[Inode, Claim] = {}
+        # Inodes claimed with no pipe holding them open (Rule 3), newest claim first: several
+        # status files may claim one inode number after a restart, each for another file.
+        self.claims: dict[Inode, list[Claim]] = {}
         self._absent_since: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
 
     def claim(self, inode: Inode, claim: Claim) -> None:
-        """Record a claim (a status file's generation, or one a pipe let go); a new one for the
-        same inode replaces the old unless it says the same (the old keeps what checks learnt)."""
-        old = self.claims.get(inode)
-        if old is None or (old.owner, old.ident, old.igen, old.let_go) != (
-            claim.owner,
-            claim.ident,
-            claim.igen,
-            claim.let_go,
-        ):
-            self.claims[inode] = claim
+        """Record a claim (a status file's generation, or one a pipe let go); it replaces the same
+        owner's claim on that inode unless it says the same (the old keeps what checks learnt).
+        Other owners' claims stay, each checked in its turn: which one names the file decides."""
+        claims = self.claims.setdefault(inode, [])
+        said = (claim.owner, claim.ident, claim.igen, claim.let_go)
+        if any((c.owner, c.ident, c.igen, c.let_go) == said for c in claims):
+            return
+        claims[:] = [claim, *(c for c in claims if c.owner != claim.owner)]
 
     def owner_of(self, path: str, seen: Seen, identify: Identify) -> str | None:
         """Whose is the file at ``path``: the path of the pipe that holds or claims it, or None."""
         owner = self.held.get(seen.inode)
         if owner is not None:
             return owner
-        claim = self.claims.get(seen.inode)
-        if claim is None:
-            return None
-        if claim.unchanged(seen):
-            return claim.owner
-        got = identify(path, claim.ident.fp_len if claim.ident is not None else 0)
-        if got is None:
-            return claim.owner  # unreadable now: neither a pipe nor a release; looked at again
-        if not claim.names(*got):
-            del self.claims[seen.inode]
-            return None
-        claim.size, claim.mtime_ns = seen.size, seen.mtime_ns
-        return claim.owner
+        named = self._claim_naming(path, seen, identify)
+        return None if named is None else named[0].owner
+
+    def _claim_naming(self, path: str, seen: Seen, identify: Identify) -> tuple[Claim, int | None] | None:
+        """The newest claim on ``seen``'s inode that names the file at ``path``, and the size it
+        knew the file at before this look; the claims that do not name it are dropped."""
+        claims = self.claims.get(seen.inode, [])
+        while claims:
+            claim = claims[0]
+            size = claim.size
+            if claim.unchanged(seen):
+                return claim, size
+            got = identify(path, claim.ident.fp_len if claim.ident is not None else 0)
+            if got is None:
+                return claim, size  # unreadable now: neither a pipe nor a release; looked at again
+            if claim.names(*got):
+                claim.size, claim.mtime_ns = seen.size, seen.mtime_ns
+                return claim, size
+            del claims[0]
+        self.claims.pop(seen.inode, None)
+        return None
 
     def admits(self, path: str, seen: Seen, identify: Identify) -> bool:
         """May ``path``'s pipe take the file ``seen`` (a new generation at its FILE)? Held if so."""
@@ -245,9 +255,12 @@ class Discovery:
             if path in running or path in self._retry_at:
                 continue
             seen = found[path]
-            claim = self.claims.get(seen.inode)
-            let_go_at = claim.size if claim is not None and claim.let_go and seen.inode not in self.held else None
-            owner = self.owner_of(path, seen, identify)
+            owner = self.held.get(seen.inode)
+            let_go_at: int | None = None
+            named = None if owner is not None else self._claim_naming(path, seen, identify)
+            if named is not None:
+                owner = named[0].owner
+                let_go_at = named[1] if named[0].let_go else None
             if owner is not None and owner != path:
                 rotated[path] = owner
                 if let_go_at is not None and seen.size > let_go_at:

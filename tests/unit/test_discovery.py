@@ -204,7 +204,7 @@ def test_a_status_files_position_keeps_the_held_generations_inode_generation() -
     history = History((empty, 0), (Recorded(empty, 0, 1),))
     for inode, claim in claims_of("/l/a.log", history):
         d.claim(inode, claim)
-    assert d.claims[A].igen == 1
+    assert d.claims[A][0].igen == 1
     fs.put("/l/c.log", A, b"a later file\n", igen=2, mtime_ns=7)
     assert decide(d, fs, {}, 0.0).start == ("/l/c.log",)
 
@@ -223,7 +223,19 @@ def test_only_generations_let_go_since_the_last_scan_are_claimed_again() -> None
     d.claim(A, Claim("/l/a.log.2", GenerationId(1, 10, 1, hashlib.sha256(b"x").hexdigest()), None, 1, let_go=False))
     for inode, claim in let_go_claims("/l/a.log", let_go_since([first, second], first)):
         d.claim(inode, claim)
-    assert d.claims[A].owner == "/l/a.log.2"
+    assert d.claims[A][0].owner == "/l/a.log.2"
+
+
+def test_two_status_files_claiming_one_inode_number_are_each_checked() -> None:
+    """After a restart two status files may claim one inode number, each for another file (one
+    freed, its number reused): the claim that names the file there decides, whichever came last."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, 3, 0, let_go=False))
+    d.claim(A, Claim("/l/c.log", empty, 2, 0, let_go=False))
+    fs.put("/l/a.log.1", A, b"written later\n", igen=3)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
+    assert [c.owner for c in d.claims[A]] == ["/l/a.log"]
 
 
 def test_an_older_status_files_claim_without_a_head_needs_the_same_inode_generation() -> None:
