@@ -55,6 +55,9 @@ Inode = tuple[int, int]
 # and the first ``length`` bytes of the file at ``path`` now, or None if it cannot be read.
 Identify = Callable[[str, int], "tuple[int | None, bytes] | None"]
 
+# Claims kept on one inode number, newest first (a generation claimed again as it grew, by a
+# pipe's end and its let-go; a few files that held the number): the oldest beyond are dropped.
+MAX_CLAIMS_PER_INODE = 16
 # A pipe that ended with an error (refused, unreachable, unreadable) is tried again after this long.
 RETRY_FAILED_S = 30.0
 
@@ -107,6 +110,14 @@ class Claim:
     def unchanged(self, seen: Seen) -> bool:
         return self.size is not None and (self.size, self.mtime_ns) == (seen.size, seen.mtime_ns)
 
+    def may_be(self, other: Claim) -> bool:
+        """Could this claim and ``other`` (on one inode number) be on the same file? Not with two
+        inode generations, nor with two heads of one length that differ."""
+        if self.igen is not None and other.igen is not None and self.igen != other.igen:
+            return False
+        a, b = self.ident, other.ident
+        return a is None or b is None or a.fp_len != b.fp_len or a.fp_sha256 == b.fp_sha256
+
     def names(self, igen: int | None, head: bytes) -> bool:
         """Is a file with inode generation ``igen`` whose first bytes are ``head`` the claimed file?"""
         if self.igen is not None and igen is not None:
@@ -131,7 +142,11 @@ def claims_of(origin: str, history: History) -> list[tuple[Inode, Claim]]:
     if position is not None and all((r.ident.dev, r.ident.ino) != (position[0].dev, position[0].ino) for r in held):
         held.append(Recorded(position[0]))
     claims = [((r.ident.dev, r.ident.ino), Claim(origin, r.ident, r.igen, r.size, let_go=False)) for r in held]
-    return claims + let_go_claims(origin, history.finished)
+    # A let-go generation in the inode number of a held one is the older file (two files held
+    # open at once never share a number; the let-go one was closed, its number freed and
+    # reused): its claim would say "nothing of it is held" of the held file.
+    numbers = {inode for inode, _claim in claims}
+    return claims + [(i, c) for i, c in let_go_claims(origin, history.finished) if i not in numbers]
 
 
 def let_go_claims(origin: str, finished: Iterable[Finished]) -> list[tuple[Inode, Claim]]:
@@ -178,14 +193,17 @@ class Discovery:
         self._retry_at: dict[str, float] = {}
 
     def claim(self, inode: Inode, claim: Claim) -> None:
-        """Record a claim (a status file's generation, or one a pipe let go); it replaces the same
-        owner's claim on that inode unless it says the same (the old keeps what checks learnt).
-        Other owners' claims stay, each checked in its turn: which one names the file decides."""
+        """Record a claim (a status file's generation, or one a pipe let go), first in its inode's
+        list unless one says the same (the old keeps what checks learnt); it replaces its owner's
+        claims that may be on the same file. The others stay, each checked in its turn: one
+        pipe's status file may list a let-go generation and a later one that reused its inode
+        number, and two status files may claim one number."""
         claims = self.claims.setdefault(inode, [])
         said = (claim.owner, claim.ident, claim.igen, claim.let_go)
         if any((c.owner, c.ident, c.igen, c.let_go) == said for c in claims):
             return
-        claims[:] = [claim, *(c for c in claims if c.owner != claim.owner)]
+        claims[:] = [claim, *(c for c in claims if c.owner != claim.owner or not c.may_be(claim))]
+        del claims[MAX_CLAIMS_PER_INODE:]
 
     def owner_of(self, path: str, seen: Seen, identify: Identify) -> str | None:
         """Whose is the file at ``path``: the path of the pipe that holds or claims it, or None."""

@@ -238,6 +238,31 @@ def test_two_status_files_claiming_one_inode_number_are_each_checked() -> None:
     assert [c.owner for c in d.claims[A]] == ["/l/a.log"]
 
 
+def test_a_let_go_generation_whose_number_a_held_one_reused_claims_nothing() -> None:
+    """A status file lists a generation let go empty and a held one in the same inode number (freed,
+    then reused by a later FILE): the held one is the later file and stays its pipe's as it grows."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    history = History((empty, 0), (Recorded(empty, 0),), (Finished(1, 10, None, empty, 0, 1),))
+    claims = claims_of("/l/a.log", history)
+    assert [(inode, c.let_go) for inode, c in claims] == [(A, False)]
+    for inode, claim in claims:
+        d.claim(inode, claim)
+    fs.put("/l/a.log.1", A, b"written while it was down\n", mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
+
+
+def test_a_generation_let_go_empty_replaces_its_owners_held_claim_on_it() -> None:
+    """A status file's claim on an empty generation, then its pipe lets that generation go empty:
+    the let-go claim replaces the held one, so once the file has bytes it is a new pipe."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, None, 0, let_go=False))
+    d.claim(A, Claim("/l/a.log", empty, None, 0, 1))
+    fs.put("/l/a.log.1", A, b"a late writer\n", mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).start == ("/l/a.log.1",)
+
+
 def test_an_older_status_files_claim_without_a_head_needs_the_same_inode_generation() -> None:
     """A let-go record written by an older version ([dev, ino, igen]) is the file only with the same igen."""
     d, fs = Discovery(GRACE_S), Files()
