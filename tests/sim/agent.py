@@ -239,7 +239,7 @@ class Checker:
         self.landed[(path, lt.index)] = len(lt.content)
         senders = self.senders.setdefault(lt.index, set())
         senders.add(path)
-        if len(senders) > 1:
+        if len(senders) > 1 and not lt.unknowable:
             raise SimFailure(
                 f"lifetime {lt.index} (inode {lt.ino}) sent under two names: "
                 + ", ".join(f"{p} [0, {self.landed.get((p, lt.index), 0)})" for p in sorted(senders))
@@ -591,15 +591,19 @@ class AgentWorld:
         self.mark_unknowable()
 
     def mark_unknowable(self) -> None:
-        """A lifetime in the inode of another that a status file lists held and empty, with no
-        inode generation: the same head (none) and no igen, so either may be taken for the other."""
+        """A status file lists a generation held and empty, without inode generations, whose
+        inode number another lifetime now has: the same head (none) and no igen, so either may
+        be taken for the other, by the discovery and by the resume (which then stops at it, as
+        at FILE). That lifetime and every one the status file lists are unknowable."""
         for path, history in self.statuses.items():
-            for entry, index in zip(history.held, self.status_lifetimes[path], strict=True):
+            listed = self.status_lifetimes[path]
+            for entry, index in zip(history.held, listed, strict=True):
                 lt = self.fs.allocated.get(entry.ident.ino)
                 if entry.ident.fp_len == 0 and entry.igen is None and lt is not None and lt.index != index:
-                    if not lt.unknowable:
-                        self.trace(f"lifetime {lt.index} (inode {lt.ino}) unknowable: {path} lists {index} there")
-                    lt.unknowable = True
+                    for other in [lt, *(self.fs.lifetimes[i] for i in listed)]:
+                        if not other.unknowable:
+                            self.trace(f"lifetime {other.index} unknowable: {path} lists {index} in inode {lt.ino}")
+                        other.unknowable = True
 
     def quiesce(self) -> None:
         """Up again, then grace and retry periods of scans and ticks, with no file changing."""
