@@ -48,7 +48,7 @@ from typing import Any, Protocol
 
 from tcppipe.discovery import Claim, Discovery, Identify, Inode, Seen, claims_of, let_go_claims, let_go_since
 from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId
-from tcppipe.tailer import MAX_FINISHED, Finished, History, Recorded
+from tcppipe.tailer import MAX_FINISHED, Finished, History, Recorded, same_generation
 
 DEV = 7
 DIRECTORY = "/var/log/app"
@@ -286,9 +286,23 @@ class ModelPipe:
         self.retiring = False
         self.opened = False
         self.last_let_go: Finished | None = None
+        # The last run's status file and the lifetime of each entry it lists (the model's
+        # knowledge); until READY (the first tick that sends) the status file keeps listing them.
+        self.prior: History | None = None
+        self.prior_lifetimes: tuple[int, ...] = ()
+        self.established = False
 
     def held_inodes(self) -> frozenset[Inode]:
-        return frozenset((DEV, g.lifetime.ino) for g in self.gens)
+        """Client.held_inodes: what it holds open, and until READY what the last run listed."""
+        kept = [(DEV, r.ident.ino) for r, _index in self._kept()]
+        return frozenset([*kept, *((DEV, g.lifetime.ino) for g in self.gens)])
+
+    def _kept(self) -> list[tuple[Recorded, int]]:
+        """PipeClient._kept: until READY, the last run's listed generations not held now."""
+        if self.established or self.prior is None:
+            return []
+        listed = zip(self.prior.held, self.prior_lifetimes, strict=True)
+        return [(r, i) for r, i in listed if not any(_names(r, g.lifetime) for g in self.gens)]
 
     def _hold(self, lt: Lifetime, now: float) -> None:
         self.world.fs.open(lt)
@@ -304,6 +318,7 @@ class ModelPipe:
             return False
         history = self.world.statuses.get(self.path)
         if history is not None:
+            self.prior, self.prior_lifetimes = history, self.world.status_lifetimes[self.path]
             self.finished = list(history.finished)
             self.last_let_go = self.finished[-1] if self.finished else None
         self._hold(current, now)
@@ -330,7 +345,11 @@ class ModelPipe:
                 return
             start = next((i for i, r in enumerate(listed) if _names(r, lt)), None)
         elif history.position is not None:
-            start = next((i for i, r in enumerate(listed) if r.ident == history.position[0]), None)
+            # An exact identity first, then one in the same inode with a head of another length.
+            ident = history.position[0]
+            start = next((i for i, r in enumerate(listed) if r.ident == ident), None)
+            if start is None:
+                start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident)), None)
         if start is None:
             return
         adopted: list[Lifetime] = []
@@ -369,6 +388,7 @@ class ModelPipe:
     def tick(self, now: float, send: bool) -> None:
         """Send from the oldest generation on; one sent to its end and quiet for the grace is let go."""
         if send:
+            self.established = True  # READY: the connection side has resumed
             while self.gens:
                 g = self.gens[0]
                 self.world.checker.send(self.path, g.lifetime)
@@ -395,14 +415,19 @@ class ModelPipe:
         return all(checker.landed.get((self.path, g.lifetime.index), 0) >= len(g.lifetime.content) for g in self.gens)
 
     def history(self) -> History:
+        """PipeClient.snapshot: what the status file says now."""
         held = tuple(Recorded(g.lifetime.ident(), len(g.lifetime.content), g.lifetime.igen) for g in self.gens)
         position = None if not held else (held[0].ident, 0)
-        return History(position, held, tuple(self.finished))
+        if not self.established and self.prior is not None and self.prior.position is not None:
+            position = self.prior.position  # until READY, where the last run stood
+        kept = tuple(r for r, _index in self._kept())
+        return History(position, kept + held, tuple(self.finished))
 
     def save(self) -> None:
         if self.gens:  # save_status writes nothing while nothing is held
             self.world.statuses[self.path] = self.history()
-            self.world.status_lifetimes[self.path] = tuple(g.lifetime.index for g in self.gens)
+            kept = tuple(index for _r, index in self._kept())
+            self.world.status_lifetimes[self.path] = kept + tuple(g.lifetime.index for g in self.gens)
 
     def close(self) -> None:
         for g in self.gens:
