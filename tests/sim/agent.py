@@ -224,14 +224,16 @@ class Checker:
         # (path, lifetime index) -> the size it was let go at (bytes from there on: an allowed gap).
         self.let_go_at: dict[tuple[str, int], int] = {}
         # The last lifetime each path landed bytes of (the server's record, for a resume).
-        self.record: dict[str, int] = {}
+        # (lifetime index, its identity as its GENERATION frame carried it).
+        self.record: dict[str, tuple[int, GenerationId]] = {}
 
     def send(self, path: str, lt: Lifetime) -> int:
         """``path``'s pipe sends what it has not landed of ``lt``; the byte count."""
         have = self.landed.get((path, lt.index), 0)
         more = len(lt.content) - have
         # Its GENERATION frame lands first, even with no bytes: the server's record names it.
-        self.record[path] = lt.index
+        if self.record.get(path, (None,))[0] != lt.index:
+            self.record[path] = (lt.index, lt.ident())
         if more <= 0:
             return 0
         if path not in lt.names_ever and not lt.unknowable:
@@ -338,18 +340,20 @@ class ModelPipe:
         position without one), each listed one found beside FILE by its identity, oldest first."""
         listed = list(history.held)
         record = self.world.checker.record.get(self.path)
-        start: int | None = None
-        if record is not None:
-            lt = self.world.fs.lifetimes[record]
-            if lt is current:
+        ident = record[1] if record is not None else None if history.position is None else history.position[0]
+        if ident is None:
+            return  # a new pipe
+        if ident.ino == current.ino and ident.heads(bytes(current.content)):
+            # The record names FILE: resumed there, unless (Tailer._not_a_reused_inode) the listed
+            # entry's inode generation says FILE is a later file in that inode.
+            same = [r for r in listed if r.ident == ident] or [r for r in listed if same_generation(r.ident, ident)]
+            known = [r.igen for r in same if r.igen is not None]
+            if not known or current.igen is None or current.igen in known:
                 return
-            start = next((i for i, r in enumerate(listed) if _names(r, lt)), None)
-        elif history.position is not None:
-            # An exact identity first, then one in the same inode with a head of another length.
-            ident = history.position[0]
-            start = next((i for i, r in enumerate(listed) if r.ident == ident), None)
-            if start is None:
-                start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident)), None)
+        # An exact identity first, then one in the same inode with a head of another length.
+        start = next((i for i, r in enumerate(listed) if r.ident == ident), None)
+        if start is None:
+            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident)), None)
         if start is None:
             return
         adopted: list[Lifetime] = []
@@ -404,7 +408,9 @@ class ModelPipe:
     def _let_go(self, g: ModelGen) -> None:
         lt = g.lifetime
         self.gens.remove(g)
-        self.finished.append(Finished(DEV, lt.ino, lt.igen, lt.ident(), len(lt.content), lt.mtime_ns))
+        finished = Finished(DEV, lt.ino, lt.igen, lt.ident(), len(lt.content), lt.mtime_ns)
+        self.world.finished_lifetime[finished] = lt.index
+        self.finished.append(finished)
         del self.finished[:-MAX_FINISHED]
         self.world.checker.let_go_at[(self.path, lt.index)] = len(lt.content)
         self.world.fs.close(lt)
@@ -466,6 +472,7 @@ class AgentWorld:
         self.statuses: dict[str, History] = {}
         # The lifetime each status file's held entry was written of (what the model knows, the agent not).
         self.status_lifetimes: dict[str, tuple[int, ...]] = {}
+        self.finished_lifetime: dict[Finished, int] = {}
         self.checker = Checker()
         self.pipes: dict[str, ModelPipe] = {}
         self.up = True
@@ -616,16 +623,25 @@ class AgentWorld:
         self.mark_unknowable()
 
     def mark_unknowable(self) -> None:
-        """A status file lists a generation held and empty, without inode generations, whose
-        inode number another lifetime now has: the same head (none) and no igen, so either may
-        be taken for the other, by the discovery and by the resume (which then stops at it, as
-        at FILE). That lifetime and every one the status file lists are unknowable."""
+        """Without inode generations a status file's entry names any file in its inode number
+        whose head starts with the recorded head (an empty one: every file). When another
+        lifetime has that number and such a head, either may be taken for the other: by the
+        discovery, and by the resume, which stops at a listed entry it takes for FILE. That
+        lifetime and, for a held entry or the server's record, every one the status file lists
+        are unknowable."""
         for path, history in self.statuses.items():
             listed = self.status_lifetimes[path]
-            for entry, index in zip(history.held, listed, strict=True):
-                lt = self.fs.allocated.get(entry.ident.ino)
-                if entry.ident.fp_len == 0 and entry.igen is None and lt is not None and lt.index != index:
-                    for other in [lt, *(self.fs.lifetimes[i] for i in listed)]:
+            entries = [
+                *((r.ident, r.igen, index, listed) for r, index in zip(history.held, listed, strict=True)),
+                *((f.ident, f.igen, self.finished_lifetime[f], ()) for f in history.finished if f.ident is not None),
+            ]
+            record = self.checker.record.get(path)
+            if record is not None and not self.fs.with_igen:
+                entries.append((record[1], None, record[0], listed))  # the server's record of it
+            for ident, igen, index, affected in entries:
+                lt = self.fs.allocated.get(ident.ino)
+                if igen is None and lt is not None and lt.index != index and ident.heads(bytes(lt.content)):
+                    for other in [lt, *(self.fs.lifetimes[i] for i in affected)]:
                         if not other.unknowable:
                             self.trace(f"lifetime {other.index} unknowable: {path} lists {index} in inode {lt.ino}")
                         other.unknowable = True
