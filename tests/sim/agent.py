@@ -292,6 +292,7 @@ class ModelPipe:
         # knowledge); until READY (the first tick that sends) the status file keeps listing them.
         self.prior: History | None = None
         self.prior_lifetimes: tuple[int, ...] = ()
+        self.prior_position = -1
         self.established = False
 
     def held_inodes(self) -> frozenset[Inode]:
@@ -321,6 +322,7 @@ class ModelPipe:
         history = self.world.statuses.get(self.path)
         if history is not None:
             self.prior, self.prior_lifetimes = history, self.world.status_lifetimes[self.path]
+            self.prior_position = self.world.status_position[self.path]
             self.finished = list(history.finished)
             self.last_let_go = self.finished[-1] if self.finished else None
         self._hold(current, now)
@@ -434,6 +436,8 @@ class ModelPipe:
             self.world.statuses[self.path] = self.history()
             kept = tuple(index for _r, index in self._kept())
             self.world.status_lifetimes[self.path] = kept + tuple(g.lifetime.index for g in self.gens)
+            from_prior = not self.established and self.prior is not None and self.prior.position is not None
+            self.world.status_position[self.path] = self.prior_position if from_prior else self.gens[0].lifetime.index
 
     def close(self) -> None:
         for g in self.gens:
@@ -473,6 +477,7 @@ class AgentWorld:
         # The lifetime each status file's held entry was written of (what the model knows, the agent not).
         self.status_lifetimes: dict[str, tuple[int, ...]] = {}
         self.finished_lifetime: dict[Finished, int] = {}
+        self.status_position: dict[str, int] = {}
         self.checker = Checker()
         self.pipes: dict[str, ModelPipe] = {}
         self.up = True
@@ -635,7 +640,24 @@ class AgentWorld:
                 *((r.ident, r.igen, index, listed) for r, index in zip(history.held, listed, strict=True)),
                 *((f.ident, f.igen, self.finished_lifetime[f], ()) for f in history.finished if f.ident is not None),
             ]
+            idents = [r.ident for r in history.held]
             record = self.checker.record.get(path)
+            # (identity, lifetime) of the position and of the server's record, as far as the model knows.
+            named = [(r[1], r[0]) for r in [record] if r is not None]
+            if history.position is not None:
+                named.append((history.position[0], self.status_position[path]))
+            entries_of = list(zip(history.held, listed, strict=True))
+            if len(set(idents)) < len(idents) or any(
+                same_generation(r.ident, ident) and i != index for ident, index in named for r, i in entries_of
+            ):
+                # Two entries with one identity, or the identity of the position or the server's
+                # record (no igen) that could be another lifetime's entry (same_generation: one
+                # inode number, and heads of other lengths or the same head): the resume cannot
+                # tell which is named, and takes FILE for it if an entry it finds has FILE's igen.
+                for other in (self.fs.lifetimes[i] for i in listed):
+                    if not other.unknowable:
+                        self.trace(f"lifetime {other.index} unknowable: {path} lists one identity twice")
+                    other.unknowable = True
             if record is not None and not self.fs.with_igen:
                 entries.append((record[1], None, record[0], listed))  # the server's record of it
             for ident, igen, index, affected in entries:
