@@ -720,6 +720,9 @@ class Result:
     message: str = ""
     actions: list[Action] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
+    # Lifetimes with bytes, and those of them the quiescence check let pass as a known gap.
+    lifetimes: int = 0
+    exempt: int = 0
 
 
 def run_actions(
@@ -734,7 +737,8 @@ def run_actions(
         world.checker.quiescent(world)
     except SimFailure as exc:
         return Result(seed, with_igen, False, str(exc), list(actions), world.log)
-    return Result(seed, with_igen, True, "", list(actions), world.log)
+    written = sum(1 for lt in world.fs.lifetimes if lt.content)
+    return Result(seed, with_igen, True, "", list(actions), world.log, written, len(world.exempt))
 
 
 def run_schedule(
