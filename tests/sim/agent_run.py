@@ -19,6 +19,7 @@ a matching path has the same inode generation; nothing when a pipe lets go or en
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import multiprocessing
 import sys
@@ -76,11 +77,13 @@ class LegacyRules:
         self.discovery.failed(path, now)
 
 
+@functools.cache
 def _legacy_module(path: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location("legacy_discovery", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
