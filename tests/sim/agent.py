@@ -478,6 +478,7 @@ class AgentWorld:
         self.status_lifetimes: dict[str, tuple[int, ...]] = {}
         self.finished_lifetime: dict[Finished, int] = {}
         self.status_position: dict[str, int] = {}
+        self.claimed: list[tuple[str, History, tuple[int, ...], int]] = []
         self.checker = Checker()
         self.pipes: dict[str, ModelPipe] = {}
         self.up = True
@@ -574,6 +575,7 @@ class AgentWorld:
         history = self.statuses.get(pipe.path)
         if history is not None:
             self.rules.pipe_ended(pipe.path, history)
+            self._claimed(pipe.path)
         if failed:
             self.rules.failed(pipe.path, self.now)
 
@@ -597,6 +599,8 @@ class AgentWorld:
         self.up = True
         self.rules = self.make_rules()
         self.rules.restarted(self.statuses, self.fs.found(), self.fs.identify)
+        for path in self.statuses:
+            self._claimed(path)
         self.scan()
 
     def apply(self, a: Action) -> None:
@@ -627,15 +631,22 @@ class AgentWorld:
         self.trace(str(a))
         self.mark_unknowable()
 
+    def _claimed(self, path: str) -> None:
+        """Remember a status file as the agent claimed it (for ``mark_unknowable``)."""
+        entry = (path, self.statuses[path], self.status_lifetimes[path], self.status_position[path])
+        if entry not in self.claimed:
+            self.claimed.append(entry)
+
     def mark_unknowable(self) -> None:
         """Without inode generations a status file's entry names any file in its inode number
         whose head starts with the recorded head (an empty one: every file). When another
         lifetime has that number and such a head, either may be taken for the other: by the
         discovery, and by the resume, which stops at a listed entry it takes for FILE. That
         lifetime and, for a held entry or the server's record, every one the status file lists
-        are unknowable."""
-        for path, history in self.statuses.items():
-            listed = self.status_lifetimes[path]
+        are unknowable. The status files now, and as the agent claimed them (its claims outlive
+        a rewrite of the file)."""
+        now = [(p, h, self.status_lifetimes[p], self.status_position[p]) for p, h in self.statuses.items()]
+        for path, history, listed, position_index in [*now, *self.claimed]:
             entries = [
                 *((r.ident, r.igen, index, listed) for r, index in zip(history.held, listed, strict=True)),
                 *((f.ident, f.igen, self.finished_lifetime[f], ()) for f in history.finished if f.ident is not None),
@@ -645,7 +656,7 @@ class AgentWorld:
             # (identity, lifetime) of the position and of the server's record, as far as the model knows.
             named = [(r[1], r[0]) for r in [record] if r is not None]
             if history.position is not None:
-                named.append((history.position[0], self.status_position[path]))
+                named.append((history.position[0], position_index))
             entries_of = list(zip(history.held, listed, strict=True))
             if len(set(idents)) < len(idents) or any(
                 same_generation(r.ident, ident) and i != index for ident, index in named for r, i in entries_of
