@@ -218,7 +218,8 @@ class ModelGen:
 class Checker:
     """Which pipe path landed how many bytes of which lifetime (Rule 3, Rule 4)."""
 
-    def __init__(self) -> None:
+    def __init__(self, known_gaps: bool = True) -> None:
+        self.known_gaps = known_gaps
         self.landed: dict[tuple[str, int], int] = {}
         self.senders: dict[int, set[str]] = {}
         # (path, lifetime index) -> the size it was let go at (bytes from there on: an allowed gap).
@@ -236,12 +237,13 @@ class Checker:
             self.record[path] = (lt.index, lt.ident())
         if more <= 0:
             return 0
-        if path not in lt.names_ever and not lt.unknowable:
+        allowed = lt.unknowable and self.known_gaps
+        if path not in lt.names_ever and not allowed:
             raise SimFailure(f"{path} sends lifetime {lt.index} (inode {lt.ino}), never named {path}")
         self.landed[(path, lt.index)] = len(lt.content)
         senders = self.senders.setdefault(lt.index, set())
         senders.add(path)
-        if len(senders) > 1 and not lt.unknowable:
+        if len(senders) > 1 and not allowed:
             raise SimFailure(
                 f"lifetime {lt.index} (inode {lt.ino}) sent under two names: "
                 + ", ".join(f"{p} [0, {self.landed.get((p, lt.index), 0)})" for p in sorted(senders))
@@ -479,7 +481,7 @@ class AgentWorld:
         self.finished_lifetime: dict[Finished, int] = {}
         self.status_position: dict[str, int] = {}
         self.claimed: list[tuple[str, History, tuple[int, ...], int]] = []
-        self.checker = Checker()
+        self.checker = Checker(known_gaps)
         self.pipes: dict[str, ModelPipe] = {}
         self.up = True
         self.now = 0.0
@@ -737,10 +739,14 @@ class Result:
 
 
 def run_actions(
-    seed: int, actions: Sequence[Action], with_igen: bool, make_rules: Callable[[], Rules] = CurrentRules
+    seed: int,
+    actions: Sequence[Action],
+    with_igen: bool,
+    make_rules: Callable[[], Rules] = CurrentRules,
+    known_gaps: bool = True,
 ) -> Result:
     """Apply ``actions``, checking after each; then quiesce and check that everything was sent."""
-    world = AgentWorld(with_igen, make_rules)
+    world = AgentWorld(with_igen, make_rules, known_gaps)
     try:
         for a in actions:
             world.apply(a)
@@ -758,19 +764,26 @@ def run_schedule(
     steps: int = 80,
     keep: Sequence[int] | None = None,
     make_rules: Callable[[], Rules] = CurrentRules,
+    known_gaps: bool = True,
 ) -> Result:
+    """Schedule ``seed`` (only the actions ``keep`` lists, if given)."""
     actions = generate(seed, steps)
     if keep is not None:
         actions = [actions[i] for i in keep]
-    return run_actions(seed, actions, with_igen, make_rules)
+    return run_actions(seed, actions, with_igen, make_rules, known_gaps)
 
 
 def shrink(
-    seed: int, with_igen: bool, steps: int = 80, make_rules: Callable[[], Rules] = CurrentRules, budget: int = 400
+    seed: int,
+    with_igen: bool,
+    steps: int = 80,
+    make_rules: Callable[[], Rules] = CurrentRules,
+    budget: int = 400,
+    known_gaps: bool = True,
 ) -> tuple[list[int], Result]:
     """Greedy, as schedule.shrink: drop chunks of actions while the run still fails."""
     keep = list(range(len(generate(seed, steps))))
-    result = run_schedule(seed, with_igen, steps, keep, make_rules)
+    result = run_schedule(seed, with_igen, steps, keep, make_rules, known_gaps)
     runs = 0
     chunk = max(1, len(keep) // 2)
     while chunk >= 1 and runs < budget:
@@ -778,7 +791,7 @@ def shrink(
         while i < len(keep) and runs < budget:
             trial = keep[:i] + keep[i + chunk :]
             runs += 1
-            r = run_schedule(seed, with_igen, steps, trial, make_rules)
+            r = run_schedule(seed, with_igen, steps, trial, make_rules, known_gaps)
             if not r.ok:
                 keep, result, changed = trial, r, True
             else:
