@@ -671,8 +671,8 @@ class AgentWorld:
                     if not other.unknowable:
                         self.trace(f"lifetime {other.index} unknowable: {path} lists one identity twice")
                     other.unknowable = True
-            if record is not None and not self.fs.with_igen:
-                entries.append((record[1], None, record[0], listed))  # the server's record of it
+            if not self.fs.with_igen:
+                entries += [(ident, None, index, listed) for ident, index in named]  # the position and record
             for ident, igen, index, affected in entries:
                 lt = self.fs.allocated.get(ident.ino)
                 if igen is None and lt is not None and lt.index != index and ident.heads(bytes(lt.content)):
