@@ -9,33 +9,46 @@ simulated clock. Every random choice is made once, by ``generate``, into a
 list of ``Action``; ``run_actions`` applies them with no randomness, so a
 seed (and the indexes kept by a shrink) replays exactly.
 
-Rule 2 (the real rules, the model's pipes): ``ModelAgent`` drives the real
+Rule 2 (the real rules, the model's pipes): ``AgentWorld`` drives the real
 ``Discovery.decide`` / ``admits`` / ``failed`` and the real ``claims_of`` /
-``let_go_claims`` (through ``CurrentRules``) exactly as ``host_agent.py``
-does; ``ModelPipe`` is what a Client does with its FILE: it holds open the
-inode at FILE and the rotated generations it drains (a held inode is not
-freed when its last name goes), asks ``admits`` about each new generation at
-FILE (refused: it retires), sends its generations in order, lets an old one
-go once it is sent and quiet for the grace (a real ``tailer.Finished``), and
-writes a model status file (a real ``tailer.History``) whenever what it holds
-changes or it lets one go (durably, as the client does); at other moments
-only sometimes (progress may be stale). A crash loses every pipe and the
-Discovery; the status files stay, and a restart claims what they list.
+``let_go_claims`` / ``let_go_since`` (through ``CurrentRules``) as
+``host_agent.py`` does; ``ModelPipe`` is what a Client does with its FILE: it
+holds open the inode at FILE and the rotated generations it drains (a held
+inode is not freed when its last name goes), asks ``admits`` about each new
+generation at FILE (refused: it retires), resumes by the server's record or
+the status file's position and adopts listed generations found beside FILE
+(``Tailer._adopt_recorded``'s matching), sends its generations in order, lets
+an old one go once it is sent and quiet for the grace (a real
+``tailer.Finished``), and writes a model status file (a real
+``tailer.History``, listing the last run's generations until READY) whenever
+what it holds changes or it lets one go, and at ticks (progress may be
+stale). A crash loses every pipe and the Discovery; the status files stay,
+and a restart claims what they list.
 
 Rule 3 (the server's record is per pipe and lifetime): what a pipe path has
-landed of a lifetime is never sent again by that path (resume is the
-server's job, tested by tests/sim/world.py); the simulation is about which
-path sends which lifetime.
+landed of a lifetime is never sent again by that path (resume by offset is
+the server's job, tested by tests/sim/world.py); the simulation is about
+which path sends which lifetime.
 
 Rule 4 (the invariant, ``Checker``): after every step, no lifetime has bytes
 sent by two pipe paths (the same inode sent twice under two names), and a
 path sends only a lifetime that once had that name. At quiescence (the
 agent up, several grace and retry periods of scans and ticks) every byte of
-every lifetime still allocated is sent by exactly one path. Allowed gaps:
-the bytes appended to a generation after its pipe let it go (at or past the
-size it was let go at), and the unsent bytes of a lifetime freed while no
-pipe held it open (deleted while the agent was down, or its pipe failed,
-or before any scan or pipe saw it).
+every lifetime still allocated is sent by exactly one path. Allowed: the
+bytes appended to a generation after its pipe let it go (at or past the size
+it was let go at: the agent warns of them), and the unsent bytes of a
+lifetime freed while no pipe held it open (deleted while the agent was down
+or its pipe failed, or before any scan or pipe saw it). Known gaps, allowed
+unless ``known_gaps`` is False (``--strict``), counted in ``Result.exempt``:
+(a) *orphaned*: a lifetime a status file lists whose path has no pipe at
+quiescence (a pipe retiring, its FILE another pipe's file, that crashed or
+failed before its generations were drained: its path never gets a pipe
+again, so they are never sent); (b) *unknowable*: without inode
+generations, a status file's entry, position or the server's record whose
+head is a prefix of a later file's in the same inode number (an empty head:
+any file) names that file too; and in both modes a position or record
+(which carry no inode generation) that ``same_generation`` matches to two
+listed entries: the resume may take FILE for the named one and stop there.
 """
 
 from __future__ import annotations
