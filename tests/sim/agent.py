@@ -311,9 +311,8 @@ class ModelPipe:
         self.established = False
 
     def held_inodes(self) -> frozenset[Inode]:
-        """Client.held_inodes: what it holds open, and until READY what the last run listed."""
-        kept = [(DEV, r.ident.ino) for r, _index in self._kept()]
-        return frozenset([*kept, *((DEV, g.lifetime.ino) for g in self.gens)])
+        """Client.held_inodes: what it holds open (what the last run listed is claimed, checked)."""
+        return frozenset((DEV, g.lifetime.ino) for g in self.gens)
 
     def _kept(self) -> list[tuple[Recorded, int]]:
         """PipeClient._kept: until READY, the last run's listed generations not held now."""
