@@ -382,9 +382,9 @@ class Client:
     # -- read-only, for a host agent ------------------------------------------------
 
     def held_inodes(self) -> frozenset[tuple[int, int]]:
-        """The (st_dev, st_ino) of every generation this pipe holds or its status file lists
-        (FILE, those draining or queued, and until READY those the last run listed)."""
-        return frozenset(self.core.shape())
+        """The (st_dev, st_ino) of every generation this pipe holds open (FILE, those draining or
+        queued; not those its status file lists from the last run: ``PipeClient.open_inodes``)."""
+        return frozenset(self.core.open_inodes())
 
     def let_go(self) -> list[Finished]:
         """The generations this pipe sent to their end and let go (its status file's and since), oldest first."""

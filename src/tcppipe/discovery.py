@@ -25,7 +25,10 @@ only while its stat is unchanged, or, once it changed, while ``identify`` shows
 the same inode generation and the same head. A file let go while empty had
 nothing of it sent: changed, it is a new pipe. A claim is dropped once no
 matching path has its inode, and as soon as the check fails: the path then
-gets a new pipe, sent from its first byte.
+gets a new pipe, sent from its first byte. One inode number may carry claims
+of several owners (status files after a restart, one of them for a file that
+was freed and its number reused): newest first, each is checked in its turn,
+and the first that names the file decides.
 
 Rule 4 (gone for good): a running pipe whose path has matched nothing for
 ``grace_s`` is finished once it has nothing left to send (the adapter asks its
@@ -44,7 +47,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import posixpath
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tcppipe.protocol import GenerationId
@@ -55,6 +58,9 @@ Inode = tuple[int, int]
 # and the first ``length`` bytes of the file at ``path`` now, or None if it cannot be read.
 Identify = Callable[[str, int], "tuple[int | None, bytes] | None"]
 
+# Claims kept on one inode number, newest first (a generation claimed again as it grew, by a
+# pipe's end and its let-go; a few files that held the number): the oldest beyond are dropped.
+MAX_CLAIMS_PER_INODE = 16
 # A pipe that ended with an error (refused, unreachable, unreadable) is tried again after this long.
 RETRY_FAILED_S = 30.0
 # ... doubled at each failure in a row, up to this.
@@ -109,6 +115,14 @@ class Claim:
     def unchanged(self, seen: Seen) -> bool:
         return self.size is not None and (self.size, self.mtime_ns) == (seen.size, seen.mtime_ns)
 
+    def may_be(self, other: Claim) -> bool:
+        """Could this claim and ``other`` (on one inode number) be on the same file? Not with two
+        inode generations, nor with two heads of one length that differ."""
+        if self.igen is not None and other.igen is not None and self.igen != other.igen:
+            return False
+        a, b = self.ident, other.ident
+        return a is None or b is None or a.fp_len != b.fp_len or a.fp_sha256 == b.fp_sha256
+
     def names(self, igen: int | None, head: bytes) -> bool:
         """Is a file with inode generation ``igen`` whose first bytes are ``head`` the claimed file?"""
         if self.igen is not None and igen is not None:
@@ -126,14 +140,33 @@ class Claim:
 def claims_of(origin: str, history: History) -> list[tuple[Inode, Claim]]:
     """What ``origin``'s status file (``history``) claims: the generations it held (its resume
     may adopt them again), then those it sent to their end and let go."""
-    held = [*history.held, *([Recorded(history.position[0])] if history.position is not None else [])]
+    held = list(history.held)
+    position = history.position
+    # The position names a held generation (the oldest): a second claim on its inode would
+    # replace the held one's and lose its inode generation and size.
+    if position is not None and all((r.ident.dev, r.ident.ino) != (position[0].dev, position[0].ino) for r in held):
+        held.append(Recorded(position[0]))
     claims = [((r.ident.dev, r.ident.ino), Claim(origin, r.ident, r.igen, r.size, let_go=False)) for r in held]
-    return claims + let_go_claims(origin, history.finished)
+    # A let-go generation in the inode number of a held one is the older file (two files held
+    # open at once never share a number; the let-go one was closed, its number freed and
+    # reused): its claim would say "nothing of it is held" of the held file.
+    numbers = {inode for inode, _claim in claims}
+    return claims + [(i, c) for i, c in let_go_claims(origin, history.finished) if i not in numbers]
 
 
 def let_go_claims(origin: str, finished: Iterable[Finished]) -> list[tuple[Inode, Claim]]:
     """The claims of generations ``origin``'s pipe sent to their end and let go."""
     return [((f.dev, f.ino), Claim(origin, f.ident, f.igen, f.size, f.mtime_ns)) for f in finished]
+
+
+def let_go_since(finished: Sequence[Finished], last: Finished | None) -> list[Finished]:
+    """The generations in ``finished`` (oldest first) let go after ``last`` (all, if it is not
+    there). Only these are claimed: claiming an older one again would replace a claim made
+    since (its file became another path's pipe, retired, and that pipe's status claims it)."""
+    for index in range(len(finished) - 1, -1, -1):
+        if finished[index] is last:
+            return list(finished[index + 1 :])
+    return list(finished)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,42 +191,52 @@ class Discovery:
         self.retry_s = retry_s
         # Inodes the running pipes hold open (as of the last scan, and since then by admits/start).
         self.held: dict[Inode, str] = {}
-        # Inodes claimed with no pipe holding them open (Rule 3).
-        self.claims: dict[Inode, Claim] = {}
+        # Inodes claimed with no pipe holding them open (Rule 3), newest claim first: several
+        # status files may claim one inode number after a restart, each for another file.
+        self.claims: dict[Inode, list[Claim]] = {}
         self._absent_since: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         self._failures: dict[str, int] = {}
 
     def claim(self, inode: Inode, claim: Claim) -> None:
-        """Record a claim (a status file's generation, or one a pipe let go); a new one for the
-        same inode replaces the old unless it says the same (the old keeps what checks learnt)."""
-        old = self.claims.get(inode)
-        if old is None or (old.owner, old.ident, old.igen, old.let_go) != (
-            claim.owner,
-            claim.ident,
-            claim.igen,
-            claim.let_go,
-        ):
-            self.claims[inode] = claim
+        """Record a claim (a status file's generation, or one a pipe let go), first in its inode's
+        list unless one says the same (the old keeps what checks learnt); it replaces its owner's
+        claims that may be on the same file. The others stay, each checked in its turn: one
+        pipe's status file may list a let-go generation and a later one that reused its inode
+        number, and two status files may claim one number."""
+        claims = self.claims.setdefault(inode, [])
+        said = (claim.owner, claim.ident, claim.igen, claim.let_go)
+        if any((c.owner, c.ident, c.igen, c.let_go) == said for c in claims):
+            return
+        claims[:] = [claim, *(c for c in claims if c.owner != claim.owner or not c.may_be(claim))]
+        del claims[MAX_CLAIMS_PER_INODE:]
 
     def owner_of(self, path: str, seen: Seen, identify: Identify) -> str | None:
         """Whose is the file at ``path``: the path of the pipe that holds or claims it, or None."""
         owner = self.held.get(seen.inode)
         if owner is not None:
             return owner
-        claim = self.claims.get(seen.inode)
-        if claim is None:
-            return None
-        if claim.unchanged(seen):
-            return claim.owner
-        got = identify(path, claim.ident.fp_len if claim.ident is not None else 0)
-        if got is None:
-            return claim.owner  # unreadable now: neither a pipe nor a release; looked at again
-        if not claim.names(*got):
-            del self.claims[seen.inode]
-            return None
-        claim.size, claim.mtime_ns = seen.size, seen.mtime_ns
-        return claim.owner
+        named = self._claim_naming(path, seen, identify)
+        return None if named is None else named[0].owner
+
+    def _claim_naming(self, path: str, seen: Seen, identify: Identify) -> tuple[Claim, int | None] | None:
+        """The newest claim on ``seen``'s inode that names the file at ``path``, and the size it
+        knew the file at before this look; the claims that do not name it are dropped."""
+        claims = self.claims.get(seen.inode, [])
+        while claims:
+            claim = claims[0]
+            size = claim.size
+            if claim.unchanged(seen):
+                return claim, size
+            got = identify(path, claim.ident.fp_len if claim.ident is not None else 0)
+            if got is None:
+                return claim, size  # unreadable now: neither a pipe nor a release; looked at again
+            if claim.names(*got):
+                claim.size, claim.mtime_ns = seen.size, seen.mtime_ns
+                return claim, size
+            del claims[0]
+        self.claims.pop(seen.inode, None)
+        return None
 
     def admits(self, path: str, seen: Seen, identify: Identify) -> bool:
         """May ``path``'s pipe take the file ``seen`` (a new generation at its FILE)? Held if so."""
@@ -245,9 +288,12 @@ class Discovery:
             if path in running or path in self._retry_at:
                 continue
             seen = found[path]
-            claim = self.claims.get(seen.inode)
-            let_go_at = claim.size if claim is not None and claim.let_go and seen.inode not in self.held else None
-            owner = self.owner_of(path, seen, identify)
+            owner = self.held.get(seen.inode)
+            let_go_at: int | None = None
+            named = None if owner is not None else self._claim_naming(path, seen, identify)
+            if named is not None:
+                owner = named[0].owner
+                let_go_at = named[1] if named[0].let_go else None
             if owner is not None and owner != path:
                 rotated[path] = owner
                 if let_go_at is not None and seen.size > let_go_at:

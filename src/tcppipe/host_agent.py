@@ -51,7 +51,16 @@ from typing import Final
 from tcppipe import daemon
 from tcppipe.checkpoint import load_history
 from tcppipe.client import Client, ClientOptions
-from tcppipe.discovery import Decision, Discovery, Seen, claims_of, is_pattern, let_go_claims, watched_directories
+from tcppipe.discovery import (
+    Decision,
+    Discovery,
+    Seen,
+    claims_of,
+    is_pattern,
+    let_go_claims,
+    let_go_since,
+    watched_directories,
+)
 from tcppipe.errors import TcppipeError, describe_os_error
 from tcppipe.origin import others_may_plant, read_identity
 from tcppipe.receivers import describe_pipe_host
@@ -224,8 +233,9 @@ class HostAgent:
         for path, pipe in self.pipes.items():
             let_go = pipe.client.let_go()
             if let_go and let_go[-1] is not pipe.last_let_go:
+                fresh = let_go_since(let_go, pipe.last_let_go)
                 pipe.last_let_go = let_go[-1]
-                for inode, claim in let_go_claims(path, let_go):
+                for inode, claim in let_go_claims(path, fresh):
                     self.discovery.claim(inode, claim)
         decision = self.discovery.decide(self._found(), running, now, read_identity)
         self._report_rotated(decision)
@@ -288,7 +298,10 @@ class HostAgent:
             handshakes=self.handshakes,
             watcher=None if self.inotify is None else self.inotify.watcher_for,
         )
-        pipe = Pipe(key, client, lock)
+        # What its status file lists as let go is claimed already (at the restart, or when
+        # its last run ended): only what it lets go from now on is news for the discovery.
+        let_go = client.let_go()
+        pipe = Pipe(key, client, lock, last_let_go=let_go[-1] if let_go else None)
         self.pipes[path] = pipe
         if first:
             self._initial.add(path)

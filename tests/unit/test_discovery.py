@@ -14,11 +14,15 @@ from tcppipe.discovery import (
     Inode,
     Seen,
     agent_lock_name,
+    claims_of,
     is_pattern,
+    let_go_claims,
+    let_go_since,
     normalise_pattern,
     watched_directories,
 )
 from tcppipe.protocol import GenerationId
+from tcppipe.tailer import Finished, History, Recorded
 
 GRACE_S = 5.0
 A, B, C = (1, 10), (1, 11), (1, 12)
@@ -191,6 +195,73 @@ def test_status_file_claims_hold_across_a_restart() -> None:
     decision = decide(d, fs, {}, 0.0)
     assert decision.start == ("/l/a.log", "/l/other.log")
     assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
+
+
+def test_a_status_files_position_keeps_the_held_generations_inode_generation() -> None:
+    """The position names the oldest held generation: its claim keeps that entry's inode generation,
+    so a later file in the freed inode (another igen) is a new pipe, even when the held one was empty."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    history = History((empty, 0), (Recorded(empty, 0, 1),))
+    for inode, claim in claims_of("/l/a.log", history):
+        d.claim(inode, claim)
+    assert d.claims[A][0].igen == 1
+    fs.put("/l/c.log", A, b"a later file\n", igen=2, mtime_ns=7)
+    assert decide(d, fs, {}, 0.0).start == ("/l/c.log",)
+
+
+def test_only_generations_let_go_since_the_last_scan_are_claimed_again() -> None:
+    """A pipe's let-go list is news only past the entry last claimed: claiming an older one again
+    would replace a claim made since (its file became another path's pipe, which claims it)."""
+    first, second, third = Finished(1, 10), Finished(1, 11), Finished(1, 12)
+    assert let_go_since([first, second, third], first) == [second, third]
+    assert let_go_since([first, second], second) == []
+    assert let_go_since([first, second], None) == [first, second]
+    assert let_go_since([second], first) == [second]  # trimmed past it: all are news
+    d = Discovery(GRACE_S)
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, None, 0, 1))  # a.log let it go empty
+    d.claim(A, Claim("/l/a.log.2", GenerationId(1, 10, 1, hashlib.sha256(b"x").hexdigest()), None, 1, let_go=False))
+    for inode, claim in let_go_claims("/l/a.log", let_go_since([first, second], first)):
+        d.claim(inode, claim)
+    assert d.claims[A][0].owner == "/l/a.log.2"
+
+
+def test_two_status_files_claiming_one_inode_number_are_each_checked() -> None:
+    """After a restart two status files may claim one inode number, each for another file (one
+    freed, its number reused): the claim that names the file there decides, whichever came last."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, 3, 0, let_go=False))
+    d.claim(A, Claim("/l/c.log", empty, 2, 0, let_go=False))
+    fs.put("/l/a.log.1", A, b"written later\n", igen=3)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
+    assert [c.owner for c in d.claims[A]] == ["/l/a.log"]
+
+
+def test_a_let_go_generation_whose_number_a_held_one_reused_claims_nothing() -> None:
+    """A status file lists a generation let go empty and a held one in the same inode number (freed,
+    then reused by a later FILE): the held one is the later file and stays its pipe's as it grows."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    history = History((empty, 0), (Recorded(empty, 0),), (Finished(1, 10, None, empty, 0, 1),))
+    claims = claims_of("/l/a.log", history)
+    assert [(inode, c.let_go) for inode, c in claims] == [(A, False)]
+    for inode, claim in claims:
+        d.claim(inode, claim)
+    fs.put("/l/a.log.1", A, b"written while it was down\n", mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
+
+
+def test_a_generation_let_go_empty_replaces_its_owners_held_claim_on_it() -> None:
+    """A status file's claim on an empty generation, then its pipe lets that generation go empty:
+    the let-go claim replaces the held one, so once the file has bytes it is a new pipe."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, None, 0, let_go=False))
+    d.claim(A, Claim("/l/a.log", empty, None, 0, 1))
+    fs.put("/l/a.log.1", A, b"a late writer\n", mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).start == ("/l/a.log.1",)
 
 
 def test_an_older_status_files_claim_without_a_head_needs_the_same_inode_generation() -> None:
