@@ -787,13 +787,17 @@ def keepalive_main(argv: Sequence[str] | None = None) -> int:
     state_dir = args.state_dir or _default_state_dir()
     if not os.path.exists(os.path.join(state_dir, KEEPALIVE_FLAG)):
         return 0
-    if _is_host_agent(args.files):
-        patterns, key = _agent_patterns(args)
-        running_lock = _agent_lock_path(state_dir, patterns, key)
-        serialise = running_lock.removesuffix(".lock") + ".keepalive-lock"
-    else:
-        key = PipeKey.from_options(args.file, args.host, args.port)
-        running_lock, serialise = key.lock_path(state_dir), key.keepalive_lock_path(state_dir)
+    try:
+        if _is_host_agent(args.files):
+            patterns, key = _agent_patterns(args)
+            running_lock = _agent_lock_path(state_dir, patterns, key)
+            serialise = running_lock.removesuffix(".lock") + ".keepalive-lock"
+        else:
+            key = PipeKey.from_options(args.file, args.host, args.port)
+            running_lock, serialise = key.lock_path(state_dir), key.keepalive_lock_path(state_dir)
+    except TcppipeError as exc:  # a malformed -h list
+        print(f"keep_tcppipe_alive: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     try:
         # Serialise racing cron runs: the second waits, then finds the first's pipe.
         with exclusive(serialise):

@@ -58,7 +58,7 @@ from tcppipe.protocol import (
 from tcppipe.receivers import Receiver, Rotation, Target, describe_pipe_host, parse_receivers
 from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
-from tcppipe.tailer import Finished
+from tcppipe.tailer import RESUMED_AT_ACKED, Finished
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import describe_tls_error
 from tcppipe.watch import close_inotify
@@ -497,7 +497,7 @@ class Client:
         rotation = self.rotation
         first = not self.core.established
         target = rotation.current
-        round_failed = rotation.failed(reason)
+        round_failed = rotation.failed(reason, time.monotonic())
         receiver = target.receiver
         if len(rotation.targets) == 1:  # one address: the messages of one host, as before lists
             if first and kind == "connect":
@@ -576,10 +576,22 @@ class Client:
         if await self._unless_stopped(handshake()) is None:
             return  # stopped during the handshake: nothing was sent yet
         self._release_handshake_slot()
-        self._note_receiver(first)
+        moved_from = self._note_receiver(first)
         resumed = core.resumed
         if resumed is not None:
             self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
+            if moved_from is not None and resumed.how == RESUMED_AT_ACKED:
+                # The bytes before it landed at the receiver that acknowledged them: across the
+                # receivers each byte is once, but this one's storage does not hold them.
+                self.say(
+                    logging.WARNING,
+                    "%s has no record of this pipe: its destination starts at byte %d of %s;"
+                    " the bytes before it are at %s (receivers should share their storage)",
+                    self.rotation.current.label,
+                    resumed.position,
+                    resumed.path,
+                    moved_from.label,
+                )
         self._log_notices()
         if self.opts.compress and core.compressor is None:
             self.say(logging.WARNING, "the server does not take compressed data; sending it as it is")
@@ -597,14 +609,16 @@ class Client:
             if not receiver.cancelled():
                 receiver.exception()  # retrieved: the sender already said why the connection ended
 
-    def _note_receiver(self, first: bool) -> None:
-        """READY came from the current address: say so when the pipe moved to another receiver."""
+    def _note_receiver(self, first: bool) -> Target | None:
+        """READY came from the current address: say so when the pipe moved to another receiver
+        (and return the one it moved from)."""
         target = self.rotation.current
-        before = self.rotation.ready()
+        before = self.rotation.ready(time.monotonic())
         if before is not None:
             self.say(logging.WARNING, "receiver is now %s (was %s)", target.label, before.label)
         elif first and len(self.rotation.receivers) > 1:
             self.say(logging.INFO, "receiver is %s", target.label)
+        return before
 
     async def _say_goodbye(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
         """Half-close and wait (bounded) for the server's final ACK, so the

@@ -281,6 +281,8 @@ class Discovery:
             del self.claims[inode]  # Rule 3: no matching path has it any more
         for path in [p for p, at in self._retry_at.items() if at <= now]:
             del self._retry_at[path]
+        for path in [p for p in self._failures if p not in found and p not in self._retry_at]:
+            del self._failures[path]  # gone (a date-named file): its count would only grow the map
         start: list[str] = []
         rotated: dict[str, str] = {}
         grew: dict[str, tuple[str, int]] = {}

@@ -237,7 +237,10 @@ class HostAgent:
                 pipe.last_let_go = let_go[-1]
                 for inode, claim in let_go_claims(path, fresh):
                     self.discovery.claim(inode, claim)
-        decision = self.discovery.decide(self._found(), running, now, read_identity)
+        found = self._found()
+        decision = self.discovery.decide(
+            found, running, now, lambda path, length: read_identity(path, length, found[path].inode)
+        )
         self._report_rotated(decision)
         for path in decision.gone:
             pipe = self.pipes[path]
@@ -293,7 +296,7 @@ class HostAgent:
             self.log,
             lambda: self._pipe_ready(path),
             own_signals=False,
-            admit=lambda gen: self.discovery.admits(path, _seen(os.fstat(gen.fd)), read_identity),
+            admit=lambda gen: self._admits(path, _seen(os.fstat(gen.fd))),
             polled=True,
             handshakes=self.handshakes,
             watcher=None if self.inotify is None else self.inotify.watcher_for,
@@ -337,6 +340,10 @@ class HostAgent:
             pipe.client.say(logging.INFO, "stopped")
         self._initial.discard(path)
         self._settle()
+
+    def _admits(self, path: str, seen: Seen) -> bool:
+        """May ``path``'s pipe take the file ``seen`` just opened at its FILE?"""
+        return self.discovery.admits(path, seen, lambda p, length: read_identity(p, length, seen.inode))
 
     def _pipe_ready(self, path: str) -> None:
         self.discovery.succeeded(path)

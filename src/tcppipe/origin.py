@@ -106,9 +106,10 @@ def inode_generation(fd: int) -> int | None:
     return value
 
 
-def read_identity(path: str, length: int) -> tuple[int | None, bytes] | None:
+def read_identity(path: str, length: int, inode: tuple[int, int]) -> tuple[int | None, bytes] | None:
     """The inode generation number and first ``length`` bytes of the file at ``path`` (opened
-    by ``open_origin``'s link rule, never blocking), or None if it cannot be read."""
+    by ``open_origin``'s link rule, never blocking), or None if it cannot be read or is no
+    longer ``inode`` (replaced since it was looked at: looked at again later)."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
     if others_may_plant(os.path.dirname(path)):
         flags |= os.O_NOFOLLOW
@@ -117,6 +118,9 @@ def read_identity(path: str, length: int) -> tuple[int | None, bytes] | None:
     except OSError:
         return None
     try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != inode:
+            return None
         return inode_generation(fd), os.pread(fd, length, 0) if length else b""
     except OSError:
         return None

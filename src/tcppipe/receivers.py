@@ -20,7 +20,10 @@ address that answered READY until that connection fails (closed, refused for
 now, or dead: the heartbeat's dead-peer rule); then the next address is tried
 at once. Only when every address of the round has failed since the last
 READY does the caller back off (the single-host back-off, once per round, not
-per address), and at start that is the end: nothing answered.
+per address), and at start that is the end: nothing answered. A READY clears
+the round's failures only once its connection has lasted ``STABLE_S``:
+receivers that answer READY and then drop (storage full, EIO) are a failed
+round like any other, backed off, not a reconnect storm.
 
 Rule 3: where to resume is never this file's business: each READY says where
 that receiver's destination stands.
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 from tcppipe.errors import UsageError, escape
 
 MAX_RECEIVERS = 64  # a list longer than this is a typo, not a deployment
+# A connection that lasted this long after its READY worked: the failures before it are forgotten.
+STABLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +134,9 @@ class Rotation:
         self.index = 0
         # Since the last READY (or the last back-off): why each address failed.
         self.failures: list[str] = []
-        # The target of the last READY.
+        # The target of the last READY, and when it came.
         self.serving: Target | None = None
+        self._ready_at: float | None = None
         # Each receiver's addresses in the order first seen (Rule 2).
         self._order: dict[Receiver, list[str]] = {}
 
@@ -156,9 +162,12 @@ class Rotation:
     def current(self) -> Target:
         return self.targets[self.index]
 
-    def failed(self, reason: str) -> bool:
+    def failed(self, reason: str, now: float) -> bool:
         """The current address failed; move on. True when every address of a round has failed
-        since the last READY (back off, or at start give up)."""
+        since the last READY that held (back off, or at start give up)."""
+        if self._ready_at is not None and now - self._ready_at >= STABLE_S:
+            self.failures = []
+        self._ready_at = None
         self.failures.append(f"{self.current.label}: {reason}")
         self.index += 1
         return len(self.failures) >= max(1, len(self.targets))
@@ -166,9 +175,9 @@ class Rotation:
     def backed_off(self) -> None:
         self.failures = []
 
-    def ready(self) -> Target | None:
+    def ready(self, now: float) -> Target | None:
         """The current address answered READY; the target it replaces (None: the same receiver)."""
         target = self.current
         before, self.serving = self.serving, target
-        self.failures = []
+        self._ready_at = now
         return before if before is not None and before != target else None

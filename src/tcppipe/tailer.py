@@ -42,6 +42,8 @@ from tcppipe.errors import OriginError, describe_os_error
 from tcppipe.origin import OriginGeneration, find_generation, matches
 from tcppipe.protocol import GenerationId
 
+# Resumed.how when the server had no record on a reconnect: at what the last connection acknowledged.
+RESUMED_AT_ACKED = "where the server last acknowledged"
 # Finished generations a status file lists (a rotation a day for a month, and then some).
 MAX_FINISHED = 32
 
@@ -244,7 +246,7 @@ class Tailer:
                 # ones were closed only once a later one was acknowledged), at what it
                 # acknowledged of it.
                 gen = self.gens[0]
-                return self._resume_at(0, gen.acked, now, "where the server last acknowledged")
+                return self._resume_at(0, gen.acked, now, RESUMED_AT_ACKED)
             target = None if history is None else history.position
             how = "from the status file (the server has no record)"
         if target is not None:

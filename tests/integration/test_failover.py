@@ -12,10 +12,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.integration.conftest import Pipes, command, free_port, kill9, same_bytes, sha256, size, stop, wait_until
+from tests.integration.test_pipe import acked_offset
 from tests.integration.test_restart import Writer
 
 # The client's heartbeat: a peer silent for 3 of them is dead.
@@ -230,3 +236,112 @@ def test_keep_tcppipe_alive_with_a_list_starts_one_tcppipe_whatever_the_order(pi
     assert keepalive(reordered) == 0
     assert pipes.client_pid(origin, host=reordered) == pid
     assert pipes.syslog.count("receiver is ") == 1  # one tcppipe, one first READY
+
+
+class DropAfterReady:
+    """A relay to the real tcppiped that closes both ends 50 ms after the server's first bytes
+    (its READY): a receiver whose storage fails right after the handshake."""
+
+    def __init__(self, upstream: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.05)
+        self.port = int(self.listener.getsockname()[1])
+        self.upstream = upstream
+        self.accepted = 0
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            link = threading.Thread(target=self._link, args=(client,), daemon=True)
+            self.threads.append(link)
+            link.start()
+
+    def _link(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.upstream), timeout=5) as server:
+            client.settimeout(0.02)
+            server.settimeout(0.02)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and not self.stopped.is_set():
+                for src, dst, from_server in ((client, server, False), (server, client, True)):
+                    try:
+                        data = src.recv(65536)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    dst.sendall(data)
+                    if from_server:
+                        deadline = min(deadline, time.monotonic() + 0.05)
+
+    def close(self) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        self.listener.close()
+
+
+@contextmanager
+def dropping_receivers(pipes: Pipes, count: int) -> Iterator[list[DropAfterReady]]:
+    relays = [DropAfterReady(pipes.port) for _ in range(count)]
+    try:
+        yield relays
+    finally:
+        for relay in relays:
+            relay.close()
+
+
+def test_receivers_that_answer_ready_and_drop_are_backed_off_not_stormed(pipes: Pipes) -> None:
+    """Two receivers that each answer READY and then drop: a failed round like any other, so the
+    client backs off (0.2, 0.4, 0.8 ... s a round) instead of reconnecting as fast as it can
+    (before: READY forgot the round's failures, 57 connections in 6 s)."""
+    origin, _dest = pipes.pipe("dropped.log")
+    origin.write_bytes(b"a line\n" * 10)
+    pipes.start_server()
+    with dropping_receivers(pipes, 2) as (a, b):
+        hosts = f"127.0.0.1:{a.port},127.0.0.1:{b.port}"
+        client = pipes.spawn(pipes.client_args(origin, host=hosts, foreground=True))
+        wait_until(lambda: a.accepted + b.accepted >= 4, what="two rounds of READY and drop")
+        started, before = time.monotonic(), a.accepted + b.accepted
+        wait_until(lambda: time.monotonic() - started >= 4.0, what="four seconds of retries")
+        during = a.accepted + b.accepted - before
+        assert stop(client) == 0
+    # Backed off: rounds of two connections 0.8, 1.6, 3.2 s apart; storming: dozens.
+    assert during <= 8, f"{during} connections in 4 s"
+
+
+def test_a_receiver_without_the_pipes_record_gets_what_the_last_one_did_not_and_says_so(pipes: Pipes) -> None:
+    """B's storage is not A's (no record of the pipe there): after A's death the client resumes
+    at what A acknowledged, so across the two receivers each byte is there once, and the client
+    warns that B's destination starts there."""
+    origin, dest = pipes.pipe("split.log")
+    first = b"first part, landed at A\n" * 200
+    origin.write_bytes(first)
+    elsewhere = pipes.tmp / "b-storage"
+    conf_b = pipes.tmp / "b.conf"
+    conf_b.write_text(f"127.0.0.1:{origin} | {elsewhere}/split.log\n")
+    receivers = Receivers(pipes)
+    server_a = receivers.start("A")
+    receivers.start("B", "-f", str(conf_b))
+    client = pipes.spawn(receivers.client_args(origin))
+    wait_until(lambda: size(dest) == len(first) and acked_offset(pipes) == len(first), what="acknowledged by A")
+    kill9(server_a)
+    pipes.syslog.wait_for(f"receiver is now {receivers.label('B')}", timeout=MOVE_WITHIN_S)
+    second = b"second part\n" * 10
+    with open(origin, "ab") as f:
+        f.write(second)
+    at_b = elsewhere / "split.log"
+    wait_until(lambda: at_b.exists() and size(at_b) == len(second), what="B's destination")
+    assert stop(client) == 0
+    assert at_b.read_bytes() == second
+    assert dest.read_bytes() == first
+    warning = pipes.syslog.wait_for("has no record of this pipe")
+    assert f"starts at byte {len(first)}" in warning

@@ -327,6 +327,15 @@ def test_a_pipe_that_keeps_failing_waits_longer_each_time_up_to_the_cap() -> Non
     assert d.failed("/l/a.log", 0.0) == 30.0
 
 
+def test_the_failure_count_of_a_path_that_went_away_is_forgotten() -> None:
+    """A failed path that no longer matches (a date-named file removed) leaves no count behind."""
+    d, fs = Discovery(GRACE_S, retry_s=30.0), Files()
+    d.failed("/l/2026-12-01.log", 0.0)
+    assert decide(d, fs, {}, 31.0).start == ()
+    fs.put("/l/2026-12-01.log", A)
+    assert d.failed("/l/2026-12-01.log", 32.0) == 30.0
+
+
 def test_patterns_are_normalised_like_a_plain_file() -> None:
     """Relative patterns are made absolute against cwd, symlinks not resolved; glob characters kept."""
     assert normalise_pattern("logs/../nginx/*.log", "/var/log") == "/var/log/nginx/*.log"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tcppipe.errors import UsageError
-from tcppipe.receivers import Receiver, Rotation, Target, parse_receivers, pipe_host
+from tcppipe.receivers import STABLE_S, Receiver, Rotation, Target, parse_receivers, pipe_host
 from tcppipe.state import PipeKey
 
 
@@ -45,18 +45,29 @@ def test_rotation_moves_on_at_once_and_backs_off_per_round() -> None:
     rotation = Rotation((a, b))
     rotation.start_round([["10.0.0.1", "10.0.0.2"], None])
     assert [t.label for t in rotation.targets] == ["a:1 (10.0.0.1)", "a:1 (10.0.0.2)", "b:1"]
-    assert not rotation.failed("refused")
-    assert not rotation.failed("refused")
+    assert not rotation.failed("refused", 0.0)
+    assert not rotation.failed("refused", 0.0)
     assert rotation.current == Target(b, None)
-    assert rotation.ready() is None  # the first READY: no move to report
-    assert not rotation.failed("dead peer")  # b died: a is tried at once, in a new round
+    assert rotation.ready(1.0) is None  # the first READY: no move to report
+    # b died after STABLE_S: what failed before is forgotten; a is tried at once, in a new round
+    assert not rotation.failed("dead peer", 1.0 + STABLE_S)
     assert rotation.round_due
     rotation.start_round([["10.0.0.1"], ["10.0.0.9"]])
-    assert rotation.ready() == Target(b, None)  # a answered: the pipe moved from b
-    assert not rotation.failed("lost")
-    assert rotation.failed("refused")  # a, then b: the round failed
+    assert rotation.ready(20.0) == Target(b, None)  # a answered: the pipe moved from b
+    assert not rotation.failed("lost", 20.0 + STABLE_S)
+    assert rotation.failed("refused", 31.0)  # a, then b: the round failed
     rotation.backed_off()
     assert rotation.failures == []
+
+
+def test_receivers_that_answer_ready_and_drop_are_a_failed_round() -> None:
+    """READY followed by a loss within STABLE_S does not forget the round's failures: back off."""
+    rotation = Rotation((Receiver("a", 1), Receiver("b", 1)))
+    rotation.start_round([["10.0.0.1"], ["10.0.0.2"]])
+    rotation.ready(0.0)
+    assert not rotation.failed("lost", 0.1)
+    rotation.ready(0.2)
+    assert rotation.failed("lost", 0.3)  # every receiver took the pipe and dropped it: back off
 
 
 def test_a_names_addresses_keep_the_order_first_seen() -> None:
