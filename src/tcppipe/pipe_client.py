@@ -176,7 +176,7 @@ class PipeClient:
         self.offline_state = RECONNECTING
         sent = 0
         while sent < budget:
-            chunk = self.tailer.next_chunk(now, MAX_DATA_BYTES)
+            chunk = self.tailer.next_chunk(now, int(os.environ.get('TP_READ', MAX_DATA_BYTES)))
             if chunk is None:
                 break
             gen, data = chunk
