@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as bench  # noqa: E402
+import run as bench
 
 
 def one(kind: str, root: Path, data: Path, total: int, bin_dir: Path, index: int) -> tuple[float, list[float]]:
