@@ -339,7 +339,7 @@ class Client:
             self.core.follow(now, hup)
             self._log_notices()
             if self.admit is not None and len(self.core.tailer.gens) > before:
-                self._admit_newest()
+                self._admit_new(before)
         if self.watcher is not None:
             for gen in self.core.tailer.gens:
                 self.watcher.watch_file(gen)
@@ -351,6 +351,20 @@ class Client:
     def _file_shape(self) -> list[tuple[int, int]]:
         """What the sender acts on: each generation held and the size it was last seen at."""
         return [(gen.ino, gen.seen_size) for gen in self.core.tailer.gens]
+
+    def _admit_new(self, before: int) -> None:
+        """Ask ``admit`` about each generation opened since ``before``: one found between two
+        looks (``Tailer._adopt_unseen``) that another pipe holds is left to it; FILE's, below."""
+        gens = self.core.tailer.gens
+        for gen in gens[before:]:
+            if gen is gens[-1] and gen.path == self.opts.key.path:
+                break
+            if self.admit is not None and not self.admit(gen):
+                gens.remove(gen)
+                gen.close()
+                self.say(logging.INFO, "%s (inode %d) is another pipe's file: left to it", gen.path, gen.ino)
+        if len(gens) > before and gens[-1].path == self.opts.key.path:
+            self._admit_newest()
 
     def _admit_newest(self) -> None:
         """Ask ``admit`` about the generation just opened at FILE; refused, it is closed

@@ -128,6 +128,50 @@ def read_identity(path: str, length: int, inode: tuple[int, int]) -> tuple[int |
         os.close(fd)
 
 
+# Numbered rotated names looked at for the generation FILE held last (FILE.1 .. FILE.N).
+MAX_NUMBERED = 64
+
+
+def rotated_after(
+    path: str, old: tuple[int, int], old_mtime_ns: int, known: set[tuple[int, int]]
+) -> list[tuple[str, int]]:
+    """The generations that lived at ``path`` after ``old`` and were rotated away before
+    anyone looked (a loaded host, a stopped process, rotations many times a second).
+
+    Numbered rotation (logrotate, RotatingFileHandler: FILE -> FILE.1 -> FILE.2 ...) has put
+    ``old`` at FILE.k, or past the last kept number (deleted: we still hold it open); then
+    FILE.(k-1) .. FILE.1 came after it, oldest first. Each must have been written after the
+    one before it (mtime, strictly), starting from ``old``'s last write, and be none of
+    ``known`` (held, or sent and let go): an older generation never passes, and the first
+    that does not pass ends the list. Under any other naming nothing is guessed. Their paths
+    and open fds, oldest first."""
+    k = None
+    for n in range(1, MAX_NUMBERED + 1):
+        try:
+            st = os.lstat(f"{path}.{n}")
+        except OSError:
+            k = n  # FILE.1 .. FILE.(n-1) exist and none is ``old``: it went past the last kept
+            break
+        if (st.st_dev, st.st_ino) == old:
+            k = n
+            break
+    found: list[tuple[str, int]] = []
+    floor = old_mtime_ns
+    for n in range(k - 1 if k is not None else 0, 0, -1):
+        name = f"{path}.{n}"
+        try:
+            fd = open_origin(name)
+        except OriginError:
+            break
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) in known or st.st_mtime_ns <= floor:
+            os.close(fd)
+            break
+        floor = st.st_mtime_ns
+        found.append((name, fd))
+    return found
+
+
 def find_generation(directory: str, record: GenerationId, igen: int | None = None) -> tuple[str, int] | None:
     """Search ``directory`` for the file that is generation ``record`` (a rotated
     origin after a restart), with inode generation ``igen`` if it is known; its

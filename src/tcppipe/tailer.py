@@ -39,7 +39,7 @@ import os
 from dataclasses import dataclass
 
 from tcppipe.errors import OriginError, describe_os_error
-from tcppipe.origin import OriginGeneration, find_generation, matches
+from tcppipe.origin import OriginGeneration, find_generation, matches, rotated_after
 from tcppipe.protocol import GenerationId
 
 # Resumed.how when the server had no record on a reconnect: at what the last connection acknowledged.
@@ -189,7 +189,7 @@ class Tailer:
             return
         self._missing_reported = False
         if (st.st_dev, st.st_ino) != (last.dev, last.ino):
-            self._open_next(now, "replaced")
+            self._open_next(now, "replaced", replaced=True)
             return
         if st.st_size < last.high_water:
             last.finished = True
@@ -201,7 +201,9 @@ class Tailer:
         for gen in self.gens[:-1]:
             gen.released = True
 
-    def _open_next(self, now: float, why: str) -> None:
+    def _open_next(self, now: float, why: str, replaced: bool = False) -> None:
+        if replaced:
+            self._adopt_unseen(now)
         try:
             gen = OriginGeneration.open(self.path, now)
         except OriginError as exc:
@@ -215,6 +217,28 @@ class Tailer:
         self.current.last_growth = max(self.current.last_growth, now)
         self.gens.append(gen)
         self.notices.append(f"{self.path} {why}: new generation (inode {gen.ino})")
+
+    def _adopt_unseen(self, now: float) -> None:
+        """FILE was replaced more than once since the last look: the generations in between,
+        rotated away already (``origin.rotated_after``), are held after the one it replaced."""
+        last = self.current
+        try:
+            mtime_ns = os.fstat(last.fd).st_mtime_ns
+        except OSError:
+            return
+        known = {(g.dev, g.ino) for g in self.gens if not g.closed} | {(f.dev, f.ino) for f in self.finished}
+        for name, fd in rotated_after(self.path, (last.dev, last.ino), mtime_ns, known):
+            try:
+                gen = OriginGeneration.adopt(name, fd, now)
+            except OSError:
+                os.close(fd)
+                break
+            self.current.last_growth = max(self.current.last_growth, now)
+            self.gens.append(gen)
+            self.notices.append(
+                f"{self.path} was replaced more than once since the last look: {name} (inode {gen.ino})"
+                " came between, sent in its turn"
+            )
 
     # -- resuming ----------------------------------------------------------------
 

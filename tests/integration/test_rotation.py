@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import Pipes, kill9, same_bytes, size, wait_until
 from tests.integration.test_restart import Writer, numbered_lines
 
@@ -221,3 +223,39 @@ def test_rotations_while_disconnected_are_all_delivered(pipes: Pipes) -> None:
     pipes.start_server()
     expected = b"".join(p.read_bytes() for p in rotated) + origin.read_bytes()
     wait_until(lambda: dest.read_bytes() == expected, timeout=40, what="every generation, in order")
+
+
+def shift_rotate(origin: Path, content: bytes, keep: int = 8) -> None:
+    """logrotate's numbered scheme (and RotatingFileHandler's): FILE.keep is deleted, FILE.2 ->
+    FILE.3, FILE.1 -> FILE.2, FILE -> FILE.1, then a new FILE holding ``content``."""
+    origin.with_name(f"{origin.name}.{keep}").unlink(missing_ok=True)
+    for n in range(keep - 1, 0, -1):
+        older = origin.with_name(f"{origin.name}.{n}")
+        if older.exists():
+            older.rename(origin.with_name(f"{origin.name}.{n + 1}"))
+    origin.rename(origin.with_name(f"{origin.name}.1"))
+    origin.write_bytes(content)
+
+
+@pytest.mark.parametrize("keep", [8, 3])
+def test_generations_that_came_and_went_while_tcppipe_was_not_looking_are_sent(pipes: Pipes, keep: int) -> None:
+    """Four numbered rotations while tcppipe cannot run (SIGSTOP: a loaded host, a long pause):
+    when it looks again FILE is the fifth generation, and the one it held is FILE.4 (or, keeping
+    two, deleted: it still holds it open); the ones in between (written after it, oldest at the
+    highest number) are sent too, in order, never skipped."""
+    origin, dest = pipes.pipe("quick.log")
+    first = numbered_lines(0, 100)
+    origin.write_bytes(first)
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "1")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    generations = [first]
+    client.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(1, 5):
+            time.sleep(0.01)  # a generation's mtime is after the one before it (a coarse clock)
+            generations.append(numbered_lines(n * 1000, 50))
+            shift_rotate(origin, generations[-1], keep)
+    finally:
+        client.send_signal(signal.SIGCONT)
+    wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")
