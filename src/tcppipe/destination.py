@@ -39,12 +39,19 @@ is refused at once; it is opened ``O_NONBLOCK`` so that a FIFO cannot hang the
 open). In a sticky directory that others may write, an existing destination
 must also be owned by root or tcppiped's user and have a single link. Every
 refusal is one line naming the path and the reason.
+
+Rule 5 (one writer): a destination opened for appending holds an exclusive
+``flock`` on its open file for as long as it is open, so two tcppipeds that
+share a state directory (receivers a client fails over between) can never
+append to one file at once: the second is refused, retryably, until the first
+lets go. ``inspect`` (read-only, for verify) takes no lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import posixpath
@@ -231,6 +238,17 @@ def open_for_append(path: str) -> int:
         raise DestinationError(f"destination {path} cannot be opened: {describe_os_error(exc)}") from None
 
 
+def lock_for_append(fd: int, path: str) -> None:
+    """Rule 5: the exclusive lock of the one writer, or DestinationError (fd closed) if another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise DestinationError(f"destination {path} is being written by another tcppiped; retry later") from None
+        raise DestinationError(f"destination {path} cannot be locked: {describe_os_error(exc)}") from None
+
+
 def _landed_in_renamed(path: str, dev: object, ino: object, base: int) -> int | None:
     """Bytes of the recorded generation in the renamed-away destination, if it is found."""
     try:
@@ -321,6 +339,7 @@ class Destination:
     @classmethod
     def open(cls, path: str, state_dir: str) -> Destination:
         fd = open_for_append(path)
+        lock_for_append(fd, path)
         st = os.fstat(fd)
         dest = cls(path, record_path(state_dir, path), fd, st.st_dev, st.st_ino)
         dest._load_record()
@@ -473,6 +492,7 @@ class Destination:
         if (st.st_dev, st.st_ino) == (self.dev, self.ino):
             os.close(new_fd)
             return False
+        lock_for_append(new_fd, self.path)
         landed = self.landed()
         old_head = self.answer()[0]
         os.close(self.fd)

@@ -296,3 +296,16 @@ def test_a_spans_inode_generation_is_the_one_named_where_it_began(tmp_path: Path
     again = Destination.open(out, state)
     assert [(s.record.ino, s.igen) for s in again.spans()] == [(10, 7), (11, 8)]
     again.close()
+
+
+def test_second_writer_of_one_destination_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    """Two tcppipeds sharing a state directory never append to one file at once (Rule 5)."""
+    path = str(tmp_path / "dest")
+    first = Destination.open(path, str(tmp_path / "state"))
+    try:
+        with pytest.raises(DestinationError, match="another tcppiped"):
+            Destination.open(path, str(tmp_path / "state"))
+    finally:
+        first.close()
+    second = Destination.open(path, str(tmp_path / "state"))
+    second.close()
