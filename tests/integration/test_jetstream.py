@@ -1,0 +1,211 @@
+"""Exactly once into a real 3-node NATS JetStream cluster (R3), with real tcppiped and tcppipe processes.
+
+After each test, ``tcppiped export`` of the pipe's subject equals the origin
+generations in order, byte for byte; export itself fails on a gap or a
+duplicate offset, so a passing export also says no subject holds one twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Pipes, command, free_port, kill9, wait_until
+from tests.integration.nats_cluster import NatsCluster
+from tests.integration.test_restart import numbered_lines
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One 3-node JetStream cluster for the whole module (its start costs about a second)."""
+    nats = NatsCluster(tmp_path_factory.mktemp("nats"))
+    try:
+        nats.start()
+        yield nats
+    finally:
+        nats.close()
+
+
+def stream_name(request: pytest.FixtureRequest) -> str:
+    """A stream of the test's own, so tests never see each other's messages."""
+    name = request.node.name.removeprefix("test_")
+    return "T_" + "".join(c if c.isalnum() else "_" for c in name)[:60]
+
+
+def define_subject(pipes: Pipes, stream: str, name: str) -> tuple[Path, str]:
+    """Define tmp/origin/NAME -> jetstream:STREAM/archive.NAME and return the origin and the target."""
+    origin = pipes.tmp / "origin" / name
+    origin.parent.mkdir(exist_ok=True)
+    if not origin.exists():
+        origin.write_bytes(b"")
+    target = f"jetstream:{stream}/archive.{name}"
+    pipes.define(f"127.0.0.1:{origin} | {target}")
+    return origin, target
+
+
+def server_args(cluster: NatsCluster, *extra: str) -> list[str]:
+    return ["--nats", cluster.urls, "--nats-replicas", "3", *extra]
+
+
+def export(cluster: NatsCluster, target: str, *extra: str) -> bytes:
+    """The subject's bytes, by ``tcppiped export``; fails the test if export fails (a gap or a duplicate)."""
+    out = subprocess.run(
+        [command("tcppiped"), "export", "--nats", cluster.urls, target, *extra],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    return out.stdout
+
+
+def exported_size(cluster: NatsCluster, target: str) -> int:
+    out = subprocess.run(
+        [command("tcppiped"), "export", "--nats", cluster.urls, target],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return len(out.stdout) if out.returncode == 0 else -1
+
+
+def wait_exported(cluster: NatsCluster, target: str, want: bytes, timeout: float = 30.0) -> None:
+    """Until the subject holds exactly ``want`` (compared by sha256 at the end)."""
+    wait_until(
+        lambda: exported_size(cluster, target) >= len(want), timeout=timeout, what=f"{len(want)} bytes in {target}"
+    )
+    got = export(cluster, target)
+    assert len(got) == len(want)
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
+
+
+def test_catch_up_and_streaming_into_r3_export_equal_origin(pipes: Pipes, cluster: NatsCluster, request) -> None:
+    """A file's backlog and then its appends land in an R3 stream, byte-exact, once."""
+    origin, target = define_subject(pipes, stream_name(request), "messages")
+    backlog = numbered_lines(0, 20_000)  # about 1.4 MB: several messages
+    origin.write_bytes(backlog)
+    pipes.start_server(*server_args(cluster))
+    pipes.start_client(origin, "-t", "0.05")
+    wait_exported(cluster, target, backlog)
+    more = numbered_lines(20_000, 500)
+    with open(origin, "ab") as f:
+        f.write(more)
+    wait_exported(cluster, target, backlog + more)
+    assert export(cluster, target, "--from", str(len(backlog))) == more
+
+
+def second_server(pipes: Pipes, cluster: NatsCluster) -> tuple[subprocess.Popen[bytes], int]:
+    """Another tcppiped with the same config and cluster, on its own port, pid file and state directory."""
+    port = free_port()
+    args = pipes.server_args(*server_args(cluster))
+    args[args.index("-p") + 1] = str(port)
+    args[args.index("--pid-file") + 1] = str(pipes.tmp / "tcppiped-b.pid")
+    args[args.index("--state-dir") + 1] = str(pipes.tmp / "server-state-b")
+    before = pipes.syslog.count("listening on")
+    proc = pipes.spawn(args)
+    wait_until(lambda: pipes.syslog.count("listening on") > before or proc.poll() is not None, what="receiver B")
+    assert proc.poll() is None, pipes.stderr_of(proc)
+    return proc, port
+
+
+def append_in_steps(origin: Path, start: int, steps: int, lines: int) -> bytes:
+    """Append ``steps`` batches of numbered lines (a writer that keeps going); what was appended."""
+    written = b""
+    for step in range(steps):
+        batch = numbered_lines(start + step * lines, lines)
+        with open(origin, "ab") as f:
+            f.write(batch)
+        written += batch
+    return written
+
+
+def test_tcppipe_killed_and_restarted_resumes_from_the_subject(pipes: Pipes, cluster: NatsCluster, request) -> None:
+    """kill -9 of tcppipe mid-stream, then a restart: it resumes where the subject's last message ends."""
+    origin, target = define_subject(pipes, stream_name(request), "restart")
+    origin.write_bytes(numbered_lines(0, 5000))
+    pipes.start_server(*server_args(cluster))
+    client = pipes.start_client(origin, "-t", "0.05")
+    wait_until(lambda: exported_size(cluster, target) > 0, what="first bytes in the subject")
+    kill9(client)
+    append_in_steps(origin, 5000, 3, 1000)
+    pipes.start_client(origin, "-t", "0.05")
+    wait_exported(cluster, target, origin.read_bytes())
+
+
+def test_rotation_on_the_origin_exports_both_generations_in_order(pipes: Pipes, cluster: NatsCluster, request) -> None:
+    """mv + a new file on the origin: the subject holds generation 1 then generation 2, each whole."""
+    origin, target = define_subject(pipes, stream_name(request), "rotated")
+    first = numbered_lines(0, 3000)
+    origin.write_bytes(first)
+    pipes.start_server(*server_args(cluster))
+    client = pipes.start_client(origin, "-t", "0.05")
+    wait_exported(cluster, target, first)
+    os.rename(origin, origin.with_suffix(".1"))
+    second = numbered_lines(3000, 2000)
+    origin.write_bytes(second)
+    client.send_signal(signal.SIGHUP)
+    wait_exported(cluster, target, first + second)
+    assert export(cluster, target, "--generation", "2") == second
+    assert export(cluster, target, "--generation", "1") == first
+
+
+def test_two_receivers_racing_for_one_pipe_never_both_append(pipes: Pipes, cluster: NatsCluster, request) -> None:
+    """Two tcppipeds with one config and two clients of one file, at once: the stream admits one
+    append after another's and rejects the rest; nothing lands twice."""
+    origin, target = define_subject(pipes, stream_name(request), "raced")
+    origin.write_bytes(numbered_lines(0, 4000))
+    pipes.start_server(*server_args(cluster))
+    _receiver_b, port_b = second_server(pipes, cluster)
+    pipes.start_client(origin, "-t", "0.05")
+    pipes.start_client(origin, "-t", "0.05", "-p", str(port_b))
+    append_in_steps(origin, 4000, 5, 400)
+    wait_exported(cluster, target, origin.read_bytes(), timeout=60)
+
+
+def test_receiver_killed_mid_stream_client_goes_on_through_a_second(
+    pipes: Pipes, cluster: NatsCluster, request
+) -> None:
+    """kill -9 of receiver A mid-stream; a client started against receiver B resumes from the subject."""
+    origin, target = define_subject(pipes, stream_name(request), "failover")
+    origin.write_bytes(numbered_lines(0, 20_000))
+    receiver_a = pipes.start_server(*server_args(cluster))
+    _receiver_b, port_b = second_server(pipes, cluster)
+    client_a = pipes.start_client(origin, "-t", "0.05")
+    wait_until(lambda: exported_size(cluster, target) > 0, what="first bytes through receiver A")
+    kill9(receiver_a)
+    kill9(client_a)
+    append_in_steps(origin, 20_000, 2, 500)
+    pipes.start_client(origin, "-t", "0.05", "-p", str(port_b))
+    wait_exported(cluster, target, origin.read_bytes())
+
+
+def test_nats_nodes_killed_quorum_holds_then_stalls_and_recovers(pipes: Pipes, cluster: NatsCluster, request) -> None:
+    """kill -9 of one node: R3 keeps its quorum and the pipe goes on; of two: publishes stall;
+    once they are back, nothing is lost or doubled."""
+    origin, target = define_subject(pipes, stream_name(request), "quorum")
+    first = numbered_lines(0, 2000)
+    origin.write_bytes(first)
+    pipes.start_server(*server_args(cluster))
+    pipes.start_client(origin, "-t", "0.05")
+    wait_exported(cluster, target, first)
+    one, two = cluster.nodes[1], cluster.nodes[2]
+    try:
+        one.kill9()
+        append_in_steps(origin, 2000, 2, 500)
+        wait_exported(cluster, target, origin.read_bytes(), timeout=40)
+        two.kill9()
+        append_in_steps(origin, 3000, 2, 500)  # no quorum now: these wait
+    finally:
+        for node in (one, two):
+            if not node.running():
+                node.start()
+        cluster.wait_ready()
+    wait_exported(cluster, target, origin.read_bytes(), timeout=60)
