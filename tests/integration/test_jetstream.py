@@ -67,24 +67,37 @@ def export(cluster: NatsCluster, target: str, *extra: str) -> bytes:
     return out.stdout
 
 
-def exported_size(cluster: NatsCluster, target: str) -> int:
+def try_export(cluster: NatsCluster, target: str) -> bytes | None:
+    """The subject's bytes, or None if export fails now (a cluster still electing its leaders)."""
     out = subprocess.run(
         [command("tcppiped"), "export", "--nats", cluster.urls, target],
         capture_output=True,
         timeout=60,
         check=False,
     )
-    return len(out.stdout) if out.returncode == 0 else -1
+    return out.stdout if out.returncode == 0 else None
+
+
+def exported_size(cluster: NatsCluster, target: str) -> int:
+    got = try_export(cluster, target)
+    return -1 if got is None else len(got)
 
 
 def wait_exported(cluster: NatsCluster, target: str, want: bytes, timeout: float = 30.0) -> None:
-    """Until the subject holds exactly ``want`` (compared by sha256 at the end)."""
-    wait_until(
-        lambda: exported_size(cluster, target) >= len(want), timeout=timeout, what=f"{len(want)} bytes in {target}"
-    )
-    got = export(cluster, target)
-    assert len(got) == len(want)
-    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest()
+    """Until an export of the subject holds at least ``want``'s length; then it must be exactly ``want``
+    (compared by sha256)."""
+    seen: list[bytes] = []
+
+    def enough() -> bool:
+        got = try_export(cluster, target)
+        if got is not None and len(got) >= len(want):
+            seen.append(got)
+            return True
+        return False
+
+    wait_until(enough, timeout=timeout, what=f"{len(want)} bytes in {target}")
+    assert len(seen[-1]) == len(want)
+    assert hashlib.sha256(seen[-1]).hexdigest() == hashlib.sha256(want).hexdigest()
 
 
 def test_catch_up_and_streaming_into_r3_export_equal_origin(pipes: Pipes, cluster: NatsCluster, request) -> None:
@@ -209,3 +222,47 @@ def test_nats_nodes_killed_quorum_holds_then_stalls_and_recovers(pipes: Pipes, c
                 node.start()
         cluster.wait_ready()
     wait_exported(cluster, target, origin.read_bytes(), timeout=60)
+
+
+def test_compare_and_append_rejects_the_second_of_two_racing_stores(cluster: NatsCluster, request) -> None:
+    """Two stores that read one ledger state: the first publish lands, the second is rejected (Contended),
+    and the subject holds the first's bytes once."""
+    import asyncio
+    import logging
+
+    from tcppipe.config import JetStreamTarget
+    from tcppipe.jetstream import JetStreamHub, NatsOptions
+    from tcppipe.ledger import Contended
+    from tcppipe.protocol import GenerationId
+    from tcppipe.stats import PipeStats
+
+    stream = stream_name(request)
+    target = JetStreamTarget(stream, "archive.cas")
+    entry_line = f"127.0.0.1:/var/log/cas | {target}"
+    ident = GenerationId(1, 2, 0, hashlib.sha256(b"").hexdigest())
+
+    async def race() -> tuple[int, int]:
+        from tcppipe import config
+
+        entries, errors = config.parse(entry_line, "test.conf")
+        assert not errors
+        hub = JetStreamHub(NatsOptions(tuple(cluster.urls.split(",")), replicas=3), logging.getLogger("test"))
+        await hub.connect()
+        try:
+            assert await hub.ensure_streams(entries) == []
+            stats = PipeStats("127.0.0.1", "/var/log/cas", str(target))
+            first, second = await hub.open_store(target, stats), await hub.open_store(target, stats)
+            for store in (first, second):
+                store.begin_generation(ident, 0)
+                store.write(b"abc\n")
+            await first._publish_next()
+            with pytest.raises(Contended, match="another receiver appended"):
+                await second._publish_next()
+            third = await hub.open_store(target, stats)
+            assert third.answer() == (ident, 4)
+            return stats.publishes, stats.rejected_appends
+        finally:
+            await hub.close()
+
+    assert asyncio.run(race()) == (1, 1)
+    assert export(cluster, f"{target}") == b"abc\n"
