@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from tcppipe.ledger import Store
 
 ACK_DELAY_S: Final = 0.05
-# A JetStream pipe reads no further while this many messages' worth is queued, and reads on below one.
+# A JetStream pipe reads no further while this many messages' worth is queued (besides the one in flight).
 HELD_MESSAGES: Final = 2
 # The client's goodbye waits this long for what is queued to be acknowledged.
 SETTLE_TIMEOUT_S: Final = 30.0
@@ -165,7 +165,8 @@ class StreamReceiver(PipeReceiver):
             event, self.deferred = self.deferred, None
             super().handle(event)
         self.send_ack()
-        if len(self.store.pending) < self.store.limit:
+        # Queued bytes exclude the publish in flight: at this mark the next message is whole already.
+        if len(self.store.pending) < HELD_MESSAGES * self.store.limit:
             self.conn.hold(False)
 
     def send_ack(self, heartbeat: bool = False) -> None:

@@ -54,6 +54,7 @@ class NatsNode:
     log: Path
     routes: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    max_payload: int | None = None
 
     @property
     def url(self) -> str:
@@ -67,6 +68,7 @@ class NatsNode:
             f"http: 127.0.0.1:{self.monitor_port}\n"
             f'jetstream {{ store_dir: "{self.store}" }}\n'
             f'cluster {{ name: "{CLUSTER_NAME}", listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n'
+            + ("" if self.max_payload is None else f"max_payload: {self.max_payload}\n")
         )
 
     def start(self) -> None:
@@ -106,7 +108,7 @@ class NatsNode:
 class NatsCluster:
     """Three JetStream nodes routed to each other; ``urls`` is the client side's list."""
 
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, max_payload: int | None = None) -> None:
         ports = _free_ports(3 * size)
         self.nodes = [
             NatsNode(
@@ -122,6 +124,7 @@ class NatsCluster:
         for node in self.nodes:
             node.routes = [other.cluster_port for other in self.nodes if other is not node]
             node.store.parent.mkdir(parents=True, exist_ok=True)
+            node.max_payload = max_payload
 
     @property
     def urls(self) -> str:
