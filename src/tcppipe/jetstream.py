@@ -58,10 +58,11 @@ WRONG_LAST_SEQUENCE: Final = 10071
 PUBLISH_TIMEOUT_S: Final = 5.0
 LINGER_S: Final = 0.002
 API_TIMEOUT_S: Final = 5.0
-CONNECT_TIMEOUT_S: Final = 2.0
+CONNECT_TIMEOUT_S: Final = 2
 RECONNECT_WAIT_S: Final = 0.5
-# Connection attempts at start (each over every server listed) before tcppiped gives up.
-CONNECT_ATTEMPTS: Final = 3
+# How long tcppiped tries to reach the cluster at start before it gives up (EX_TEMPFAIL: the unit restarts it).
+CONNECT_BUDGET_S: Final = 5.0
+ERROR_LOG_S: Final = 10.0
 
 
 class NatsUnavailable(TcppipeError):
@@ -135,6 +136,7 @@ class JetStreamHub:
         self.nc: NatsClient | None = None
         self.js: JetStreamContext | None = None
         self.closing = False
+        self._last_error, self._last_error_at = "", 0.0
 
     async def connect(self) -> None:
         """Connect (retried a few times), reconnecting by itself later; NatsUnavailable if it cannot."""
@@ -146,7 +148,11 @@ class JetStreamHub:
                 raise NatsUnavailable(f"--nats-tls-ca {self.opts.tls_ca}: {exc}") from None
 
         async def error(exc: Exception) -> None:
-            self.log.warning("NATS: %s", _describe(exc))
+            # The client retries forever; one line per distinct error each ERROR_LOG_S is enough.
+            line, now = _describe(exc), time.monotonic()
+            if line != self._last_error or now - self._last_error_at > ERROR_LOG_S:
+                self._last_error, self._last_error_at = line, now
+                self.log.warning("NATS: %s", line)
 
         async def disconnected() -> None:
             if not self.closing:
@@ -156,26 +162,30 @@ class JetStreamHub:
             url = self.nc.connected_url if self.nc is not None else None
             self.log.info("NATS: reconnected to %s", escape(str(url.netloc if url else "?")))
 
-        last: BaseException | None = None
-        for _ in range(CONNECT_ATTEMPTS):
-            try:
-                self.nc = await nats.connect(
+        nc = NatsClient()
+        try:
+            # nats-py retries the initial connect as often as later reconnects (forever): bounded here.
+            async with asyncio.timeout(CONNECT_BUDGET_S):
+                await nc.connect(
                     servers=list(self.opts.servers),
                     name="tcppiped",
                     user_credentials=self.opts.creds,
                     tls=tls,
                     connect_timeout=CONNECT_TIMEOUT_S,
-                    reconnect_time_wait=RECONNECT_WAIT_S,
+                    # Typed int by nats-py, used as seconds for asyncio.sleep: a fraction is fine.
+                    reconnect_time_wait=RECONNECT_WAIT_S,  # type: ignore[arg-type]
                     max_reconnect_attempts=-1,
                     error_cb=error,
                     disconnected_cb=disconnected,
                     reconnected_cb=reconnected,
                 )
-                break
-            except (OSError, nats.errors.Error, TimeoutError) as exc:
-                last = exc
-        else:
-            raise NatsUnavailable(f"cannot connect to NATS {','.join(self.opts.servers)}: {_describe(last)}")
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            self.closing = True
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await nc.close()
+            why = self._last_error or _describe(exc) or f"no answer in {CONNECT_BUDGET_S:.0f} s"
+            raise NatsUnavailable(f"cannot connect to NATS {','.join(self.opts.servers)}: {why}") from None
+        self.nc = nc
         self.js = self.nc.jetstream(timeout=API_TIMEOUT_S)
 
     @property

@@ -266,3 +266,40 @@ def test_compare_and_append_rejects_the_second_of_two_racing_stores(cluster: Nat
 
     assert asyncio.run(race()) == (1, 1)
     assert export(cluster, f"{target}") == b"abc\n"
+
+
+def test_a_stream_that_could_discard_the_ledger_stops_tcppiped_at_start(
+    pipes: Pipes, cluster: NatsCluster, request
+) -> None:
+    """An existing stream with max_age is reported in one line and tcppiped does not start."""
+    import asyncio
+
+    import nats
+    from nats.js.api import StreamConfig
+
+    stream = stream_name(request)
+
+    async def make() -> None:
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            await nc.jetstream().add_stream(StreamConfig(name=stream, subjects=["archive.>"], max_age=3600))
+        finally:
+            await nc.close()
+
+    asyncio.run(make())
+    define_subject(pipes, stream, "aged")
+    pipes.config.parent.mkdir(exist_ok=True)
+    out = pipes.run(pipes.server_args(*server_args(cluster)), timeout=60)
+    assert out.returncode == 5, out.stderr
+    assert f"stream {stream} has max_age 3600 s" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_an_unreachable_cluster_at_start_is_one_line_and_a_temporary_failure(pipes: Pipes) -> None:
+    """No NATS server answers: tcppiped says so in one line and exits EX_TEMPFAIL (75) for its unit to retry."""
+    origin = pipes.tmp / "origin" / "x"
+    pipes.define(f"127.0.0.1:{origin} | jetstream:LOGS/archive.x")
+    out = pipes.run(pipes.server_args("--nats", f"nats://127.0.0.1:{free_port()}"), timeout=60)
+    assert out.returncode == 75, out.stderr
+    assert "cannot connect to NATS" in out.stderr
+    assert "Traceback" not in out.stderr
