@@ -262,6 +262,17 @@ class Server:
             "config": self.config.path,
             "connections": self.live,
             "pipes": [row.to_json() for row in self.stats.rows()],
+            # JetStream pipes: acknowledged publishes, rejected appends (another receiver was first), last latency.
+            "jetstream": [
+                {
+                    "destination": p.local,
+                    "publishes": p.publishes,
+                    "rejected_appends": p.rejected_appends,
+                    "publish_latency_ms": None if p.publish_latency_s is None else round(p.publish_latency_s * 1000, 2),
+                }
+                for p in self.stats.pipes.values()
+                if p.local.startswith(configuration.JETSTREAM_PREFIX)
+            ],
         }
 
     # -- tasks ------------------------------------------------------------------

@@ -8,6 +8,7 @@ duplicate offset, so a passing export also says no subject holds one twice.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -113,6 +114,15 @@ def test_catch_up_and_streaming_into_r3_export_equal_origin(pipes: Pipes, cluste
         f.write(more)
     wait_exported(cluster, target, backlog + more)
     assert export(cluster, target, "--from", str(len(backlog))) == more
+    status = pipes.run(
+        [command("tcppiped"), "status", "--json", "-p", str(pipes.port), "--state-dir", str(pipes.server_state)]
+    )
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)["jetstream"]
+    assert row["destination"] == target
+    assert row["publishes"] >= 2
+    assert row["rejected_appends"] == 0
+    assert row["publish_latency_ms"] is not None
 
 
 def second_server(pipes: Pipes, cluster: NatsCluster) -> tuple[subprocess.Popen[bytes], int]:
