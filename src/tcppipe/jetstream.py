@@ -31,11 +31,13 @@ cannot serve it. Problems are one line each, at start and on reload.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import hashlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -280,12 +282,74 @@ class JetStreamHub:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await sub.unsubscribe()
 
+    async def held_generations(self, target: JetStreamTarget) -> list[HeldGeneration]:
+        """The generations the subject holds, in order, each with its messages (``tcppipe verify``);
+        DestinationError at a gap or a duplicate offset."""
+        continuity = Continuity()
+        held: list[HeldGeneration] = []
+        try:
+            async for seq, record, _data in self.messages(target):
+                previous = continuity.last
+                problem = continuity.check(record)
+                if problem is not None:
+                    raise DestinationError(f"{target}: message {seq}: {problem}")
+                if previous is None or record.start == 0:
+                    held.append(HeldGeneration(record.ident, record.igen, record.start, record.end))
+                gen = held[-1]
+                gen.ident, gen.end = record.ident, record.end  # a longer fingerprint as the generation grew
+                gen.messages.append((seq, record.start, record.end))
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise DestinationError(f"{target}: cannot read the subject: {_describe(exc)}") from None
+        return held
+
+    async def digest_ranges(
+        self, target: JetStreamTarget, gen: HeldGeneration, ranges: Sequence[tuple[int, int]]
+    ) -> list[str]:
+        """sha256 of bytes [a, b) of generation ``gen`` for each range, from the stream's own messages
+        (a range past what is held hashes a marker too, as ``verify.digest_ranges`` does)."""
+        assert self.js is not None
+        cached: tuple[int, bytes] | None = None
+        digests = []
+        for a, b in ranges:
+            h = hashlib.sha256()
+            position = a
+            first = max(0, bisect.bisect_right([m[1] for m in gen.messages], a) - 1)
+            for seq, start, end in gen.messages[first:]:
+                if position >= b:
+                    break
+                if end <= position:
+                    continue
+                if cached is None or cached[0] != seq:
+                    try:
+                        msg = await self.js.get_msg(target.stream, seq, direct=True)
+                    except (nats.errors.Error, TimeoutError) as exc:
+                        raise DestinationError(f"{target}: cannot read message {seq}: {_describe(exc)}") from None
+                    cached = (seq, msg.data or b"")
+                data = cached[1]
+                h.update(data[position - start : min(b, end) - start])
+                position = min(b, end)
+            if position < b:
+                h.update(b"\0short")
+            digests.append(h.hexdigest())
+        return digests
+
     async def close(self) -> None:
         self.closing = True
         if self.nc is not None:
             with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
                 await self.nc.drain()
             self.nc = None
+
+
+@dataclass
+class HeldGeneration:
+    """Bytes [``first``, ``end``) of generation ``ident`` in a subject, and its messages (seq, start, end)."""
+
+    ident: GenerationId
+    igen: int | None
+    first: int
+    end: int
+    messages: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 @dataclass

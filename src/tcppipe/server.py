@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final
 from tcppipe import config as configuration
 from tcppipe import control
 from tcppipe.activation import ActivationError, inherited_sockets
-from tcppipe.config import ConfigError, Entry
+from tcppipe.config import ConfigError, Entry, JetStreamTarget
 from tcppipe.destination import Destination, DestinationError, Span
 from tcppipe.errors import EXIT_TEMPFAIL, BadConfig, ConnectionLost, TcppipeError, describe_os_error, escape
 from tcppipe.handshake_turns import HandshakeTurns
@@ -494,7 +494,7 @@ class Server:
         the ranges it asks for, computed from the file itself off the event loop."""
         session, loop = conn.session, conn.loop
         if entry.jetstream is not None:
-            await self._refuse(conn, peer, f"{entry.jetstream}: verify of a JetStream destination is not supported yet")
+            await self._verify_stream(conn, entry.jetstream, peer)
             return
         try:
             dest = Destination.inspect(entry.local, self.opts.state_dir)
@@ -536,6 +536,41 @@ class Server:
                 conn.write(session.digest(tuple(digests), loop.time()))
         finally:
             dest.close()
+
+    async def _verify_stream(self, conn: ServerConnection, target: JetStreamTarget, peer: str) -> None:
+        """Answer a verifying client from a JetStream subject: its generations, then digests
+        of the ranges asked for, computed from the stream's own messages."""
+        session, loop = conn.session, conn.loop
+        if self.jetstream is None:
+            await self._refuse(conn, peer, f"{target}: tcppiped was started without --nats", retry=True)
+            return
+        try:
+            held = await self.jetstream.held_generations(target)
+        except DestinationError as exc:
+            await self._refuse(conn, peer, str(exc), retry=True)
+            return
+        if not held:
+            conn.write(session.ready(None, None, loop.time()))
+            return
+        *earlier, current = held
+        listed = earlier[-MAX_HISTORY_SPANS:]
+        history = tuple(HeldSpan(g.ident, g.first, g.end, g.igen) for g in listed)
+        dropped = len(earlier) - len(listed)
+        conn.write(session.ready(current.ident, current.end, loop.time(), current.first, history, dropped))
+        self.log.info("%s verifies %s", peer, target)
+        for _ in range(MAX_VERIFY_REQUESTS):
+            async with asyncio.timeout(self.opts.handshake_timeout_s):
+                try:
+                    event = await conn.next_event()
+                except ConnectionLost:
+                    return  # the client has its answer
+            assert isinstance(event, Verify)  # the session takes nothing else now
+            gen = current if event.span is None else (listed[event.span] if event.span < len(listed) else None)
+            if gen is None or event.start < gen.first or event.end > gen.end:
+                raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
+            ranges = split_range(event.start, event.end, event.parts)
+            digests = await self.jetstream.digest_ranges(target, gen, ranges)
+            conn.write(session.digest(tuple(digests), loop.time()))
 
     async def _start_tls(self, conn: ServerConnection) -> tuple[list[str], list[str]] | None:
         """Upgrade to TLS when configured; the client certificate's names when one is required."""

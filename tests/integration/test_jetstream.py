@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Pipes, command, free_port, kill9, wait_until
+from tests.integration.conftest import Pipes, command, free_port, kill9, stop, wait_until
 from tests.integration.nats_cluster import NatsCluster
 from tests.integration.test_restart import numbered_lines
 
@@ -313,3 +313,22 @@ def test_an_unreachable_cluster_at_start_is_one_line_and_a_temporary_failure(pip
     assert out.returncode == 75, out.stderr
     assert "cannot connect to NATS" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_verify_against_a_subject_digests_the_streams_own_messages(pipes: Pipes, cluster: NatsCluster, request) -> None:
+    """tcppipe verify of a JetStream pipe: exact when the subject holds the origin's bytes; the
+    first differing byte when the origin was edited after sending."""
+    from tests.integration.test_observe import flip_byte, verify
+
+    origin, target = define_subject(pipes, stream_name(request), "verified")
+    origin.write_bytes(numbered_lines(0, 30_000))  # about 2 MB: a few messages
+    pipes.start_server(*server_args(cluster))
+    client = pipes.start_client(origin, "-t", "0.05")
+    wait_exported(cluster, target, origin.read_bytes())
+    stop(client)
+    total = origin.stat().st_size
+    assert verify(pipes, origin) == (0, f"exact: {total} bytes (bytes 0..{total} of {origin})")
+    flip_byte(origin, 1_234_567)
+    code, text = verify(pipes, origin)
+    assert code == 1
+    assert text.startswith(f"differs at byte 1234567 of {origin}"), text
