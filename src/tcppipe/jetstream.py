@@ -228,13 +228,15 @@ class JetStreamHub:
                 continue
             have = list(config.subjects or [])
             missing = sorted(s for s in subjects if not any(subject_matches(p, s) for p in have))
-            if missing:
-                config.subjects = have + missing
+            if missing or not config.allow_direct:
+                # READY reads a pipe's record with a direct get: allowed along with the subjects.
+                config.subjects, config.allow_direct = have + missing, True
                 try:
                     await self.js.update_stream(config)
-                    self.log.info("NATS: stream %s now takes %s", name, ", ".join(missing))
+                    self.log.info("NATS: stream %s now takes %s", name, ", ".join(missing) or "direct gets")
                 except (nats.errors.Error, TimeoutError) as exc:
-                    problems.append(f"stream {name} does not take {', '.join(missing)}: {_describe(exc)}")
+                    what = ", ".join(missing) or "direct gets"
+                    problems.append(f"stream {name} cannot be changed to take {what}: {_describe(exc)}")
         return problems
 
     async def last_message(self, target: JetStreamTarget) -> tuple[int, MessageRecord | None]:

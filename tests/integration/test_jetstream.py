@@ -292,13 +292,13 @@ def test_a_stream_that_could_discard_the_ledger_stops_tcppiped_at_start(
     async def make() -> None:
         nc = await nats.connect(cluster.urls.split(","))
         try:
-            await nc.jetstream().add_stream(StreamConfig(name=stream, subjects=["archive.>"], max_age=3600))
+            # Subjects of its own: a module's streams share one cluster, and subjects may not overlap.
+            await nc.jetstream().add_stream(StreamConfig(name=stream, subjects=["aged.>"], max_age=3600))
         finally:
             await nc.close()
 
     asyncio.run(make())
-    define_subject(pipes, stream, "aged")
-    pipes.config.parent.mkdir(exist_ok=True)
+    pipes.define(f"127.0.0.1:{pipes.tmp}/origin/aged | jetstream:{stream}/aged.pipe")
     out = pipes.run(pipes.server_args(*server_args(cluster)), timeout=60)
     assert out.returncode == 5, out.stderr
     assert f"stream {stream} has max_age 3600 s" in out.stderr
@@ -332,3 +332,40 @@ def test_verify_against_a_subject_digests_the_streams_own_messages(pipes: Pipes,
     code, text = verify(pipes, origin)
     assert code == 1
     assert text.startswith(f"differs at byte 1234567 of {origin}"), text
+
+
+def test_an_existing_stream_is_given_the_configs_subject_and_direct_gets(
+    pipes: Pipes, cluster: NatsCluster, request
+) -> None:
+    """A stream made by someone else, for other subjects and without direct gets, is changed to take
+    the pipe's subject and answer direct gets; then the pipe lands in it."""
+    import asyncio
+
+    import nats
+    from nats.js.api import StreamConfig
+
+    stream = stream_name(request)
+
+    async def make() -> None:
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            await nc.jetstream().add_stream(StreamConfig(name=stream, subjects=["adopted-other.>"]))
+        finally:
+            await nc.close()
+
+    async def described() -> StreamConfig:
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            return (await nc.jetstream().stream_info(stream)).config
+        finally:
+            await nc.close()
+
+    asyncio.run(make())
+    origin, target = define_subject(pipes, stream, "adopted")
+    origin.write_bytes(numbered_lines(0, 100))
+    pipes.start_server(*server_args(cluster))
+    config = asyncio.run(described())
+    assert config.allow_direct
+    assert config.subjects == ["adopted-other.>", "archive.adopted"]
+    pipes.start_client(origin, "-t", "0.05")
+    wait_exported(cluster, target, origin.read_bytes())
