@@ -120,7 +120,7 @@ async def publish_latency(cluster: NatsCluster, samples: int) -> tuple[float, fl
         for _ in range(samples):
             store.write(b"x" * 119 + b"\n")
             started = time.perf_counter()
-            await store._publish_next()
+            await store.publish_next()
             times.append((time.perf_counter() - started) * 1000)
         times.sort()
         return statistics.median(times), times[int(len(times) * 0.99) - 1]

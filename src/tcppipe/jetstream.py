@@ -65,6 +65,7 @@ RECONNECT_WAIT_S: Final = 0.5
 # How long tcppiped tries to reach the cluster at start before it gives up (EX_TEMPFAIL: the unit restarts it).
 CONNECT_BUDGET_S: Final = 5.0
 ERROR_LOG_S: Final = 10.0
+CLOSE_TIMEOUT_S: Final = 2.0
 
 
 class NatsUnavailable(TcppipeError):
@@ -336,10 +337,12 @@ class JetStreamHub:
         return digests
 
     async def close(self) -> None:
+        """Close the connection (bounded: a cluster that does not answer cannot hold up a shutdown)."""
         self.closing = True
         if self.nc is not None:
             with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
-                await self.nc.drain()
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self.nc.close()
             self.nc = None
 
 
@@ -421,7 +424,7 @@ class JetStreamStore:
             self.wake.clear()
             while self.pending:
                 await self._linger()
-                await self._publish_next()
+                await self.publish_next()
 
     async def _linger(self) -> None:
         """In a catch-up (the last message was large), a message under half full waits up to LINGER_S
@@ -439,7 +442,8 @@ class JetStreamStore:
                 async with asyncio.timeout(left):
                     await self.wake.wait()
 
-    async def _publish_next(self) -> None:
+    async def publish_next(self) -> None:
+        """Publish the next message's worth of what is queued (compare-and-append); Contended if it did not land."""
         assert self.current is not None
         assert self.end is not None
         size = min(len(self.pending), self.limit)

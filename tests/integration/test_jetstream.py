@@ -265,9 +265,9 @@ def test_compare_and_append_rejects_the_second_of_two_racing_stores(cluster: Nat
             for store in (first, second):
                 store.begin_generation(ident, 0)
                 store.write(b"abc\n")
-            await first._publish_next()
+            await first.publish_next()
             with pytest.raises(Contended, match="another receiver appended"):
-                await second._publish_next()
+                await second.publish_next()
             third = await hub.open_store(target, stats)
             assert third.answer() == (ident, 4)
             return stats.publishes, stats.rejected_appends

@@ -168,7 +168,7 @@ class StreamWorld:
             store.write(self.gens[index][offset : offset + size])
             try:
                 while store.pending:
-                    drive(store._publish_next())
+                    drive(store.publish_next())
             except Contended:
                 self.live.remove(conn)  # the client is refused (retryably) and reconnects
                 return
