@@ -369,3 +369,19 @@ def test_an_existing_stream_is_given_the_configs_subject_and_direct_gets(
     assert config.subjects == ["adopted-other.>", "archive.adopted"]
     pipes.start_client(origin, "-t", "0.05")
     wait_exported(cluster, target, origin.read_bytes())
+
+
+def test_an_entry_added_on_the_fly_gets_its_stream(pipes: Pipes, cluster: NatsCluster, request) -> None:
+    """A JetStream entry added to the config while tcppiped runs: SIGHUP creates its stream, and the pipe
+    lands in it."""
+    define_subject(pipes, stream_name(request), "before")
+    server = pipes.start_server(*server_args(cluster))
+    later_stream = stream_name(request)[:50] + "_later"
+    origin = pipes.tmp / "origin" / "later"
+    origin.write_bytes(numbered_lines(0, 300))
+    target = f"jetstream:{later_stream}/later.pipe"
+    pipes.define(f"127.0.0.1:{origin} | {target}")
+    server.send_signal(signal.SIGHUP)
+    pipes.syslog.wait_for(f"NATS: created stream {later_stream}")
+    pipes.start_client(origin, "-t", "0.05")
+    wait_exported(cluster, target, origin.read_bytes())
