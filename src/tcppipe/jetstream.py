@@ -57,6 +57,7 @@ from tcppipe.stats import PipeStats
 
 # JetStream's error code for "wrong last sequence" (another receiver appended first).
 WRONG_LAST_SEQUENCE: Final = 10071
+STREAM_NOT_FOUND: Final = 10059
 PUBLISH_TIMEOUT_S: Final = 5.0
 LINGER_S: Final = 0.002
 API_TIMEOUT_S: Final = 5.0
@@ -244,8 +245,14 @@ class JetStreamHub:
         """The subject's last sequence (0 if empty) and the record its message states."""
         assert self.js is not None
         try:
-            msg = await self.js.get_last_msg(target.stream, target.subject, direct=True)
-        except nats.js.errors.NotFoundError:
+            try:
+                msg = await self.js.get_last_msg(target.stream, target.subject, direct=True)
+            except nats.errors.NoRespondersError:
+                # A stream without direct gets (one tcppiped has not adopted yet): its API answers.
+                msg = await self.js.get_last_msg(target.stream, target.subject)
+        except nats.js.errors.NotFoundError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                raise DestinationError(f"{target}: stream {target.stream} does not exist (yet)") from None
             return 0, None
         data = msg.data or b""
         try:

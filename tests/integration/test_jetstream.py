@@ -385,3 +385,41 @@ def test_an_entry_added_on_the_fly_gets_its_stream(pipes: Pipes, cluster: NatsCl
     pipes.syslog.wait_for(f"NATS: created stream {later_stream}")
     pipes.start_client(origin, "-t", "0.05")
     wait_exported(cluster, target, origin.read_bytes())
+
+
+def test_export_stops_at_a_duplicate_offset_naming_the_message(cluster: NatsCluster, request) -> None:
+    """A subject where some other writer appended a run twice: export writes what came before and fails
+    naming the message's sequence."""
+    import asyncio
+
+    import nats
+    from nats.js.api import StreamConfig
+
+    from tcppipe.ledger import MessageRecord
+    from tcppipe.protocol import GenerationId
+
+    stream = stream_name(request)
+    ident = GenerationId(1, 2, 0, hashlib.sha256(b"").hexdigest())
+
+    async def forge() -> None:
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            js = nc.jetstream()
+            await js.add_stream(StreamConfig(name=stream, subjects=["forged.>"]))
+            for seq, (start, data) in enumerate(((0, b"abc"), (3, b"def"), (3, b"def"))):
+                await js.publish("forged.pipe", data, headers=MessageRecord(ident, None, start, start + 3).headers(seq))
+        finally:
+            await nc.close()
+
+    asyncio.run(forge())
+    out = subprocess.run(
+        [command("tcppiped"), "export", "--nats", cluster.urls, f"jetstream:{stream}/forged.pipe"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert out.stdout == b"abcdef"
+    assert out.stderr.decode().strip() == (
+        f"tcppiped export: jetstream:{stream}/forged.pipe: message 3: a duplicate offset: bytes 3..6 after 6"
+    )
