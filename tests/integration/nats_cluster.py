@@ -55,21 +55,27 @@ class NatsNode:
     routes: list[int] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     max_payload: int | None = None
+    tls: tuple[Path, Path] | None = None  # (certificate, key) for client connections
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.client_port}"
+        return f"{'nats' if self.tls is None else 'tls'}://127.0.0.1:{self.client_port}"
 
     def config_text(self) -> str:
         routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.routes)
-        return (
+        text = (
             f'server_name: "{self.name}"\n'
             f"listen: 127.0.0.1:{self.client_port}\n"
             f"http: 127.0.0.1:{self.monitor_port}\n"
             f'jetstream {{ store_dir: "{self.store}" }}\n'
-            f'cluster {{ name: "{CLUSTER_NAME}", listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n'
-            + ("" if self.max_payload is None else f"max_payload: {self.max_payload}\n")
         )
+        if self.routes:  # a single node runs without a cluster block
+            text += f'cluster {{ name: "{CLUSTER_NAME}", listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n'
+        if self.max_payload is not None:
+            text += f"max_payload: {self.max_payload}\n"
+        if self.tls is not None:
+            text += f'tls {{ cert_file: "{self.tls[0]}", key_file: "{self.tls[1]}" }}\n'
+        return text
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} already running"
@@ -101,6 +107,8 @@ class NatsNode:
 
     def has_meta_leader(self) -> bool:
         raw = self.jsz()
+        if raw is not None and not self.routes:
+            return not raw.get("disabled")  # a single node leads itself once JetStream is on
         meta = raw.get("meta_cluster") if raw else None
         return isinstance(meta, dict) and bool(meta.get("leader"))
 
@@ -108,7 +116,9 @@ class NatsNode:
 class NatsCluster:
     """Three JetStream nodes routed to each other; ``urls`` is the client side's list."""
 
-    def __init__(self, root: Path, size: int = 3, max_payload: int | None = None) -> None:
+    def __init__(
+        self, root: Path, size: int = 3, max_payload: int | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         ports = _free_ports(3 * size)
         self.nodes = [
             NatsNode(
@@ -124,7 +134,7 @@ class NatsCluster:
         for node in self.nodes:
             node.routes = [other.cluster_port for other in self.nodes if other is not node]
             node.store.parent.mkdir(parents=True, exist_ok=True)
-            node.max_payload = max_payload
+            node.max_payload, node.tls = max_payload, tls
 
     @property
     def urls(self) -> str:

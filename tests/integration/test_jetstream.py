@@ -423,3 +423,27 @@ def test_export_stops_at_a_duplicate_offset_naming_the_message(cluster: NatsClus
     assert out.stderr.decode().strip() == (
         f"tcppiped export: jetstream:{stream}/forged.pipe: message 3: a duplicate offset: bytes 3..6 after 6"
     )
+
+
+def test_tls_to_nats_with_a_ca_of_its_own(pipes: Pipes) -> None:
+    """--nats tls://... --nats-tls-ca PEM: tcppiped and export verify the NATS server's certificate."""
+    from tests.integration.certs import Authority
+
+    ca = Authority(pipes.tmp, "nats")
+    issued = ca.issue("nats-server", ips=["127.0.0.1"])
+    single = NatsCluster(pipes.tmp / "nats-tls", size=1, tls=(issued.cert, issued.key))
+    try:
+        single.start()
+        origin, target = define_subject(pipes, "TLS", "tls")
+        origin.write_bytes(numbered_lines(0, 500))
+        pipes.start_server("--nats", single.urls, "--nats-tls-ca", str(ca.pem))
+        pipes.start_client(origin, "-t", "0.05")
+
+        def exported() -> bytes | None:
+            args = [command("tcppiped"), "export", "--nats", single.urls, "--nats-tls-ca", str(ca.pem), target]
+            out = subprocess.run(args, capture_output=True, timeout=60, check=False)
+            return out.stdout if out.returncode == 0 else None
+
+        wait_until(lambda: exported() == origin.read_bytes(), what="the origin's bytes over TLS")
+    finally:
+        single.close()
