@@ -64,7 +64,7 @@ API_TIMEOUT_S: Final = 5.0
 CONNECT_TIMEOUT_S: Final = 2
 RECONNECT_WAIT_S: Final = 0.5
 # How long tcppiped tries to reach the cluster at start before it gives up (EX_TEMPFAIL: the unit restarts it).
-CONNECT_BUDGET_S: Final = 5.0
+CONNECT_BUDGET_S: Final = 3.0
 ERROR_LOG_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 2.0
 
