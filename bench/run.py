@@ -130,6 +130,7 @@ class Result:
     name: str
     catchup_mb_s: float = 0.0
     cpu_s_per_gb: float = 0.0
+    cpu_ms_per_line: float = 0.0
     rss_mb: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
@@ -396,6 +397,7 @@ def measure(
         result.catchup_mb_s = total_bytes / elapsed / 1e6
         result.cpu_s_per_gb = cpu / (total_bytes / 1e9)
         delays = []
+        cpu_before_probes = sum(cpu_seconds(p) for p in pids)
         budget = time.monotonic() + probe_budget_s
         with open(origin, "ab") as f:
             for i in range(latency_lines):
@@ -409,6 +411,8 @@ def measure(
                 wait_for(lambda w=want: file_size(dest) >= w, 5, 0.0001)  # type: ignore[misc]
                 delays.append((time.perf_counter() - t0) * 1000)
                 time.sleep(0.01)
+        # Both ends' CPU per probe line (the cost of one small append, issue 12's per-event figure).
+        result.cpu_ms_per_line = (sum(cpu_seconds(p) for p in pids) - cpu_before_probes) / max(len(delays), 1) * 1000
         delays.sort()
         result.p50_ms = statistics.median(delays)
         result.p99_ms = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
@@ -571,13 +575,13 @@ def main() -> int:
     ours = results[0]
     header = (
         f"{'contestant':<16}{'catch-up MB/s':>14}{'CPU s/GB':>10}{'RSS MB':>8}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'writer MB/s':>12}{'lag p50 s':>10}{'lag max s':>10}  exact"
+        f"{'CPU ms/line':>12}{'writer MB/s':>12}{'lag p50 s':>10}{'lag max s':>10}  exact"
     )
     print(header)
     for r in results:
         print(
             f"{r.name:<16}{r.catchup_mb_s:>14.1f}{r.cpu_s_per_gb:>10.2f}{r.rss_mb:>8.1f}{r.p50_ms:>8.2f}"
-            f"{r.p99_ms:>8.2f}{r.sustained_mb_s:>12.1f}{r.lag_p50_s:>10.3f}{r.lag_max_s:>10.3f}"
+            f"{r.p99_ms:>8.2f}{r.cpu_ms_per_line:>12.3f}{r.sustained_mb_s:>12.1f}{r.lag_p50_s:>10.3f}{r.lag_max_s:>10.3f}"
             f"  {'yes' if r.exact else 'NO'}  {'; '.join(r.notes)}"
         )
     for r in results[1:]:
@@ -585,6 +589,7 @@ def main() -> int:
             f"tcppipe vs {r.name}: catch-up x{ours.catchup_mb_s / max(r.catchup_mb_s, 1e-9):.2f}, "
             f"CPU/GB x{ours.cpu_s_per_gb / max(r.cpu_s_per_gb, 1e-9):.2f}, "
             f"p50 x{ours.p50_ms / max(r.p50_ms, 1e-9):.2f}, "
+            f"CPU/line x{ours.cpu_ms_per_line / max(r.cpu_ms_per_line, 1e-9):.2f}, "
             f"writer rate x{ours.sustained_mb_s / max(r.sustained_mb_s, 1e-9):.2f}"
         )
     for rate, lines, lost, duplicated, exact in kill_rows:

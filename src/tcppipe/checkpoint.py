@@ -43,17 +43,26 @@ def load_history(path: str) -> History:
 
 
 def finished_of(raw: object) -> tuple[Finished, ...]:
-    """The status file's finished generations: [dev, ino, igen or null] each (a damaged list is none)."""
+    """The status file's finished generations (a damaged list is none): each
+    [dev, ino, igen, size, mtime_ns, fp_len, fp_sha256] with unknowns null, or an older
+    version's [dev, ino, igen]."""
     if not isinstance(raw, list):
         return ()
     out: list[Finished] = []
     for item in raw[-MAX_FINISHED:]:
-        if not isinstance(item, list) or len(item) != 3:
+        if not isinstance(item, list) or len(item) not in (3, 7):
             return ()
         dev, ino, igen = _nth_int(item, 0), _nth_int(item, 1), _nth_int(item, 2)
         if dev is None or ino is None:
             return ()
-        out.append((dev, ino, igen))
+        size, mtime_ns, fp_len = _nth_int(item, 3), _nth_int(item, 4), _nth_int(item, 5)
+        ident: GenerationId | None = None
+        if fp_len is not None:
+            try:
+                ident = GenerationId.from_json({"dev": dev, "ino": ino, "fp_len": fp_len, "fp_sha256": item[6]})
+            except ProtocolError:
+                return ()
+        out.append(Finished(dev, ino, igen, ident, size, mtime_ns))
     return tuple(out)
 
 

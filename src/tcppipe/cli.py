@@ -28,12 +28,14 @@ from tcppipe.errors import (
     AlreadyRunning,
     BadConfig,
     TcppipeError,
+    Unreachable,
     UsageError,
     describe_os_error,
 )
 from tcppipe.logs import drop_stderr_handlers, refresh_ident, setup_logging
 from tcppipe.origin import open_origin
 from tcppipe.protocol import DEFAULT_HEARTBEAT_S, MAX_HEARTBEAT_S, MIN_HEARTBEAT_S
+from tcppipe.receivers import describe_pipe_host, parse_receivers
 from tcppipe.state import HeldLock, PipeKey, exclusive, holder_pid
 from tcppipe.status import PipeRow, render_json, render_table
 from tcppipe.tls import TlsFiles, client_context, server_context
@@ -78,6 +80,13 @@ many files:
   the pipe it came from. A failing pipe is logged and retried every 30 s
   (at once on SIGHUP); the others go on.
 
+receivers:
+  -h a,b:7000,[::1] (HOST[:PORT] each) lists receivers with one config and
+  shared destinations: they are tried in this order; a failed or dead
+  connection moves to the next at once, back-off comes once per failed
+  round, and each READY says where to resume. tcppipe -I and status take
+  the list in any order.
+
 signals:
   SIGHUP       follow a rotation (see above); with many files, every pipe
   SIGTERM/INT  stop cleanly, status saved, exit 0
@@ -90,7 +99,7 @@ files:
 exit status:
   0 ok (or -I found a pid)   1 -I found none, verify found a difference,
   or an internal error   2 usage   3 refused by the server   4 server
-  unreachable   6 already running   7 origin unreadable
+  (every receiver of -h) unreachable   6 already running   7 origin unreadable
 
 examples:
   tcppipe -f /var/log/messages -h archive.example.net
@@ -207,7 +216,13 @@ def client_parser(prog: str = "tcppipe") -> argparse.ArgumentParser:
         metavar="FILE",
         help="origin file (must exist); again for more files; a quoted glob for every file it matches, now and later",
     )
-    p.add_argument("-h", dest="host", required=True, metavar="HOST", help="host running tcppiped")
+    p.add_argument(
+        "-h",
+        dest="host",
+        required=True,
+        metavar="HOST",
+        help="host running tcppiped; a,b,c (HOST[:PORT] each) for receivers to fail over between, in this order",
+    )
     p.add_argument("-p", dest="port", type=_port, default=DEFAULT_PORT, metavar="PORT", help="server port (6514)")
     p.add_argument(
         "-t",
@@ -581,9 +596,20 @@ def verify_main(argv: Sequence[str]) -> int:
         tls = client_context(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
         from tcppipe.verify_client import verify_pipe
 
-        exact, message = asyncio.run(verify_pipe(key, args.bind, tls))
-        print(message)
-        return 0 if exact else EXIT_FAILURE
+        receivers = parse_receivers(args.host, args.port)
+        for n, receiver in enumerate(receivers, 1):
+            try:
+                # Receivers share the destination: the first that answers can tell.
+                exact, message = asyncio.run(
+                    verify_pipe(PipeKey(key.path, receiver.host, receiver.port), args.bind, tls)
+                )
+            except Unreachable:
+                if n == len(receivers):
+                    raise
+                continue
+            print(message)
+            return 0 if exact else EXIT_FAILURE
+        return EXIT_FAILURE  # pragma: no cover (parse_receivers gives at least one)
 
     return _one_shot("tcppipe verify", run)
 
@@ -655,7 +681,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
         lock = _hold_lock(key.lock_path(state_dir), f"already running for {key.path} to {key.host} port {key.port}")
         opts = _client_options(args, key, state_dir, show_progress=args.foreground and _is_terminal(sys.stderr))
         asyncio.run(run_client(opts, program.log, program.ready))
-        program.log.info("[%s:%d %s] stopped", key.host, key.port, key.path)
+        program.log.info("[%s %s] stopped", describe_pipe_host(key.host, key.port), key.path)
         return 0
     except TcppipeError as exc:
         return program.fail(exc)
@@ -733,6 +759,7 @@ def _client_options(args: argparse.Namespace, key: PipeKey, state_dir: str, show
         compress=args.compress,
         show_progress=show_progress,
         privileged_port=args.privileged_port,
+        receivers=parse_receivers(args.host, args.port),
     )
 
 
@@ -760,7 +787,7 @@ def _host_agent_main(program: _Program, args: argparse.Namespace) -> int:
         lock = _hold_lock(lock_path, f"already running with these -f to {key.host} port {key.port}")
         template = _client_options(args, key, state_dir, show_progress=False)
         asyncio.run(run_agent(patterns, template, program.log, program.ready))
-        program.log.info("[%s:%d] stopped", key.host, key.port)
+        program.log.info("[%s] stopped", describe_pipe_host(key.host, key.port))
         return 0
     finally:
         if lock is not None:
@@ -863,13 +890,17 @@ def keepalive_main(argv: Sequence[str] | None = None) -> int:
     state_dir = args.state_dir or _default_state_dir()
     if not os.path.exists(os.path.join(state_dir, KEEPALIVE_FLAG)):
         return 0
-    if _is_host_agent(args.files):
-        patterns, key = _agent_patterns(args)
-        running_lock = _agent_lock_path(state_dir, patterns, key)
-        serialise = running_lock.removesuffix(".lock") + ".keepalive-lock"
-    else:
-        key = PipeKey.from_options(args.file, args.host, args.port)
-        running_lock, serialise = key.lock_path(state_dir), key.keepalive_lock_path(state_dir)
+    try:
+        if _is_host_agent(args.files):
+            patterns, key = _agent_patterns(args)
+            running_lock = _agent_lock_path(state_dir, patterns, key)
+            serialise = running_lock.removesuffix(".lock") + ".keepalive-lock"
+        else:
+            key = PipeKey.from_options(args.file, args.host, args.port)
+            running_lock, serialise = key.lock_path(state_dir), key.keepalive_lock_path(state_dir)
+    except TcppipeError as exc:  # a malformed -h list
+        print(f"keep_tcppipe_alive: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     try:
         # Serialise racing cron runs: the second waits, then finds the first's pipe.
         with exclusive(serialise):

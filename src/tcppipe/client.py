@@ -16,6 +16,14 @@ handshake at once; while streaming it says goodbye first.
 Rule 4: before the first READY every failure ends the program with its exit
 status; after it, a lost connection is retried forever with capped back-off,
 and only a REFUSE (the pipe was removed) ends it.
+
+Rule 5 (receivers, ``-h a,b,c``): which address is tried next is
+``receivers.Rotation``'s decision. A failed connection (or a dead or stalled
+peer, or before the first READY a refusal for now) moves on to the next
+address at once; the back-off of Rule 4 comes once a whole round has failed,
+and before the first READY a whole round's failure is the end (Unreachable
+as with one host; RefusedForNow if a receiver said so). Each READY, from
+whichever receiver, says where to resume.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import random
@@ -36,7 +45,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from tcppipe import daemon
 from tcppipe.checkpoint import StatusFile, load_history
-from tcppipe.errors import ConnectionLost, TcppipeError, Unreachable, UsageError, describe_os_error
+from tcppipe.errors import ConnectionLost, RefusedForNow, TcppipeError, Unreachable, UsageError, describe_os_error
 from tcppipe.origin import OriginGeneration
 from tcppipe.pipe_client import PipeClient
 from tcppipe.progress import CatchUp
@@ -46,8 +55,10 @@ from tcppipe.protocol import (
     MAX_DATA_BYTES,
     ProtocolError,
 )
+from tcppipe.receivers import Receiver, Rotation, Target, describe_pipe_host, parse_receivers
 from tcppipe.sockets import READ_BYTES, close_writer, tune
 from tcppipe.state import PipeKey
+from tcppipe.tailer import RESUMED_AT_ACKED, Finished
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.tls import describe_tls_error
 from tcppipe.watch import close_inotify
@@ -57,8 +68,13 @@ CONNECT_TIMEOUT_S: Final = 10.0
 PRIVILEGED_PORTS: Final = (600, 1024)
 MAX_PORT_TRIES: Final = 64
 HANDSHAKE_TIMEOUT_S: Final = 15.0
+# A receiver's name lookup at each round of -h's list; a name that fails is tried by name.
+RESOLVE_TIMEOUT_S: Final = 5.0
 GOODBYE_TIMEOUT_S: Final = 5.0
 SENDER_IDLE_S: Final = 15.0
+
+# Frames of one sender round up to this size go out in one write (one send system call).
+COALESCE_BYTES: Final = 64 * 1024
 
 
 T = TypeVar("T")
@@ -98,6 +114,11 @@ class ClientOptions:
     show_progress: bool = False
     # Connect from a source port below 1024 (root only), for servers that require one.
     privileged_port: bool = False
+    # -h's receivers in the order given (empty: the key's one host and port).
+    receivers: tuple[Receiver, ...] = ()
+
+    def receiver_list(self) -> tuple[Receiver, ...]:
+        return self.receivers or parse_receivers(self.key.host, self.key.port)
 
 
 class WatcherLike(Protocol):
@@ -187,7 +208,7 @@ class Client:
         self.opts = opts
         key = opts.key
         self.log = logger
-        self.prefix = f"[{key.host}:{key.port} {key.path}]"
+        self.prefix = f"[{describe_pipe_host(key.host, key.port)} {key.path}]"
         self.status_file = StatusFile(key.status_path(opts.state_dir))
         self.core = PipeClient(
             key.path,
@@ -219,6 +240,10 @@ class Client:
         self._handshake_slot = False
         self._following = False  # the file side runs: ``poll`` may act
         self._poll_failure: Exception | None = None
+        self.rotation = Rotation(opts.receiver_list())
+        # A receiver of the list refused the pipe for now before the first READY: if none takes
+        # it, the start fails as refused for now (75, started again later), not as unreachable.
+        self._refused_for_now = False
 
     def say(self, level: int, message: str, *args: object) -> None:
         self.log.log(level, f"{self.prefix} {message}", *args)
@@ -357,9 +382,13 @@ class Client:
     # -- read-only, for a host agent ------------------------------------------------
 
     def held_inodes(self) -> frozenset[tuple[int, int]]:
-        """The (st_dev, st_ino) of every generation this pipe holds or its status file lists
-        (FILE, those draining or queued, and until READY those the last run listed)."""
-        return frozenset(self.core.shape())
+        """The (st_dev, st_ino) of every generation this pipe holds open (FILE, those draining or
+        queued; not those its status file lists from the last run: ``PipeClient.open_inodes``)."""
+        return frozenset(self.core.open_inodes())
+
+    def let_go(self) -> list[Finished]:
+        """The generations this pipe sent to their end and let go (its status file's and since), oldest first."""
+        return self.core.tailer.finished
 
     def drained(self) -> bool:
         """Connected, and every generation held acknowledged to its end: nothing left to send."""
@@ -396,21 +425,18 @@ class Client:
 
     async def _connect_and_stream(self) -> None:
         backoff = Backoff()
+        rotation = self.rotation
         while not self.stopping:
-            first = not self.core.established
             self._release_handshake_slot()
             if not await self._take_handshake_slot():
                 return
+            if rotation.round_due:
+                await self._start_round()
+            target = rotation.current
             try:
-                connected = await self._unless_stopped(self._connect())
+                connected = await self._unless_stopped(self._connect(target))
             except OSError as exc:
-                reason = describe(exc)
-                if first:
-                    key = self.opts.key
-                    raise Unreachable(f"cannot connect to {key.host} port {key.port}: {reason}") from None
-                delay = backoff.next_delay()
-                self.say(logging.WARNING, "cannot connect (%s); retrying in %.1f s", reason, delay)
-                await self._sleep(delay)
+                await self._failed(describe(exc), backoff, "connect")
                 continue
             if connected is None:
                 return  # stopped while connecting
@@ -418,22 +444,93 @@ class Client:
             try:
                 await self._session(reader, writer)
             except (ConnectionLost, ProtocolError, OSError, TimeoutError) as exc:
-                if not self.core.established:
-                    reason = describe(exc)
-                    if self.opts.tls is not None and isinstance(exc, ConnectionLost | ConnectionError):
-                        # TLS 1.3 checks our certificate after our side of the handshake is
-                        # done; the server's alert is often lost to the reset that follows.
-                        reason += " right after the TLS handshake (the server may have rejected our certificate)"
-                    raise Unreachable(f"connection to {self.opts.key.host} failed: {reason}") from None
-                delay = backoff.next_delay()
-                self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", describe(exc), delay)
-                await self._sleep(delay)
+                # Dead, stalled or broken: drop it now (a close would wait, up to close_writer's
+                # bound, to flush bytes a stalled receiver will not take) and move on.
+                writer.transport.abort()
+                reason = describe(exc)
+                if (
+                    not self.core.established
+                    and self.opts.tls is not None
+                    and isinstance(exc, ConnectionLost | ConnectionError)
+                ):
+                    # TLS 1.3 checks our certificate after our side of the handshake is
+                    # done; the server's alert is often lost to the reset that follows.
+                    reason += " right after the TLS handshake (the server may have rejected our certificate)"
+                await self._failed(reason, backoff, "lost" if self.core.established else "handshake")
+                continue
+            except RefusedForNow as exc:
+                # Before the first READY (after it this is RetryLater, a lost connection): this
+                # receiver cannot take the pipe now (its storage, its name cache); another may.
+                if len(rotation.targets) == 1:
+                    raise
+                self._refused_for_now = True
+                await self._failed(exc.message.removeprefix("server refused the pipe for now: "), backoff, "refused")
                 continue
             finally:
                 self.core.disconnect()
                 self._save_status(force=True)
                 await close_writer(writer)
             backoff.reset()
+
+    async def _start_round(self) -> None:
+        """Resolve every receiver of -h (bounded; a failed lookup is tried by name) for a round."""
+        loop = asyncio.get_running_loop()
+        family = _family_of(self.opts.bind)
+
+        async def lookup(receiver: Receiver) -> list[str] | None:
+            try:
+                async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                    infos = await loop.getaddrinfo(receiver.host, receiver.port, family=family, type=socket.SOCK_STREAM)
+            except (OSError, TimeoutError):
+                return None
+            return [str(info[4][0]) for info in infos]
+
+        # Every address of every receiver is ours to try (one name with several addresses
+        # fails over between them too): asyncio's connect by name would always start at the first.
+        receivers = self.rotation.receivers
+        self.rotation.start_round(list(await asyncio.gather(*(lookup(r) for r in receivers))))
+
+    async def _failed(self, reason: str, backoff: Backoff, kind: str) -> None:
+        """A connection to the current address failed (``kind``: "connect", "handshake", "lost"
+        or "refused" for now): move on to the next address at once, or back off once a whole
+        round has failed (before the first READY: Unreachable, or RefusedForNow if one did)."""
+        rotation = self.rotation
+        first = not self.core.established
+        target = rotation.current
+        round_failed = rotation.failed(reason, time.monotonic())
+        receiver = target.receiver
+        if len(rotation.targets) == 1:  # one address: the messages of one host, as before lists
+            if first and kind == "connect":
+                raise Unreachable(f"cannot connect to {receiver.host} port {receiver.port}: {reason}")
+            if first:
+                raise Unreachable(f"connection to {receiver.host} failed: {reason}")
+            delay = backoff.next_delay()
+            if kind == "connect":
+                self.say(logging.WARNING, "cannot connect (%s); retrying in %.1f s", reason, delay)
+            else:
+                self.say(logging.WARNING, "connection lost (%s); reconnecting in %.1f s", reason, delay)
+            rotation.backed_off()
+            await self._sleep(delay)
+            return
+        if first and round_failed:
+            if self._refused_for_now:
+                raise RefusedForNow("no receiver took the pipe now: " + "; ".join(rotation.failures))
+            raise Unreachable("no receiver answered: " + "; ".join(rotation.failures))
+        what = {
+            "connect": "cannot connect to {}",
+            "handshake": "connection to {} failed",
+            "lost": "connection to {} lost",
+            "refused": "{} refused the pipe for now",
+        }
+        said = what[kind].format(target.label)
+        if not round_failed:
+            upcoming = rotation.targets[0] if rotation.round_due else rotation.current
+            self.say(logging.WARNING, "%s (%s); trying %s", said, reason, upcoming.label)
+            return
+        rotation.backed_off()
+        delay = backoff.next_delay()
+        self.say(logging.WARNING, "%s (%s); every receiver tried, trying again in %.1f s", said, reason, delay)
+        await self._sleep(delay)
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
         """``work``'s result, or None if a SIGTERM/SIGINT came first (``work`` is then cancelled):
@@ -460,8 +557,8 @@ class Client:
                     self.send_event.clear()
                     await self.send_event.wait()
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await connect(self.opts.key, self.opts.bind, self.opts.tls, self.opts.privileged_port)
+    async def _connect(self, target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await connect(target, self.opts.bind, self.opts.tls, self.opts.privileged_port)
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tune(writer)
@@ -479,9 +576,22 @@ class Client:
         if await self._unless_stopped(handshake()) is None:
             return  # stopped during the handshake: nothing was sent yet
         self._release_handshake_slot()
+        moved_from = self._note_receiver(first)
         resumed = core.resumed
         if resumed is not None:
             self.say(logging.INFO, "READY: sending %s from byte %d, %s", resumed.path, resumed.position, resumed.how)
+            if moved_from is not None and resumed.how == RESUMED_AT_ACKED:
+                # The bytes before it landed at the receiver that acknowledged them: across the
+                # receivers each byte is once, but this one's storage does not hold them.
+                self.say(
+                    logging.WARNING,
+                    "%s has no record of this pipe: its destination starts at byte %d of %s;"
+                    " the bytes before it are at %s (receivers should share their storage)",
+                    self.rotation.current.label,
+                    resumed.position,
+                    resumed.path,
+                    moved_from.label,
+                )
         self._log_notices()
         if self.opts.compress and core.compressor is None:
             self.say(logging.WARNING, "the server does not take compressed data; sending it as it is")
@@ -498,6 +608,17 @@ class Client:
             await asyncio.wait({receiver})
             if not receiver.cancelled():
                 receiver.exception()  # retrieved: the sender already said why the connection ended
+
+    def _note_receiver(self, first: bool) -> Target | None:
+        """READY came from the current address: say so when the pipe moved to another receiver
+        (and return the one it moved from)."""
+        target = self.rotation.current
+        before = self.rotation.ready(time.monotonic())
+        if before is not None:
+            self.say(logging.WARNING, "receiver is now %s (was %s)", target.label, before.label)
+        elif first and len(self.rotation.receivers) > 1:
+            self.say(logging.INFO, "receiver is %s", target.label)
+        return before
 
     async def _say_goodbye(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
         """Half-close and wait (bounded) for the server's final ACK, so the
@@ -531,8 +652,12 @@ class Client:
                 raise ConnectionLost(f"no word from the server for {core.silence(now):.1f} s")
             self._show_catch_up()
             frames = core.outgoing(now)
-            for frame in frames:
-                writer.write(frame)
+            if frames and sum(len(frame) for frame in frames) <= COALESCE_BYTES:
+                # A small append: one send, not one per frame (header, payload, PROGRESS).
+                writer.write(b"".join(frames))
+            else:
+                for frame in frames:
+                    writer.write(frame)
             self._log_notices()
             if core.sent_any:
                 core.sent_any = False
@@ -540,11 +665,12 @@ class Client:
             self._show_catch_up()
             self._save_status()
             if frames:
-                async with asyncio.timeout(dead_after):
-                    await writer.drain()
-                # Let the file side and the receiver run between batches of a long catch-up.
-                await asyncio.sleep(0)
+                if writer.transport.get_write_buffer_size():
+                    async with asyncio.timeout(dead_after):
+                        await writer.drain()
                 if core.more:
+                    # Let the file side and the receiver run between batches of a long catch-up.
+                    await asyncio.sleep(0)
                     continue
             # The file side wakes this loop for news; a PING due or a grace ending wake it by time,
             # and SENDER_IDLE_S bounds what a missed wake-up could cost.
@@ -574,10 +700,30 @@ class Client:
         key = self.opts.key
         try:
             self.core.save_status(
-                self.status_file, time.monotonic(), force, host=key.host, port=key.port, last_byte_at=self.last_byte_at
+                self.status_file,
+                time.monotonic(),
+                force,
+                host=key.host,
+                port=key.port,
+                last_byte_at=self.last_byte_at,
+                receiver=self._receiver_now(),
             )
         except OSError as exc:
             self.say(logging.WARNING, "cannot write status file %s: %s", self.status_file.path, describe_os_error(exc))
+
+    def _receiver_now(self) -> str | None:
+        """The receiver this pipe streams to now (None: not connected); for the status file."""
+        serving = self.rotation.serving
+        return None if serving is None or not self.core.streaming else serving.label
+
+
+def _family_of(bind: str | None) -> socket.AddressFamily:
+    """The address family a -b address allows connecting to (any, without -b or for a name)."""
+    try:
+        version = ipaddress.ip_address(bind or "").version
+    except ValueError:
+        return socket.AF_UNSPEC
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 async def _read(reader: asyncio.StreamReader) -> bytes:
@@ -589,26 +735,28 @@ async def _read(reader: asyncio.StreamReader) -> bytes:
 
 
 async def connect(
-    key: PipeKey, bind: str | None, tls: ssl.SSLContext | None, privileged_port: bool = False
+    target: Target, bind: str | None, tls: ssl.SSLContext | None, privileged_port: bool = False
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the server of ``key`` (TLS when ``tls`` is given), bounded in time."""
-    server_hostname = key.host if tls else None
+    """A connection to ``target`` (TLS when ``tls`` is given, checked against the receiver's
+    name), bounded in time."""
+    host, port = target.address or target.receiver.host, target.receiver.port
+    server_hostname = target.receiver.host if tls else None
     async with asyncio.timeout(CONNECT_TIMEOUT_S):
         if not privileged_port:
             local = (bind, 0) if bind else None
             return await asyncio.open_connection(
-                key.host, key.port, local_addr=local, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname
+                host, port, local_addr=local, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname
             )
-        sock = await _connect_from_privileged_port(key, bind)
+        sock = await _connect_from_privileged_port(host, port, bind)
         return await asyncio.open_connection(sock=sock, limit=MAX_DATA_BYTES, ssl=tls, server_hostname=server_hostname)
 
 
-async def _connect_from_privileged_port(key: PipeKey, bind: str | None) -> socket.socket:
+async def _connect_from_privileged_port(host: str, port: int, bind: str | None) -> socket.socket:
     """A socket bound to a free port below 1024 and connected to the server: only root
     can bind one, so a server that requires it knows no other local user sent this."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(key.host, key.port, type=socket.SOCK_STREAM)
-    failure: OSError = OSError(f"no address for {key.host}")
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"no address for {host}")
     for family, kind, proto, _name, address in infos:
         sock = socket.socket(family, kind, proto)
         try:

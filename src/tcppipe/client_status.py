@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from tcppipe import state
+from tcppipe.receivers import describe_pipe_host, is_plain_host
 from tcppipe.state import PipeKey
 from tcppipe.status import RECONNECTING, STOPPED, PipeRow
 
@@ -39,8 +40,13 @@ def row_from_status(path: str, now: float) -> PipeRow | None:
     behind = _behind(raw, origin, offset)
     last = raw.get("last_byte_at")
     idle = max(0.0, now - last) if isinstance(last, int | float) else None
+    # Which receiver of -h's list it streams to now (only while its lock says it runs).
+    receiver = raw.get("receiver")
+    where = describe_pipe_host(host, port)
+    if isinstance(receiver, str) and running and receiver != where and not is_plain_host(host):
+        where = f"{receiver} (of {where})"  # one plain -h keeps the row it always had
     return PipeRow(
-        host=f"{host}:{port}",
+        host=where,
         origin=origin,
         destination="-",
         state=str(raw.get("state", RECONNECTING)) if running else STOPPED,

@@ -16,7 +16,7 @@ resume rule and its per-connection back-pressure stay as they are.
 Rule 3 (failures stay local): each Client runs in its own task, never in a
 shared TaskGroup. A pipe that ends with an error (refused, unreachable,
 unreadable, an internal error) is logged to syslog, its lock released, and it
-is tried again after ``discovery.RETRY_FAILED_S`` or at the next SIGHUP; the
+is tried again after a delay (``discovery.py`` Rule 5) or at the next SIGHUP; the
 other pipes go on. Exit status: at start, once every pipe found by the first
 scan has had its first answer, the agent is ready (detaches, 0) if one of them
 got READY or none was found; if all of them failed, it stops with the first
@@ -49,12 +49,23 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from tcppipe import daemon
-from tcppipe.checkpoint import finished_of
+from tcppipe.checkpoint import load_history
 from tcppipe.client import Client, ClientOptions
-from tcppipe.discovery import Decision, Discovery, Inode, is_pattern, watched_directories
+from tcppipe.discovery import (
+    Decision,
+    Discovery,
+    Seen,
+    claims_of,
+    is_pattern,
+    let_go_claims,
+    let_go_since,
+    watched_directories,
+)
 from tcppipe.errors import TcppipeError, describe_os_error
-from tcppipe.origin import inode_generation, others_may_plant
+from tcppipe.origin import others_may_plant, read_identity
+from tcppipe.receivers import describe_pipe_host
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
+from tcppipe.tailer import Finished
 from tcppipe.tasks import TaskReaper, log_loop_errors
 from tcppipe.watch import SharedInotify
 
@@ -76,6 +87,8 @@ class Pipe:
     task: asyncio.Task[None] | None = None
     # Its path matched nothing for the grace period and it had sent everything: stopping.
     finishing: bool = False
+    # The newest generation it let go that the discovery has been told of.
+    last_let_go: Finished | None = None
 
 
 class HostAgent:
@@ -98,7 +111,8 @@ class HostAgent:
         self.on_ready = on_ready
         self.discovery = Discovery(template.grace_s)
         self.pipes: dict[str, Pipe] = {}
-        self.tasks = TaskReaper(logger, f"[{self.host}:{self.port}]")
+        self.where = describe_pipe_host(self.host, self.port)
+        self.tasks = TaskReaper(logger, f"[{self.where}]")
         self.wake = asyncio.Event()
         self.stopping = False
         self.hup_pending = False
@@ -175,34 +189,25 @@ class HostAgent:
             raise self.start_failure
 
     def _claim_recorded(self) -> None:
-        """Before the first scan: every inode a status file of this host and port lists for a
-        file these patterns match is that file's (Rule 2 of discovery.py, across restarts). So is
-        a generation it sent to its end and let go, while a matching name still has it: the same
-        inode and the same inode generation, so never a new file that reused the number."""
-        finished: dict[Inode, tuple[str, int]] = {}
+        """Before the first scan: every generation a status file of this host and port lists
+        for a file these patterns match is claimed by that file's path (Rules 2 and 3 of
+        discovery.py, across restarts)."""
         for path in sorted(glob.glob(os.path.join(glob.escape(self.state_dir), "tcppipe.*.status"))):
             raw = read_json(path) or {}
             origin = raw.get("file")
             if raw.get("host") != self.host or raw.get("port") != self.port or not isinstance(origin, str):
                 continue
-            if not any(fnmatch.fnmatchcase(origin, p) for p in self.patterns):
-                continue
-            queue = raw.get("queue")
-            listed = [*(queue if isinstance(queue, list) else []), raw.get("generation")]
-            self.discovery.claim(origin, _inodes(listed))
-            for dev, ino, igen in finished_of(raw.get("finished")):
-                if igen is not None:  # unknown: a reused inode number could not be told apart
-                    finished.setdefault((dev, ino), (origin, igen))
-        if not finished:
-            return
-        for path, inode in self._found().items():
-            owner = finished.get(inode)
-            if owner is not None and _inode_generation_of(path) == owner[1]:
-                self.discovery.claim(owner[0], [inode])
+            if any(fnmatch.fnmatchcase(origin, p) for p in self.patterns):
+                self._claim_status(origin, path)
 
-    def _found(self) -> dict[str, Inode]:
-        """Every regular file the patterns match now, with its inode."""
-        found: dict[str, Inode] = {}
+    def _claim_status(self, origin: str, status_path: str) -> None:
+        """Claim for ``origin`` what its status file lists."""
+        for inode, claim in claims_of(origin, load_history(status_path)):
+            self.discovery.claim(inode, claim)
+
+    def _found(self) -> dict[str, Seen]:
+        """Every regular file the patterns match now, with its inode, size and mtime."""
+        found: dict[str, Seen] = {}
         for pattern in self.patterns:
             for path in glob.glob(pattern) if is_pattern(pattern) else [pattern]:
                 try:
@@ -219,13 +224,23 @@ class HostAgent:
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    found[path] = (st.st_dev, st.st_ino)
+                    found[path] = _seen(st)
         return found
 
     def _scan(self, first: bool) -> None:
         now = time.monotonic()
         running = {path: pipe.client.held_inodes() for path, pipe in self.pipes.items()}
-        decision = self.discovery.decide(self._found(), running, now)
+        for path, pipe in self.pipes.items():
+            let_go = pipe.client.let_go()
+            if let_go and let_go[-1] is not pipe.last_let_go:
+                fresh = let_go_since(let_go, pipe.last_let_go)
+                pipe.last_let_go = let_go[-1]
+                for inode, claim in let_go_claims(path, fresh):
+                    self.discovery.claim(inode, claim)
+        found = self._found()
+        decision = self.discovery.decide(
+            found, running, now, lambda path, length: read_identity(path, length, found[path].inode)
+        )
         self._report_rotated(decision)
         for path in decision.gone:
             pipe = self.pipes[path]
@@ -240,12 +255,23 @@ class HostAgent:
 
     def _report_rotated(self, decision: Decision) -> None:
         for path, owner in decision.rotated.items():
-            self._say_once(path, f"{path} is a rotated generation of {owner} (same inode): sent as part of that pipe")
+            if path in decision.grew:
+                size = decision.grew[path][1]
+                self._say_once(
+                    path,
+                    f"{path} (a rotated generation of {owner}) grew after it was sent to its end"
+                    f" at {size} bytes and let go: what was written to it later is not sent",
+                    logging.WARNING,
+                )
+            else:
+                self._say_once(
+                    path, f"{path} is a rotated generation of {owner} (same inode): sent as part of that pipe"
+                )
 
     def _say_once(self, path: str, message: str, level: int = logging.INFO) -> None:
         if self._said.get(path) != message:
             self._said[path] = message
-            self.log.log(level, "[%s:%d] %s", self.host, self.port, message)
+            self.log.log(level, "[%s] %s", self.where, message)
 
     # -- one pipe ----------------------------------------------------------------
 
@@ -270,12 +296,15 @@ class HostAgent:
             self.log,
             lambda: self._pipe_ready(path),
             own_signals=False,
-            admit=lambda gen: self.discovery.admits(path, (gen.dev, gen.ino)),
+            admit=lambda gen: self._admits(path, _seen(os.fstat(gen.fd))),
             polled=True,
             handshakes=self.handshakes,
             watcher=None if self.inotify is None else self.inotify.watcher_for,
         )
-        pipe = Pipe(key, client, lock)
+        # What its status file lists as let go is claimed already (at the restart, or when
+        # its last run ended): only what it lets go from now on is news for the discovery.
+        let_go = client.let_go()
+        pipe = Pipe(key, client, lock, last_let_go=let_go[-1] if let_go else None)
         self.pipes[path] = pipe
         if first:
             self._initial.add(path)
@@ -296,14 +325,15 @@ class HostAgent:
         finally:
             pipe.lock.release()
             del self.pipes[path]
+            # What it held stays its own (a retired pipe's last generations, a failed pipe's
+            # queue): no longer held open, claimed as its status file lists them.
+            self._claim_status(path, pipe.key.status_path(self.state_dir))
         if failure is not None:
             for line in failure.message.splitlines():
                 pipe.client.say(logging.ERROR, "%s", line)
             if not self.stopping:
-                self.discovery.failed(path, time.monotonic())
-                pipe.client.say(
-                    logging.INFO, "pipe ended; trying it again in %.0f s (or at a SIGHUP)", self.discovery.retry_s
-                )
+                delay = self.discovery.failed(path, time.monotonic())
+                pipe.client.say(logging.INFO, "pipe ended; trying it again in %.0f s (or at a SIGHUP)", delay)
             if path in self._initial and self.start_failure is None and not self._any_ready:
                 self.start_failure = failure
         elif not self.stopping:
@@ -311,7 +341,12 @@ class HostAgent:
         self._initial.discard(path)
         self._settle()
 
+    def _admits(self, path: str, seen: Seen) -> bool:
+        """May ``path``'s pipe take the file ``seen`` just opened at its FILE?"""
+        return self.discovery.admits(path, seen, lambda p, length: read_identity(p, length, seen.inode))
+
     def _pipe_ready(self, path: str) -> None:
+        self.discovery.succeeded(path)
         self._any_ready = True
         self._initial.discard(path)
         self._settle()
@@ -328,25 +363,8 @@ class HostAgent:
             self.request_stop()
 
 
-def _inode_generation_of(path: str) -> int | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return inode_generation(fd)
-    finally:
-        os.close(fd)
-
-
-def _inodes(listed: list[object]) -> list[Inode]:
-    inodes: list[Inode] = []
-    for item in listed:
-        if isinstance(item, dict):
-            dev, ino = item.get("dev"), item.get("ino")
-            if isinstance(dev, int) and isinstance(ino, int):
-                inodes.append((dev, ino))
-    return inodes
+def _seen(st: os.stat_result) -> Seen:
+    return Seen((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns)
 
 
 async def run_agent(

@@ -106,6 +106,28 @@ def inode_generation(fd: int) -> int | None:
     return value
 
 
+def read_identity(path: str, length: int, inode: tuple[int, int]) -> tuple[int | None, bytes] | None:
+    """The inode generation number and first ``length`` bytes of the file at ``path`` (opened
+    by ``open_origin``'s link rule, never blocking), or None if it cannot be read or is no
+    longer ``inode`` (replaced since it was looked at: looked at again later)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    if others_may_plant(os.path.dirname(path)):
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != inode:
+            return None
+        return inode_generation(fd), os.pread(fd, length, 0) if length else b""
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def find_generation(directory: str, record: GenerationId, igen: int | None = None) -> tuple[str, int] | None:
     """Search ``directory`` for the file that is generation ``record`` (a rotated
     origin after a restart), with inode generation ``igen`` if it is known; its
@@ -210,9 +232,7 @@ class OriginGeneration:
                 self.ident()
             except OSError:
                 return False
-        if len(self.head) < record.fp_len:
-            return False
-        return hashlib.sha256(self.head[: record.fp_len]).hexdigest() == record.fp_sha256
+        return record.heads(self.head)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

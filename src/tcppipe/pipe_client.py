@@ -254,6 +254,13 @@ class PipeClient:
         gens = [g for g in self.tailer.gens if not g.closed]
         return [r for r in self.history.held if not any(r.names(g) for g in gens)]
 
+    def open_inodes(self) -> list[tuple[int, int]]:
+        """The (dev, ino) of every generation held open, oldest first: what a host agent counts as
+        this pipe's without a check. Those the status file lists and are not open (the last run's,
+        until READY) are not among them: their inode may have been freed and its number reused by
+        another pipe's file; the agent claims them from the status file, checked."""
+        return [(g.dev, g.ino) for g in self.tailer.gens if not g.closed]
+
     def shape(self) -> list[tuple[int, int]]:
         """The (dev, ino) of every generation the status file lists, oldest first."""
         kept = [(r.ident.dev, r.ident.ino) for r in self._kept()]
@@ -284,7 +291,7 @@ class PipeClient:
             "queue": [r.ident.to_json() for r in listed],
             "sizes": [r.size for r in listed],
             "igens": [r.igen for r in listed],
-            "finished": [list(f) for f in self.tailer.finished],
+            "finished": [f.to_json() for f in self.tailer.finished],
             "state": self.state,
             "origin_end": self.origin_end(),
             "generations": len(self.generations_sent),

@@ -35,6 +35,7 @@ Errors: ``ProtocolError`` is the peer's fault (bad bytes, wrong order).
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import struct
 import zlib
@@ -111,6 +112,10 @@ class GenerationId:
 
     def to_json(self) -> dict[str, Any]:
         return {"dev": self.dev, "ino": self.ino, "fp_len": self.fp_len, "fp_sha256": self.fp_sha256}
+
+    def heads(self, head: bytes) -> bool:
+        """Does a file whose first bytes are ``head`` start as this generation did?"""
+        return len(head) >= self.fp_len and hashlib.sha256(head[: self.fp_len]).hexdigest() == self.fp_sha256
 
     @classmethod
     def from_json(cls, value: object) -> GenerationId:

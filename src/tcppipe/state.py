@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcppipe.errors import UsageError
+from tcppipe.receivers import pipe_host
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # Groups up to this id are system groups (login.defs SYS_GID_MAX), whose members are
@@ -151,9 +152,10 @@ class PipeKey:
 
     @classmethod
     def from_options(cls, file: str, host: str, port: int, cwd: str | None = None) -> PipeKey:
-        """Absolute path against ``cwd`` (symlinks not resolved), host lowercased."""
+        """Absolute path against ``cwd`` (symlinks not resolved), host lowercased; a list of
+        receivers (``-h a,b,c``) as the sorted set ``receivers.pipe_host`` makes of it."""
         base = cwd if cwd is not None else os.getcwd()
-        return cls(posixpath.normpath(posixpath.join(base, file)), host.strip().lower().rstrip("."), port)
+        return cls(posixpath.normpath(posixpath.join(base, file)), pipe_host(host, port), port)
 
     @property
     def slug(self) -> str:

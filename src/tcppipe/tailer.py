@@ -42,9 +42,39 @@ from tcppipe.errors import OriginError, describe_os_error
 from tcppipe.origin import OriginGeneration, find_generation, matches
 from tcppipe.protocol import GenerationId
 
-Finished = tuple[int, int, int | None]
+# Resumed.how when the server had no record on a reconnect: at what the last connection acknowledged.
+RESUMED_AT_ACKED = "where the server last acknowledged"
 # Finished generations a status file lists (a rotation a day for a month, and then some).
 MAX_FINISHED = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A generation sent to its end and let go: how a host agent knows it again (after a
+    restart too) and tells it from a later file that reused its inode number."""
+
+    dev: int
+    ino: int
+    igen: int | None = None
+    # Its head (None in a status file of an older version), size and mtime when let go.
+    ident: GenerationId | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    @classmethod
+    def of(cls, gen: OriginGeneration) -> Finished:
+        """``gen`` as it is when let go (its size and mtime unknown if it cannot be stat'ed)."""
+        try:
+            st = os.fstat(gen.fd)
+            return cls(gen.dev, gen.ino, gen.igen, gen.ident(), st.st_size, st.st_mtime_ns)
+        except OSError:
+            return cls(gen.dev, gen.ino, gen.igen)
+
+    def to_json(self) -> list[object]:
+        """[dev, ino, igen, size, mtime_ns, fp_len, fp_sha256] (unknowns null)."""
+        fp = self.ident
+        head: list[object] = [None, None] if fp is None else [fp.fp_len, fp.fp_sha256]
+        return [self.dev, self.ino, self.igen, self.size, self.mtime_ns, *head]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +246,7 @@ class Tailer:
                 # ones were closed only once a later one was acknowledged), at what it
                 # acknowledged of it.
                 gen = self.gens[0]
-                return self._resume_at(0, gen.acked, now, "where the server last acknowledged")
+                return self._resume_at(0, gen.acked, now, RESUMED_AT_ACKED)
             target = None if history is None else history.position
             how = "from the status file (the server has no record)"
         if target is not None:
@@ -383,7 +413,7 @@ class Tailer:
         gen.acked = offset
         index = self.gens.index(gen)
         for old in self.gens[:index]:
-            self.finished.append((old.dev, old.ino, old.igen))
+            self.finished.append(Finished.of(old))
             old.close()
         del self.finished[:-MAX_FINISHED]
         del self.gens[:index]

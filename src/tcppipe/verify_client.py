@@ -47,6 +47,7 @@ from tcppipe.protocol import (
     Verify,
     split_range,
 )
+from tcppipe.receivers import Receiver, Target
 from tcppipe.session import Acked, ClientSession
 from tcppipe.sockets import close_writer, tune
 from tcppipe.state import PipeKey
@@ -96,7 +97,7 @@ async def verify_pipe(key: PipeKey, bind: str | None, tls: ssl.SSLContext | None
     """Compare every generation the destination file holds with the origin's bytes:
     (exact, what to print, a line per generation when there are several)."""
     try:
-        reader, writer = await connect(key, bind, tls)
+        reader, writer = await connect(Target(Receiver(key.host, key.port), None), bind, tls)
     except OSError as exc:
         raise Unreachable(f"cannot connect to {key.host} port {key.port}: {describe(exc)}") from None
     talk = _Conversation(reader, writer, key.path)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.integration.conftest import Pipes, kill9, same_bytes, stop, wait_until
 from tests.integration.test_many_files import start_agent
 from tests.integration.test_restart import Writer, numbered_lines
 
 FILES = 400  # above tcppiped's 128 strangers per source
+TMPFS = "/dev/shm"
 
 
 def test_four_hundred_files_start_together_without_evicting_each_other(pipes: Pipes) -> None:
@@ -82,13 +90,30 @@ def test_fifty_files_through_one_glob_entry_survive_kill9_and_rotation(pipes: Pi
     assert stop(agent) == 0
 
 
-def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes) -> None:
+@pytest.fixture(params=["disk", "tmpfs"])
+def origin_dir(request: pytest.FixtureRequest, pipes: Pipes) -> Iterator[Path]:
+    """The origin directory: under pytest's temporary directory (a file system with inode
+    generation numbers here), or on tmpfs, which has none."""
+    if request.param == "disk":
+        yield pipes.tmp / "origin"
+        return
+    if not os.path.isdir(TMPFS) or not os.access(TMPFS, os.W_OK):
+        pytest.skip(f"{TMPFS} (tmpfs) is not writable here")
+    parent = Path(tempfile.mkdtemp(dir=TMPFS, prefix="tcppipe-test-"))
+    try:
+        yield parent / "origin"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes, origin_dir: Path) -> None:
     """A glob that matches rotated names (``*``) and a {name} entry: app.log is sent, rotated to
     app.log.1 (same inode, sent to its end and let go), and the agent restarts. The status file
-    lists the generations the pipe let go (inode and inode generation), so app.log.1 is still
-    app.log's old generation, not a new file to send again (before, the restart sent all of it
-    a second time, into app.log.1's destination)."""
-    origin_dir, dest_dir = pipes.tmp / "origin", pipes.tmp / "dest"
+    lists the generations the pipe let go (inode, head, size and mtime, and the inode generation
+    where the file system has one), so app.log.1 is still app.log's old generation, not a new
+    file to send again (before, the restart sent all of it a second time, into app.log.1's
+    destination; on tmpfs, without inode generation numbers, it still did)."""
+    dest_dir = pipes.tmp / "dest"
     origin_dir.mkdir()
     pipes.define(f"127.0.0.1:{origin_dir}/* | {dest_dir}/{{name}}")
     app, rotated = origin_dir / "app.log", origin_dir / "app.log.1"
@@ -119,3 +144,45 @@ def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes) -> N
     wait_until(lambda: (dest_dir / "app.log").read_bytes() == first + b"second generation\nthird\n")
     assert not (dest_dir / "app.log.1").exists()
     assert stop(agent) == 0
+
+
+def test_a_truncated_file_rotated_while_the_agent_was_down_is_not_sent_again(pipes: Pipes) -> None:
+    """app.log is truncated in place and rewritten (its old generation let go, in the same inode
+    as the new one), the agent stops, app.log is renamed app.log.1 and a new app.log made. At
+    the restart the let-go claim (the old head) must not override the held one (the new head):
+    app.log.1 is app.log's generation, not a new pipe that sends its bytes a second time."""
+    origin_dir, dest_dir = pipes.tmp / "origin", pipes.tmp / "dest"
+    origin_dir.mkdir()
+    pipes.define(f"127.0.0.1:{origin_dir}/* | {dest_dir}/{{name}}")
+    app, rotated, dest = origin_dir / "app.log", origin_dir / "app.log.1", dest_dir / "app.log"
+    before = numbered_lines(0, 300)
+    app.write_bytes(before)
+    pipes.start_server()
+    agent = start_agent(pipes, origin_dir / "*")
+    wait_until(lambda: dest.exists() and dest.read_bytes() == before)
+    after = b"after truncation 1\n"
+    with open(app, "r+b") as f:  # copytruncate's second half
+        f.truncate(0)
+        f.write(after)
+    wait_until(lambda: dest.read_bytes() == before + after, what="the truncation")
+    with open(app, "ab") as appending:
+        appending.write(b"after truncation 2\n")
+    after += b"after truncation 2\n"
+    wait_until(lambda: dest.read_bytes() == before + after, what="the append")
+
+    def recorded() -> bool:
+        for path in pipes.client_state.glob("tcppipe.*.status"):
+            raw = json.loads(path.read_text())
+            if raw.get("file") == str(app) and raw.get("finished") and raw.get("offset") == len(after):
+                return True
+        return False
+
+    wait_until(recorded, what="the truncated generation let go and the new one acknowledged")
+    assert stop(agent) == 0
+    app.rename(rotated)
+    app.write_bytes(b"new file\n")
+    agent = start_agent(pipes, origin_dir / "*")
+    pipes.syslog.wait_for(f"{rotated} is a rotated generation of {app}")
+    wait_until(lambda: dest.read_bytes() == before + after + b"new file\n", what="the new app.log")
+    assert stop(agent) == 0
+    assert not (dest_dir / "app.log.1").exists()

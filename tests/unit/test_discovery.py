@@ -3,18 +3,62 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 from pathlib import Path
 
 from tcppipe.discovery import (
+    RETRY_MAX_S,
+    Claim,
+    Decision,
     Discovery,
+    Inode,
+    Seen,
     agent_lock_name,
+    claims_of,
     is_pattern,
+    let_go_claims,
+    let_go_since,
     normalise_pattern,
     watched_directories,
 )
+from tcppipe.protocol import GenerationId
+from tcppipe.tailer import Finished, History, Recorded
 
 GRACE_S = 5.0
 A, B, C = (1, 10), (1, 11), (1, 12)
+
+
+class Files:
+    """A file system for the pure rules: each path's inode, size, mtime, inode generation and bytes."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[Inode, int | None, bytes, int]] = {}
+
+    def put(self, path: str, inode: Inode, data: bytes = b"x", igen: int | None = None, mtime_ns: int = 1) -> None:
+        self.files[path] = (inode, igen, data, mtime_ns)
+
+    def move(self, old: str, new: str) -> None:
+        self.files[new] = self.files.pop(old)
+
+    def found(self) -> dict[str, Seen]:
+        return {p: Seen(inode, len(data), mtime) for p, (inode, _i, data, mtime) in self.files.items()}
+
+    def identify(self, path: str, length: int) -> tuple[int | None, bytes] | None:
+        if path not in self.files:
+            return None
+        _inode, igen, data, _m = self.files[path]
+        return igen, data[:length]
+
+    def let_go(self, path: str, owner: str) -> tuple[Inode, Claim]:
+        """What a pipe records of ``path``'s file when it lets it go."""
+        inode, igen, data, mtime = self.files[path]
+        head = data[:4096]
+        ident = GenerationId(inode[0], inode[1], len(head), hashlib.sha256(head).hexdigest())
+        return inode, Claim(owner, ident, igen, len(data), mtime)
+
+
+def decide(d: Discovery, fs: Files, running: dict[str, list[Inode]], now: float) -> Decision:
+    return d.decide(fs.found(), running, now, fs.identify)
 
 
 def test_discovery_imports_no_io_layer() -> None:
@@ -27,86 +71,269 @@ def test_discovery_imports_no_io_layer() -> None:
 
 def test_every_new_match_gets_a_pipe_once() -> None:
     """Paths found and not running are started, sorted; running ones are not started again."""
-    d = Discovery(GRACE_S)
-    assert d.decide({"/l/b.log": B, "/l/a.log": A}, {}, 0.0).start == ("/l/a.log", "/l/b.log")
-    assert d.decide({"/l/b.log": B, "/l/a.log": A}, {"/l/a.log": [A], "/l/b.log": [B]}, 1.0).start == ()
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/b.log", B)
+    fs.put("/l/a.log", A)
+    assert decide(d, fs, {}, 0.0).start == ("/l/a.log", "/l/b.log")
+    assert decide(d, fs, {"/l/a.log": [A], "/l/b.log": [B]}, 1.0).start == ()
 
 
 def test_a_rotated_name_holding_a_running_pipes_inode_is_skipped() -> None:
     """a.log.1 with the inode a.log's pipe holds (draining) is that pipe's generation, never a pipe."""
-    d = Discovery(GRACE_S)
-    d.decide({"/l/a.log": A}, {}, 0.0)
-    decision = d.decide({"/l/a.log": B, "/l/a.log.1": A}, {"/l/a.log": [A, B]}, 1.0)
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A)
+    decide(d, fs, {}, 0.0)
+    fs.move("/l/a.log", "/l/a.log.1")
+    fs.put("/l/a.log", B)
+    decision = decide(d, fs, {"/l/a.log": [A, B]}, 1.0)
     assert decision.start == ()
     assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
 
 
-def test_the_claim_outlives_the_pipe_holding_it_while_the_inode_still_matches() -> None:
-    """Once a.log's pipe has let go of its old generation, a.log.1 (that inode) is still not a new pipe."""
-    d = Discovery(GRACE_S)
-    d.decide({"/l/a.log": A}, {"/l/a.log": [A]}, 0.0)
-    decision = d.decide({"/l/a.log": B, "/l/a.log.1": A}, {"/l/a.log": [B]}, 1.0)
-    assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
-    assert d.decide({"/l/a.log": B, "/l/a.log.2": A}, {"/l/a.log": [B]}, 2.0).rotated == {"/l/a.log.2": "/l/a.log"}
+def test_a_let_go_generation_is_still_its_pipes_while_the_file_is_the_same() -> None:
+    """Once a.log's pipe has let go of its old generation, a.log.1 (and a.log.2) is still not a new pipe."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A, b"first\n")
+    decide(d, fs, {"/l/a.log": [A]}, 0.0)
+    fs.move("/l/a.log", "/l/a.log.1")
+    fs.put("/l/a.log", B, b"second\n")
+    d.claim(*fs.let_go("/l/a.log.1", "/l/a.log"))
+    assert decide(d, fs, {"/l/a.log": [B]}, 1.0).rotated == {"/l/a.log.1": "/l/a.log"}
+    fs.move("/l/a.log.1", "/l/a.log.2")
+    assert decide(d, fs, {"/l/a.log": [B]}, 2.0).rotated == {"/l/a.log.2": "/l/a.log"}
 
 
-def test_a_started_path_claims_its_inode_at_once() -> None:
-    """The inode of a path that gets a pipe is claimed by that scan, before the pipe reports what it holds."""
-    d = Discovery(GRACE_S)
-    d.decide({"/l/a.log": A, "/l/a.log.1": B}, {}, 0.0)
-    assert not d.admits("/l/a.log.1", A)
-    assert not d.admits("/l/a.log", B)
+def test_a_started_path_holds_its_inode_at_once() -> None:
+    """The inode of a path that gets a pipe is held from that scan, before the pipe reports what it holds."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A)
+    fs.put("/l/a.log.1", B)
+    decide(d, fs, {}, 0.0)
+    assert not d.admits("/l/a.log.1", Seen(A, 1, 1), fs.identify)
+    assert not d.admits("/l/a.log", Seen(B, 1, 1), fs.identify)
 
 
 def test_a_claim_ends_with_its_inode_so_a_reused_inode_is_a_new_pipe() -> None:
     """After the old generation is deleted, a new file that reuses its inode number gets a pipe."""
-    d = Discovery(GRACE_S)
-    d.decide({"/l/a.log": A, "/l/a.log.1": C}, {"/l/a.log": [A, C]}, 0.0)
-    d.decide({"/l/a.log": A}, {"/l/a.log": [A]}, 1.0)  # a.log.1 deleted, the pipe let go of it
-    assert d.decide({"/l/a.log": A, "/l/new.log": C}, {"/l/a.log": [A]}, 2.0).start == ("/l/new.log",)
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A)
+    fs.put("/l/a.log.1", C, b"old\n")
+    decide(d, fs, {"/l/a.log": [A, C]}, 0.0)
+    del fs.files["/l/a.log.1"]  # deleted, the pipe let go of it
+    decide(d, fs, {"/l/a.log": [A]}, 1.0)
+    fs.put("/l/new.log", C, b"new\n")
+    assert decide(d, fs, {"/l/a.log": [A]}, 2.0).start == ("/l/new.log",)
+
+
+def test_a_let_go_inode_reused_between_two_scans_is_a_new_pipe_without_inode_generations() -> None:
+    """a.log.1, let go, is deleted and a new file b.log takes its inode number before the next
+    scan (tmpfs: no inode generation numbers): b.log is not a rotated name of a.log."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A, b"a 1\n")
+    fs.put("/l/a.log.1", C, b"a 0\n", mtime_ns=5)
+    decide(d, fs, {"/l/a.log": [A, C]}, 0.0)
+    d.claim(*fs.let_go("/l/a.log.1", "/l/a.log"))
+    assert decide(d, fs, {"/l/a.log": [A]}, 1.0).rotated == {"/l/a.log.1": "/l/a.log"}
+    del fs.files["/l/a.log.1"]
+    fs.put("/l/b.log", C, b"b 0\n", mtime_ns=9)
+    decision = decide(d, fs, {"/l/a.log": [A]}, 2.0)
+    assert decision.start == ("/l/b.log",)
+    assert decision.rotated == {}
+
+
+def test_a_reused_inode_with_the_same_head_is_told_apart_by_its_inode_generation() -> None:
+    """Where the file system has inode generation numbers, a later file that starts with the
+    same bytes in a reused inode is still a new pipe."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log.1", C, b"same\n", igen=7, mtime_ns=5)
+    d.claim(*fs.let_go("/l/a.log.1", "/l/a.log"))
+    del fs.files["/l/a.log.1"]
+    fs.put("/l/b.log", C, b"same\n more", igen=8, mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": [A]}, 0.0).start == ("/l/b.log",)
+
+
+def test_a_let_go_file_that_grew_stays_its_pipes_and_says_so() -> None:
+    """A rotated name whose file grew after its pipe let it go (same head) is not sent again under
+    its own name; the scan reports the growth once."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log.1", C, b"old line\n", mtime_ns=5)
+    d.claim(*fs.let_go("/l/a.log.1", "/l/a.log"))
+    fs.put("/l/a.log.1", C, b"old line\nlate line\n", mtime_ns=6)
+    decision = decide(d, fs, {"/l/a.log": [A]}, 0.0)
+    assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
+    assert decision.grew == {"/l/a.log.1": ("/l/a.log", 9)}
+    again = decide(d, fs, {"/l/a.log": [A]}, 1.0)
+    assert again.rotated == {"/l/a.log.1": "/l/a.log"}
+    assert again.grew == {}
+
+
+def test_a_file_let_go_empty_is_a_new_pipe_once_it_has_bytes() -> None:
+    """Nothing of a generation let go while empty was sent: once it changes, it is sent under its name."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log.1", C, b"", mtime_ns=5)
+    d.claim(*fs.let_go("/l/a.log.1", "/l/a.log"))
+    assert decide(d, fs, {"/l/a.log": [A]}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
+    fs.put("/l/a.log.1", C, b"late\n", mtime_ns=6)
+    assert decide(d, fs, {"/l/a.log": [A]}, 1.0).start == ("/l/a.log.1",)
 
 
 def test_status_file_claims_hold_across_a_restart() -> None:
-    """Inodes the last run's status file listed for a.log are a.log's before its pipe runs again."""
-    d = Discovery(GRACE_S)
-    d.claim("/l/a.log", [A, B])
-    decision = d.decide({"/l/a.log": B, "/l/a.log.1": A}, {}, 0.0)
-    assert decision.start == ("/l/a.log",)
+    """Generations the last run's status file listed for a.log are a.log's before its pipe runs again,
+    while each file starts as it did; one whose head differs is a new pipe."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log.1", A, b"gen 1\n")
+    fs.put("/l/a.log", B, b"gen 2\n")
+    fs.put("/l/other.log", C, b"a later file\n")
+    for path in ("/l/a.log.1", "/l/a.log"):
+        inode, claim = fs.let_go(path, "/l/a.log")
+        claim.let_go, claim.mtime_ns = False, None
+        d.claim(inode, claim)
+    inode, claim = fs.let_go("/l/other.log", "/l/a.log")
+    claim.ident = GenerationId(1, 12, 6, hashlib.sha256(b"gen 0\n").hexdigest())
+    claim.let_go, claim.mtime_ns = False, None
+    d.claim(inode, claim)
+    decision = decide(d, fs, {}, 0.0)
+    assert decision.start == ("/l/a.log", "/l/other.log")
     assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
 
 
-def test_admits_refuses_another_pipes_inode_and_claims_a_free_one() -> None:
-    """A new generation at a pipe's FILE is admitted unless another pipe claims it; admitted, it is claimed."""
+def test_a_status_files_position_keeps_the_held_generations_inode_generation() -> None:
+    """The position names the oldest held generation: its claim keeps that entry's inode generation,
+    so a later file in the freed inode (another igen) is a new pipe, even when the held one was empty."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    history = History((empty, 0), (Recorded(empty, 0, 1),))
+    for inode, claim in claims_of("/l/a.log", history):
+        d.claim(inode, claim)
+    assert d.claims[A][0].igen == 1
+    fs.put("/l/c.log", A, b"a later file\n", igen=2, mtime_ns=7)
+    assert decide(d, fs, {}, 0.0).start == ("/l/c.log",)
+
+
+def test_only_generations_let_go_since_the_last_scan_are_claimed_again() -> None:
+    """A pipe's let-go list is news only past the entry last claimed: claiming an older one again
+    would replace a claim made since (its file became another path's pipe, which claims it)."""
+    first, second, third = Finished(1, 10), Finished(1, 11), Finished(1, 12)
+    assert let_go_since([first, second, third], first) == [second, third]
+    assert let_go_since([first, second], second) == []
+    assert let_go_since([first, second], None) == [first, second]
+    assert let_go_since([second], first) == [second]  # trimmed past it: all are news
     d = Discovery(GRACE_S)
-    d.claim("/l/a.log", [A])
-    assert not d.admits("/l/a.log.1", A)
-    assert d.admits("/l/a.log.1", B)
-    assert not d.admits("/l/a.log", B)
-    assert d.admits("/l/a.log", A)
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, None, 0, 1))  # a.log let it go empty
+    d.claim(A, Claim("/l/a.log.2", GenerationId(1, 10, 1, hashlib.sha256(b"x").hexdigest()), None, 1, let_go=False))
+    for inode, claim in let_go_claims("/l/a.log", let_go_since([first, second], first)):
+        d.claim(inode, claim)
+    assert d.claims[A][0].owner == "/l/a.log.2"
+
+
+def test_two_status_files_claiming_one_inode_number_are_each_checked() -> None:
+    """After a restart two status files may claim one inode number, each for another file (one
+    freed, its number reused): the claim that names the file there decides, whichever came last."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, 3, 0, let_go=False))
+    d.claim(A, Claim("/l/c.log", empty, 2, 0, let_go=False))
+    fs.put("/l/a.log.1", A, b"written later\n", igen=3)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
+    assert [c.owner for c in d.claims[A]] == ["/l/a.log"]
+
+
+def test_a_let_go_generation_whose_number_a_held_one_reused_claims_nothing() -> None:
+    """A status file lists a generation let go empty and a held one in the same inode number (freed,
+    then reused by a later FILE): the held one is the later file and stays its pipe's as it grows."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    history = History((empty, 0), (Recorded(empty, 0),), (Finished(1, 10, None, empty, 0, 1),))
+    claims = claims_of("/l/a.log", history)
+    assert [(inode, c.let_go) for inode, c in claims] == [(A, False)]
+    for inode, claim in claims:
+        d.claim(inode, claim)
+    fs.put("/l/a.log.1", A, b"written while it was down\n", mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
+
+
+def test_a_generation_let_go_empty_replaces_its_owners_held_claim_on_it() -> None:
+    """A status file's claim on an empty generation, then its pipe lets that generation go empty:
+    the let-go claim replaces the held one, so once the file has bytes it is a new pipe."""
+    d, fs = Discovery(GRACE_S), Files()
+    empty = GenerationId(1, 10, 0, hashlib.sha256(b"").hexdigest())
+    d.claim(A, Claim("/l/a.log", empty, None, 0, let_go=False))
+    d.claim(A, Claim("/l/a.log", empty, None, 0, 1))
+    fs.put("/l/a.log.1", A, b"a late writer\n", mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": []}, 0.0).start == ("/l/a.log.1",)
+
+
+def test_an_older_status_files_claim_without_a_head_needs_the_same_inode_generation() -> None:
+    """A let-go record written by an older version ([dev, ino, igen]) is the file only with the same igen."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log.1", A, b"x", igen=3)
+    fs.put("/l/b.log", B, b"y", igen=4)
+    fs.put("/l/c.log", C, b"z")
+    d.claim(A, Claim("/l/a.log", None, 3))
+    d.claim(B, Claim("/l/a.log", None, 5))
+    d.claim(C, Claim("/l/a.log", None, None))
+    decision = decide(d, fs, {"/l/a.log": []}, 0.0)
+    assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
+    assert decision.start == ("/l/b.log", "/l/c.log")
+
+
+def test_admits_refuses_another_pipes_inode_and_holds_a_free_one() -> None:
+    """A new generation at a pipe's FILE is admitted unless another pipe holds or claims it; admitted, it is held."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A, b"a\n")
+    d.claim(*fs.let_go("/l/a.log", "/l/a.log"))
+    assert not d.admits("/l/a.log.1", Seen(A, 2, 1), fs.identify)
+    assert d.admits("/l/a.log.1", Seen(B, 2, 1), fs.identify)
+    assert not d.admits("/l/a.log", Seen(B, 2, 1), fs.identify)
+    assert d.admits("/l/a.log", Seen(A, 2, 1), fs.identify)
 
 
 def test_a_pipe_is_gone_only_after_its_path_matched_nothing_for_the_grace_period() -> None:
     """A missing path (mid-rotation) is not gone at once; after grace_s it is, and back again it is not."""
-    d = Discovery(GRACE_S)
+    d, fs = Discovery(GRACE_S), Files()
     running = {"/l/a.log": [A]}
-    assert d.decide({}, running, 0.0).gone == ()
-    assert d.decide({}, running, GRACE_S - 0.1).gone == ()
-    assert d.decide({}, running, GRACE_S).gone == ("/l/a.log",)
-    assert d.decide({"/l/a.log": B}, running, GRACE_S + 1).gone == ()
-    assert d.decide({}, running, GRACE_S + 2).gone == ()
+    assert decide(d, fs, running, 0.0).gone == ()
+    assert decide(d, fs, running, GRACE_S - 0.1).gone == ()
+    assert decide(d, fs, running, GRACE_S).gone == ("/l/a.log",)
+    fs.put("/l/a.log", B)
+    assert decide(d, fs, running, GRACE_S + 1).gone == ()
+    del fs.files["/l/a.log"]
+    assert decide(d, fs, running, GRACE_S + 2).gone == ()
 
 
 def test_a_failed_pipe_is_retried_after_the_delay_or_at_once_after_a_hup() -> None:
     """failed() holds a path back for retry_s; retry_now() (SIGHUP) releases it."""
-    d = Discovery(GRACE_S, retry_s=30.0)
-    found = {"/l/a.log": A}
+    d, fs = Discovery(GRACE_S, retry_s=30.0), Files()
+    fs.put("/l/a.log", A)
     d.failed("/l/a.log", 0.0)
-    assert d.decide(found, {}, 29.0).start == ()
-    assert d.decide(found, {}, 30.0).start == ("/l/a.log",)
+    assert decide(d, fs, {}, 29.0).start == ()
+    assert decide(d, fs, {}, 30.0).start == ("/l/a.log",)
     d.failed("/l/a.log", 31.0)
-    assert d.decide(found, {}, 32.0).start == ()
+    assert decide(d, fs, {}, 32.0).start == ()
     d.retry_now()
-    assert d.decide(found, {}, 33.0).start == ("/l/a.log",)
+    assert decide(d, fs, {}, 33.0).start == ("/l/a.log",)
+
+
+def test_a_pipe_that_keeps_failing_waits_longer_each_time_up_to_the_cap() -> None:
+    """30, 60, 120 ... s up to RETRY_MAX_S; READY or a SIGHUP starts again from 30 s."""
+    d = Discovery(GRACE_S, retry_s=30.0)
+    delays = [d.failed("/l/a.log", 0.0) for _ in range(8)]
+    assert delays == [30.0, 60.0, 120.0, 240.0, 480.0, RETRY_MAX_S, RETRY_MAX_S, RETRY_MAX_S]
+    d.succeeded("/l/a.log")
+    assert d.failed("/l/a.log", 0.0) == 30.0
+    assert d.failed("/l/a.log", 0.0) == 60.0
+    d.retry_now()
+    assert d.failed("/l/a.log", 0.0) == 30.0
+
+
+def test_the_failure_count_of_a_path_that_went_away_is_forgotten() -> None:
+    """A failed path that no longer matches (a date-named file removed) leaves no count behind."""
+    d, fs = Discovery(GRACE_S, retry_s=30.0), Files()
+    d.failed("/l/2026-12-01.log", 0.0)
+    assert decide(d, fs, {}, 31.0).start == ()
+    fs.put("/l/2026-12-01.log", A)
+    assert d.failed("/l/2026-12-01.log", 32.0) == 30.0
 
 
 def test_patterns_are_normalised_like_a_plain_file() -> None:

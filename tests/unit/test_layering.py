@@ -29,6 +29,7 @@ PURE = [
     "checkpoint",
     "strangers",
     "inotify_routes",
+    "receivers",
 ]
 FORBIDDEN = {
     "asyncio",

@@ -179,3 +179,20 @@ def test_a_restart_sends_every_later_generation_when_the_recorded_one_is_gone(tm
         world.send()
     assert world.landed() == b"first\nsecond\nthird\n"
     assert any("is gone" in n for n in world.client.take_notices())
+
+
+def test_a_restarted_pipe_holds_open_only_what_it_opened_not_what_its_status_file_lists(tmp_path: Path) -> None:
+    """Before READY the status file still lists the last run's generations (shape), but only the
+    open ones are held: a listed inode may be freed and its number reused by another pipe's file."""
+    world = World(tmp_path)
+    world.write(b"first\n")
+    world.rotate("app.log.1")
+    world.client.follow(world.now)
+    world.save_status()
+    listed = world.client.shape()
+    world.client.close()
+    os.unlink(world.origin.parent / "app.log.1")  # freed while down; its number may be reused
+    world.client = world.new_client()
+    assert len(listed) == 2
+    assert world.client.shape() == listed  # still listed until READY
+    assert world.client.open_inodes() == listed[1:]  # FILE only
