@@ -55,8 +55,12 @@ from tcppipe.ledger import Contended, Continuity, LedgerError, MessageRecord, me
 from tcppipe.protocol import GenerationId
 from tcppipe.stats import PipeStats
 
-# JetStream's error code for "wrong last sequence" (another receiver appended first).
+# JetStream's error codes for "wrong last sequence": another receiver appended first (10071), or
+# (10164) the same, or a clustered stream still applying our own acknowledged append.
 WRONG_LAST_SEQUENCE: Final = 10071
+WRONG_LAST_SEQUENCE_CODES: Final = (WRONG_LAST_SEQUENCE, 10164)
+SPURIOUS_REJECTIONS: Final = 3  # rejections with the ledger unmoved retried this often
+SPURIOUS_RETRY_S: Final = 0.002
 STREAM_NOT_FOUND: Final = 10059
 PUBLISH_TIMEOUT_S: Final = 5.0
 LINGER_S: Final = 0.002
@@ -449,6 +453,16 @@ class JetStreamStore:
                 async with asyncio.timeout(left):
                     await self.wake.wait()
 
+    async def _ledger_unmoved(self) -> bool:
+        """Is the subject's last sequence still the one this store expects (re-read after a rejection)?"""
+        try:
+            msg = await self.js.get_last_msg(self.target.stream, self.target.subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return self.sequence == 0
+        except (nats.errors.Error, TimeoutError, OSError):
+            return False
+        return msg.seq == self.sequence
+
     async def publish_next(self) -> None:
         """Publish the next message's worth of what is queued (compare-and-append); Contended if it did not land."""
         assert self.current is not None
@@ -460,25 +474,34 @@ class JetStreamStore:
         record = MessageRecord(self.current, self.igen, self.end, self.end + size)
         self.in_flight = self.last_size = size
         started = time.monotonic()
-        try:
-            ack = await self.js.publish(
-                self.target.subject,
-                payload,
-                timeout=PUBLISH_TIMEOUT_S,
-                stream=self.target.stream,
-                headers=record.headers(self.sequence),
-            )
-        except nats.js.errors.APIError as exc:
-            self.stats.rejected_appends += exc.err_code == WRONG_LAST_SEQUENCE
-            why = (
-                "another receiver appended to it"
-                if exc.err_code == WRONG_LAST_SEQUENCE
-                else f"the publish was refused: {_describe(exc)}"
-            )
-            raise Contended(f"{self.target}: {why}; the client resumes from the ledger") from None
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            why = f"the publish's outcome is unknown ({_describe(exc)})"
-            raise Contended(f"{self.target}: {why}; the client resumes from the ledger") from None
+        for attempt in range(SPURIOUS_REJECTIONS + 1):
+            try:
+                ack = await self.js.publish(
+                    self.target.subject,
+                    payload,
+                    timeout=PUBLISH_TIMEOUT_S,
+                    stream=self.target.stream,
+                    headers=record.headers(self.sequence),
+                )
+                break
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in WRONG_LAST_SEQUENCE_CODES:
+                    why = f"the publish was refused: {_describe(exc)}"
+                    raise Contended(f"{self.target}: {why}; the client resumes from the ledger") from None
+                if attempt < SPURIOUS_REJECTIONS and await self._ledger_unmoved():
+                    # A clustered stream can reject an append whose predecessor it has acknowledged
+                    # but not yet applied: the ledger is as we left it, so the same compare-and-append
+                    # is tried again (it can still land at most once).
+                    await asyncio.sleep(SPURIOUS_RETRY_S * (attempt + 1))
+                    continue
+                self.stats.rejected_appends += 1
+                why = "another receiver appended to it"
+                raise Contended(f"{self.target}: {why}; the client resumes from the ledger") from None
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                why = f"the publish's outcome is unknown ({_describe(exc)})"
+                raise Contended(f"{self.target}: {why}; the client resumes from the ledger") from None
+        else:  # pragma: no cover - every attempt ends in break, continue or raise
+            raise Contended(f"{self.target}: rejected {SPURIOUS_REJECTIONS + 1} times")
         self.in_flight = 0
         self.publish_latency_s = time.monotonic() - started
         self.stats.publishes += 1

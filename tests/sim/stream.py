@@ -2,12 +2,15 @@
 
 Rule 1: deterministic. One seeded ``random.Random`` decides every step; the
 real ``JetStreamHub.open_store`` and ``JetStreamStore`` (tcppiped's own code)
-run against ``SimStream``, whose coroutines never suspend, so each is driven
-to its end by ``drive`` without an event loop.
+run against ``SimStream``, whose coroutines never wait for anything but the
+store's own short retry sleeps; each is driven to its end, one at a time, on
+the world's private event loop.
 
 Rule 2 (the stream): ``SimStream.publish`` is compare-and-append: it stores a
 message only if ``Nats-Expected-Last-Subject-Sequence`` is the subject's last
-sequence, else raises JetStream's "wrong last sequence" error. It can also
+sequence, else raises JetStream's "wrong last sequence" error (and now and
+then raises it spuriously, as a clustered stream still applying the last
+append does: the ledger unmoved, nothing stored). It can also
 lose a publish's acknowledgement (the message is stored, the receiver hears
 a timeout) or delay the publish itself (the receiver hears a timeout; the
 message reaches the stream some steps later, and is stored only if the
@@ -25,6 +28,7 @@ end, one clean connection completes it, and the subject equals the origin.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
@@ -49,14 +53,9 @@ class SimFailure(Exception):
     """The ledger's invariant broke."""
 
 
-def drive(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that never suspends (everything it awaits is ``SimStream``'s) to its result."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise SimFailure("a simulated coroutine suspended")
+def drive(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run one coroutine to its result on the world's loop (nothing else runs there)."""
+    return loop.run_until_complete(coro)
 
 
 @dataclass
@@ -71,9 +70,11 @@ class SimStream:
     rng: random.Random
     lose_ack: float = 0.0
     lose_publish: float = 0.0
+    spurious: float = 0.0
     messages: list[RawStreamMsg] = field(default_factory=list)
     lost_acks: int = 0
     rejected: int = 0
+    spurious_rejections: int = 0
     delayed: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
     late_landed: int = 0
 
@@ -95,6 +96,9 @@ class SimStream:
     async def publish(
         self, subject: str, payload: bytes, timeout: float, stream: str, headers: dict[str, str]
     ) -> SimAck:
+        if self.rng.random() < self.spurious:
+            self.spurious_rejections += 1
+            raise BadRequestError(code=400, err_code=10164, description="wrong last sequence")
         if self.rng.random() < self.lose_publish:
             self.delayed.append((subject, payload, dict(headers)))
             raise TimeoutError("no acknowledgement in time")
@@ -124,9 +128,11 @@ class Connection:
 class StreamWorld:
     """The origin's generations, a simulated subject, and up to ``receivers`` connections at once."""
 
-    def __init__(self, seed: int, receivers: int = 3, lose_ack: float = 0.05, lose_publish: float = 0.03) -> None:
+    def __init__(
+        self, seed: int, receivers: int = 3, lose_ack: float = 0.05, lose_publish: float = 0.03, spurious: float = 0.05
+    ) -> None:
         self.rng = random.Random(seed)
-        self.stream = SimStream(self.rng, lose_ack, lose_publish)
+        self.stream = SimStream(self.rng, lose_ack, lose_publish, spurious)
         self.hub = JetStreamHub(NatsOptions(("nats://sim",)), logging.getLogger("sim"))
         self.hub.js = self.stream  # type: ignore[assignment]  # the simulated stream stands in for JetStream
         self.receivers = receivers
@@ -140,7 +146,7 @@ class StreamWorld:
 
     def connect(self) -> None:
         """A client connects to some receiver: READY from the ledger, and the client's plan from it."""
-        store: JetStreamStore = drive(self.hub.open_store(TARGET, self.stats))
+        store: JetStreamStore = drive(self.loop, self.hub.open_store(TARGET, self.stats))
         store.limit = self.rng.choice((7, 512, 4096, 1 << 20))
         record, offset = store.answer()
         if record is None:
@@ -168,7 +174,7 @@ class StreamWorld:
             store.write(self.gens[index][offset : offset + size])
             try:
                 while store.pending:
-                    drive(store.publish_next())
+                    drive(self.loop, store.publish_next())
             except Contended:
                 self.live.remove(conn)  # the client is refused (retryably) and reconnects
                 return
@@ -197,6 +203,13 @@ class StreamWorld:
         return [bytes(h) for h in held]
 
     def run(self, steps: int) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            self._run(steps)
+        finally:
+            self.loop.close()
+
+    def _run(self, steps: int) -> None:
         for _ in range(min(steps, MAX_STEPS)):
             if self.stream.delayed and self.rng.random() < 0.3:
                 self.stream.land_delayed()
@@ -206,7 +219,7 @@ class StreamWorld:
                 self.step(self.rng.choice(self.live))
             self.check()
         # Quiescence: no more faults, one connection at a time until the subject holds everything.
-        self.stream.lose_ack = self.stream.lose_publish = 0.0
+        self.stream.lose_ack = self.stream.lose_publish = self.stream.spurious = 0.0
         while self.stream.delayed:
             self.stream.land_delayed()
             self.check()
