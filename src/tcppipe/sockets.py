@@ -26,6 +26,10 @@ KEEPINTVL_S: Final = 5
 KEEPCNT: Final = 3
 USER_TIMEOUT_MS: Final = 45_000
 WRITE_HIGH_WATER_BYTES: Final = 4 * 1024 * 1024
+# One sendmsg takes at most this many buffers (Linux allows 1024; a round has about ten).
+MAX_SEND_PIECES: Final = 64
+# Sending straight to the socket needs a private epoll set to wait for room (Linux).
+DIRECT_SEND: Final = hasattr(select, "epoll") and hasattr(socket, "MSG_NOSIGNAL")
 
 
 def tune(writer: asyncio.StreamWriter) -> None:
@@ -64,6 +68,53 @@ async def next_event(reader: asyncio.StreamReader, decoder: Decoder) -> Event:
             raise ConnectionLost(describe_os_error(exc)) from None
         decoder.feed(data)
     raise ProtocolError("no event after a million reads")  # pragma: no cover
+
+
+def send_some(fd: int, pending: list[memoryview]) -> None:
+    """Hand the kernel what it takes now of ``pending`` (one ``sendmsg``, no copy in user
+    space), dropping what it took from the front of the list; OSError as ConnectionLost."""
+    sock = socket.socket(fileno=fd)  # borrowed: detached below, so never closed here
+    try:
+        sent = sock.sendmsg(pending[:MAX_SEND_PIECES], (), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as exc:
+        raise ConnectionLost(describe_os_error(exc)) from None
+    finally:
+        sock.detach()
+    while sent and pending:
+        head = pending[0]
+        if sent < len(head):
+            pending[0] = head[sent:]
+            return
+        sent -= len(head)
+        del pending[0]
+
+
+async def writable(fd: int) -> None:
+    """Return when the kernel would take more bytes on ``fd`` (or the socket failed).
+
+    A transport owns the socket, so the loop refuses to watch it: a one-shot epoll
+    set does, itself watched by the loop (a few system calls a wait; a catch-up
+    waits about once per socket buffer).
+    """
+    loop = asyncio.get_running_loop()
+    epoll = select.epoll(1)
+    try:
+        epoll.register(fd, select.EPOLLOUT)
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        loop.add_reader(epoll.fileno(), wake)
+        try:
+            await woken
+        finally:
+            loop.remove_reader(epoll.fileno())
+    finally:
+        epoll.close()
 
 
 async def close_writer(writer: asyncio.StreamWriter, timeout_s: float = 5.0) -> None:

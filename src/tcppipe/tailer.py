@@ -376,13 +376,16 @@ class Tailer:
 
     # -- reading -----------------------------------------------------------------
 
-    def next_chunk(self, now: float, limit: int) -> tuple[OriginGeneration, bytes] | None:
-        """The next bytes to send and their generation, or None when caught up."""
+    def next_chunk(
+        self, now: float, limit: int, into: memoryview | None = None
+    ) -> tuple[OriginGeneration, bytes | memoryview] | None:
+        """The next bytes to send and their generation, or None when caught up (read into
+        ``into`` when given, see ``OriginGeneration.read``)."""
         for gen in self.gens:
             if gen.done:
                 continue
             if not gen.finished:
-                data = gen.read(limit)
+                data = gen.read(limit, into)
                 if data:
                     return gen, data
             if gen is self.current:
