@@ -42,6 +42,7 @@ from tcppipe.tls import TlsFiles, client_context, server_context
 
 if TYPE_CHECKING:
     from tcppipe.client import ClientOptions  # the client loads only for the client's commands
+    from tcppipe.jetstream import NatsOptions  # nats-py loads only with --nats
 
 DEFAULT_PORT = 6514
 DEFAULT_CONFIG = "/etc/tcppipe.conf"
@@ -117,7 +118,12 @@ remote path. Edits of CONFIG apply to new connections without a signal.
   tcppiped status [-p PORT] [--state-dir DIR] [--json]
       each configured pipe: peer, state, bytes landed and behind, idle time
   tcppiped units [--install [DIR]]
-      print the systemd units, or write them into DIR (/etc/systemd/system)"""
+      print the systemd units, or write them into DIR (/etc/systemd/system)
+  tcppiped export --nats URL[,URL...] jetstream:STREAM/SUBJECT [--generation N] [--from OFFSET]
+      write every byte a JetStream subject holds to stdout, generations in order
+
+A config line may append to a NATS JetStream subject instead of a file:
+HOST:/remote/file | jetstream:STREAM/SUBJECT  (with --nats; see README)."""
 
 SERVER_EPILOG = """\
 signals:
@@ -322,7 +328,93 @@ def server_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="without TLS, close connections from a source port of 1024 or more (only root can bind below)",
     )
+    _add_nats_options(p)
+    p.add_argument(
+        "--nats-replicas",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="replicas of a stream tcppiped creates (1; 3 for a quorum of a 3-node cluster)",
+    )
     return p
+
+
+def _nats_urls(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in text.split(",") if u.strip())
+    if not urls:
+        raise argparse.ArgumentTypeError(f"{text!r} names no NATS server (nats://HOST:PORT[,...])")
+    return urls
+
+
+def _add_nats_options(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--nats",
+        type=_nats_urls,
+        default=None,
+        required=required,
+        metavar="URL[,URL...]",
+        help="the NATS JetStream cluster of jetstream: destinations (nats://host:4222,...)",
+    )
+    p.add_argument("--nats-creds", default=None, metavar="FILE", help="NATS credentials file (JWT and NKey)")
+    p.add_argument("--nats-tls-ca", default=None, metavar="PEM", help="CA certificates to verify NATS servers with")
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tcppiped export",
+        add_help=False,
+        description="Write every byte a JetStream subject holds to stdout, byte-exact, generations in order.",
+    )
+    p.add_argument("--help", action="help", help="show this help and exit")
+    _add_nats_options(p, required=True)
+    p.add_argument("target", metavar="jetstream:STREAM/SUBJECT", help="the destination of a config entry")
+    p.add_argument("--generation", type=_count, default=None, metavar="N", help="only the N-th generation (from 1)")
+    p.add_argument(
+        "--from",
+        dest="from_offset",
+        type=_offset,
+        default=0,
+        metavar="OFFSET",
+        help="in each generation written, only its bytes from OFFSET on",
+    )
+    return p
+
+
+def _offset(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte offset")
+    return int(text)
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """tcppiped export: a JetStream subject's bytes to stdout."""
+
+    def run() -> int:
+        from tcppipe.config import JetStreamTarget, parse_jetstream
+        from tcppipe.jetstream import JetStreamHub, NatsOptions, export_subject
+
+        args = export_parser().parse_args(argv)
+        target = parse_jetstream(args.target)
+        if not isinstance(target, JetStreamTarget):
+            raise UsageError(target)
+        log = logging.getLogger("tcppiped.export")
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
+        out = sys.stdout.buffer
+
+        async def export() -> int:
+            hub = JetStreamHub(NatsOptions(args.nats, creds=args.nats_creds, tls_ca=args.nats_tls_ca), log)
+            await hub.connect()
+            try:
+                return await export_subject(hub, target, out.write, args.generation, args.from_offset)
+            finally:
+                await hub.close()
+
+        asyncio.run(export())
+        out.flush()
+        return 0
+
+    return _one_shot("tcppiped export", run)
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -715,6 +807,8 @@ def server_main(argv: Sequence[str] | None = None) -> int:
         return server_status_main(args_list[1:])
     if args_list[:1] == ["units"]:
         return units_main(args_list[1:])
+    if args_list[:1] == ["export"]:
+        return export_main(args_list[1:])
     from tcppipe.server import ServerOptions, read_config, run_server
 
     program = _Program("tcppiped")
@@ -757,6 +851,7 @@ def server_main(argv: Sequence[str] | None = None) -> int:
             args.handshake_timeout,
             args.metrics,
             require_privileged_port=args.require_privileged_port,
+            nats=_nats_options(args),
         )
         try:
             asyncio.run(run_server(opts, program.log, program.ready))
@@ -774,6 +869,14 @@ def server_main(argv: Sequence[str] | None = None) -> int:
     finally:
         if pid_lock is not None:
             pid_lock.release(remove=True)
+
+
+def _nats_options(args: argparse.Namespace) -> NatsOptions | None:
+    if args.nats is None:
+        return None
+    from tcppipe.jetstream import NatsOptions
+
+    return NatsOptions(args.nats, args.nats_replicas, args.nats_creds, args.nats_tls_ca)
 
 
 def keepalive_main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,11 @@ start-up and reload report every problem, each as ``FILE:LINE: reason``.
 Format, one entry a line (``#`` lines and blank lines ignored)::
 
     <host>:<absolute remote path> | <absolute local path>
+    <host>:<absolute remote path> | jetstream:<STREAM>/<subject>
+
+The second form appends to a NATS JetStream subject instead of a file
+(``JetStreamTarget``); it takes no placeholders and no glob, and one subject
+is written by one entry only.
 
 ``host`` is a name, an IP address or a network (``10.1.0.0/16``); IPv6 is
 bracketed: ``[::1]:/var/log/x | /srv/x``, ``[fd00::/64]:/var/log/x | ...``.
@@ -55,6 +60,46 @@ from tcppipe.templates import (
 )
 
 _GLOB_MAGIC = re.compile(r"[*?\[]")
+JETSTREAM_PREFIX = "jetstream:"
+# NATS stream names: no whitespace, no subject syntax (., *, >) and no path separators.
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+# One subject token: printable ASCII without whitespace, '.', '*' or '>' (a literal subject, never a wildcard).
+_SUBJECT_TOKEN = re.compile(r"[!-)+-\-/-=?-~]+")
+MAX_SUBJECT_CHARS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamTarget:
+    """A pipe's destination in NATS JetStream: ``subject`` in stream ``stream``."""
+
+    stream: str
+    subject: str
+
+    def __str__(self) -> str:
+        return f"{JETSTREAM_PREFIX}{self.stream}/{self.subject}"
+
+
+def parse_jetstream(text: str) -> JetStreamTarget | str:
+    """``jetstream:STREAM/SUBJECT`` as a target, or the reason it is not one."""
+    rest = text.removeprefix(JETSTREAM_PREFIX)
+    stream, sep, subject = rest.partition("/")
+    if not sep:
+        return f"{text!r}: expected jetstream:STREAM/SUBJECT"
+    if not _STREAM_NAME.fullmatch(stream):
+        return f"{text!r}: stream name {stream!r} must be letters, digits, '-' or '_'"
+    tokens = subject.split(".")
+    if (
+        len(subject) > MAX_SUBJECT_CHARS
+        or "{" in subject
+        or "}" in subject
+        or not all(map(_SUBJECT_TOKEN.fullmatch, tokens))
+    ):
+        return (
+            f"{text!r}: subject {subject!r} must be dot-separated tokens of printable characters,"
+            " without wildcards ('*', '>'), braces or white space"
+        )
+    return JetStreamTarget(stream, subject)
+
 
 CertificateNames = tuple[Sequence[str], Sequence[str]]  # (DNS names, IP addresses) of a verified certificate
 
@@ -74,6 +119,14 @@ class Entry:
     line: int
     glob: bool = False
     source: Entry | None = None
+
+    @property
+    def jetstream(self) -> JetStreamTarget | None:
+        """The JetStream subject this entry appends to, or None for a file."""
+        if not self.local.startswith(JETSTREAM_PREFIX):
+            return None
+        target = parse_jetstream(self.local)
+        return target if isinstance(target, JetStreamTarget) else None
 
     @property
     def address(self) -> Address | None:
@@ -300,6 +353,8 @@ def parse_line(text: str) -> Entry | str | None:
     if isinstance(parsed, str):
         return parsed
     host, remote = parsed
+    if local.startswith(JETSTREAM_PREFIX):
+        return _parse_jetstream_entry(host, remote, local)
     for path, what in ((remote, "remote"), (local, "local")):
         problem = _check_path(path, what)
         if problem:
@@ -315,11 +370,30 @@ def parse_line(text: str) -> Entry | str | None:
     return Entry(host=host, remote=remote, local=local, line=0, glob=glob)
 
 
+def _parse_jetstream_entry(host: str, remote: str, local: str) -> Entry | str:
+    problem = _check_path(remote, "remote")
+    if problem:
+        return problem
+    target = parse_jetstream(local)
+    if isinstance(target, str):
+        return target
+    remote_glob = _parse_remote(remote)
+    if isinstance(remote_glob, str):
+        return remote_glob
+    remote, glob = remote_glob
+    if glob:
+        return "a glob entry cannot write a JetStream subject (one subject a file: use a file destination)"
+    if "/" in host and (net := parse_network(host)) is not None and net.num_addresses > 1:
+        return f"network {host} has many hosts: they cannot share one JetStream subject"
+    return Entry(host=host, remote=remote, local=str(target), line=0)
+
+
 def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
     """Every entry of a config file and every problem in it."""
     entries: list[Entry] = []
     errors: list[ConfigError] = []
     seen = OverlapIndex()
+    seen_subjects: dict[str, Entry] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         result = parse_line(raw)
         if result is None:
@@ -333,6 +407,18 @@ def parse(text: str, path: str) -> tuple[list[Entry], list[ConfigError]]:
             errors.append(
                 ConfigError(path, number, f"local file {entry.local} is already written by line {earlier.line}")
             )
+            continue
+        target = entry.jetstream
+        if target is not None:
+            other = seen_subjects.get(target.subject)
+            if other is not None:
+                errors.append(
+                    ConfigError(path, number, f"subject {target.subject} is already written by line {other.line}")
+                )
+                continue
+            seen_subjects[target.subject] = entry
+            seen.by_local[entry.local] = entry
+            entries.append(entry)
             continue
         template = split_template(entry.local)
         assert not isinstance(template, str)  # parse_line checked it

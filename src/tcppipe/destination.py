@@ -39,16 +39,29 @@ is refused at once; it is opened ``O_NONBLOCK`` so that a FIFO cannot hang the
 open). In a sticky directory that others may write, an existing destination
 must also be owned by root or tcppiped's user and have a single link. Every
 refusal is one line naming the path and the reason.
+
+Rule 5 (one writer at a time, fenced): receivers a client fails over
+between may share the state directory, and a receiver that stalled (stopped,
+swapped out) can wake up with bytes of a connection its client has long
+left. So every append and every record written is fenced: under an
+exclusive ``flock`` held only for that write, the destination must still
+have the size this object last left it at, and the sidecar record must
+still be the one it last wrote (or read). If another tcppiped appended or
+recorded since, the write is refused (DestinationError) and the connection
+ends; its client resumes from the record as it now stands. A lock never
+outlives a write, so a stalled receiver cannot hold a pipe hostage.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import posixpath
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
@@ -317,12 +330,16 @@ class Destination:
     journal: list[Span] = field(default_factory=list)
     earlier: int = 0
     igen: int | None = None
+    # Rule 5: the size this object last left the file at, and the sidecar it last wrote or read.
+    expected_size: int = -1
+    sidecar_ino: int | None = None
 
     @classmethod
     def open(cls, path: str, state_dir: str) -> Destination:
         fd = open_for_append(path)
         st = os.fstat(fd)
         dest = cls(path, record_path(state_dir, path), fd, st.st_dev, st.st_ino)
+        dest._expect()
         dest._load_record()
         return dest
 
@@ -434,7 +451,45 @@ class Destination:
             self.igen = igen
         self._save(ident, base)
 
+    def _sidecar_inode(self) -> int | None:
+        try:
+            return os.stat(self.sidecar).st_ino
+        except OSError:
+            return None
+
+    def _expect(self) -> None:
+        """Take the file and its record as they are now as this writer's own (Rule 5)."""
+        self.expected_size, self.sidecar_ino = self.size(), self._sidecar_inode()
+
+    @contextlib.contextmanager
+    def _fenced(self) -> Iterator[None]:
+        """Rule 5: hold the write lock for one write, and only if nobody else wrote since ours."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise DestinationError(f"destination {self.path} is being written by another tcppiped") from None
+            raise DestinationError(f"destination {self.path} cannot be locked: {describe_os_error(exc)}") from None
+        try:
+            if self.size() != self.expected_size or self._sidecar_inode() != self.sidecar_ino:
+                raise DestinationError(
+                    f"destination {self.path} was written by another tcppiped since this connection began;"
+                    " the client resumes from its record"
+                )
+            try:
+                yield
+            finally:
+                self.expected_size = self.size()  # what reached the file, even if the write failed midway
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+
     def _save(self, record: GenerationId | None, base: int) -> None:
+        with self._fenced():
+            self._save_unfenced(record, base)
+        self.sidecar_ino = self._sidecar_inode()
+
+    def _save_unfenced(self, record: GenerationId | None, base: int) -> None:
         try:
             os.fsync(self.fd)
             os.makedirs(os.path.dirname(self.sidecar), mode=0o700, exist_ok=True)
@@ -458,11 +513,12 @@ class Destination:
     def write(self, data: bytes | memoryview) -> None:
         """Append all of ``data``; on failure what was written stays counted by the size."""
         view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError as exc:
-            raise DestinationError(f"cannot write {self.path}: {describe_os_error(exc)}") from None
+        with self._fenced():
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError as exc:
+                raise DestinationError(f"cannot write {self.path}: {describe_os_error(exc)}") from None
 
     def reopen(self) -> bool:
         """Reopen by name (after rotation on this host); True if it was a new file."""
@@ -477,6 +533,7 @@ class Destination:
         old_head = self.answer()[0]
         os.close(self.fd)
         self.fd, self.dev, self.ino = new_fd, st.st_dev, st.st_ino
+        self._expect()
         # The earlier spans are in the file rotated away; this one holds none of them.
         self.journal, self.earlier = [], 0
         if landed is None:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from tcppipe.config import JETSTREAM_PREFIX
 from tcppipe.stats import PipeStats, ServerStats
 from tcppipe.status import DRAINING, STREAMING
 
@@ -59,6 +60,27 @@ class ServerCollector(Collector):
             if p.generation_bytes is not None:
                 landed.add_metric(labels, p.generation_bytes)
         yield from (up, lag, landed)
+        # JetStream pipes only (a file destination publishes nothing).
+        streamed = [p for p in pipes if p.local.startswith(JETSTREAM_PREFIX)]
+        for name, doc, attr in (
+            ("tcppiped_pipe_publishes", "Publishes JetStream acknowledged", "publishes"),
+            (
+                "tcppiped_pipe_rejected_appends",
+                "Publishes rejected: another receiver appended first",
+                "rejected_appends",
+            ),
+        ):
+            metric = CounterMetricFamily(name, doc, labels=PIPE_LABELS)
+            for p in streamed:
+                metric.add_metric([p.host, p.remote, p.local], getattr(p, attr))
+            yield metric
+        latency = GaugeMetricFamily(
+            "tcppiped_pipe_publish_latency_seconds", "The last publish's time to acknowledgement", labels=PIPE_LABELS
+        )
+        for p in streamed:
+            if p.publish_latency_s is not None:
+                latency.add_metric([p.host, p.remote, p.local], p.publish_latency_s)
+        yield latency
         s = self.stats
         yield GaugeMetricFamily("tcppiped_connections_open", "Connections open now", value=s.connections_open)
         for name, doc, value in (

@@ -5,9 +5,9 @@ and the deterministic simulation drive the same object: they hand it each
 event as it is decoded and write the bytes it returns; timers (the ACK delay,
 heartbeats) are theirs.
 
-Rule 2 (the ledger): every GENERATION passes ``session.admit_generation``
-before the destination takes it; a refusal raises ``Inadmissible`` and
-nothing of it is written.
+Rule 2 (the ledger): every GENERATION passes ``ledger.admit_generation``
+before the store (a file or a JetStream subject: ``ledger.Store``) takes
+it; a refusal raises ``Inadmissible`` and nothing of it is written.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from tcppipe.destination import Destination
+from tcppipe.ledger import Store, admit_generation
 from tcppipe.protocol import FEATURE_ZSTD, Data, Generation, Progress, ProtocolError
-from tcppipe.session import ServerSession, admit_generation
+from tcppipe.session import ServerSession
 from tcppipe.stats import PipeStats
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class Inadmissible(ProtocolError):
 class PipeServer:
     """A streaming connection's events applied to its destination."""
 
-    def __init__(self, session: ServerSession, dest: Destination, stats: PipeStats, count_lines: bool = False) -> None:
+    def __init__(self, session: ServerSession, dest: Store, stats: PipeStats, count_lines: bool = False) -> None:
         self.session, self.dest, self.stats, self.count_lines = session, dest, stats, count_lines
         self.decompressor: Decompressor | None = None
         if FEATURE_ZSTD in session.features:

@@ -5,7 +5,8 @@ be said when is ``session.py``'s; how bytes land and are admitted is
 ``pipe_server.py``'s and ``destination.py``'s. What strangers (not yet
 answered READY) may cost is ``strangers.py``'s, and whose TLS handshake
 waits its turn ``handshake_turns.py``'s; after READY, ``receiver.py``
-streams one connection into its destination.
+streams one connection into its destination (``StreamReceiver`` into a
+JetStream subject, through ``jetstream.py``'s hub, when the entry names one).
 
 Rule 2: one task per connection, tracked in a set; one pipe's failure never
 touches another (no shared TaskGroup). A pipe has at most one live
@@ -35,10 +36,11 @@ from typing import TYPE_CHECKING, Any, Final
 from tcppipe import config as configuration
 from tcppipe import control
 from tcppipe.activation import ActivationError, inherited_sockets
-from tcppipe.config import ConfigError, Entry
+from tcppipe.config import ConfigError, Entry, JetStreamTarget
 from tcppipe.destination import Destination, DestinationError, Span
 from tcppipe.errors import EXIT_TEMPFAIL, BadConfig, ConnectionLost, TcppipeError, describe_os_error, escape
 from tcppipe.handshake_turns import HandshakeTurns
+from tcppipe.ledger import Contended, Store
 from tcppipe.logs import RateLimitedLog
 from tcppipe.pipe_server import Inadmissible
 from tcppipe.protocol import (
@@ -53,7 +55,7 @@ from tcppipe.protocol import (
     Verify,
     split_range,
 )
-from tcppipe.receiver import PipeReceiver
+from tcppipe.receiver import PipeReceiver, StreamReceiver
 from tcppipe.resolver import NameCache
 from tcppipe.session import ServerSession
 from tcppipe.sockets import ReadinessWatch, ServerConnection, format_address, tune_transport
@@ -71,7 +73,7 @@ from tcppipe.tls import certificate_names, describe_tls_error
 from tcppipe.verify import digest_ranges
 
 if TYPE_CHECKING:
-    pass
+    from tcppipe.jetstream import JetStreamHub, NatsOptions
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
@@ -173,7 +175,7 @@ class PipeSession:
     peer: str
     task: asyncio.Task[Any]
     stats: PipeStats
-    dest: Destination | None = None
+    dest: Store | None = None
     receiver: PipeReceiver | None = None
     peer_ip: str = ""
 
@@ -193,6 +195,8 @@ class ServerOptions:
     stranger_units_per_source: int = STRANGER_UNITS_PER_SOURCE
     # Plain mode only: a source port below 1024 means root (or CAP_NET_BIND_SERVICE) on the origin host.
     require_privileged_port: bool = False
+    # --nats: the JetStream cluster that jetstream:STREAM/SUBJECT entries append to.
+    nats: NatsOptions | None = None
 
 
 @dataclass
@@ -219,6 +223,7 @@ class Server:
     digests: ThreadPoolExecutor = field(init=False)
     digest_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     metrics_server: asyncio.AbstractServer | None = None
+    jetstream: JetStreamHub | None = None
 
     def __post_init__(self) -> None:
         self.resolver = NameCache(self.log)
@@ -242,6 +247,8 @@ class Server:
         entries = self.config.current()
         if entries is not self._followed:
             self.stats.follow_config(entries, live=self.sessions)
+            if self._followed is not None and self.jetstream is not None:
+                self.spawn(self.check_streams(entries), "JetStream stream check")
             self._followed = entries
             self.resolver.want(e.host for e in entries if e.is_name)
         return entries
@@ -255,6 +262,17 @@ class Server:
             "config": self.config.path,
             "connections": self.live,
             "pipes": [row.to_json() for row in self.stats.rows()],
+            # JetStream pipes: acknowledged publishes, rejected appends (another receiver was first), last latency.
+            "jetstream": [
+                {
+                    "destination": p.local,
+                    "publishes": p.publishes,
+                    "rejected_appends": p.rejected_appends,
+                    "publish_latency_ms": None if p.publish_latency_s is None else round(p.publish_latency_s * 1000, 2),
+                }
+                for p in self.stats.pipes.values()
+                if p.local.startswith(configuration.JETSTREAM_PREFIX)
+            ],
         }
 
     # -- tasks ------------------------------------------------------------------
@@ -394,8 +412,14 @@ class Server:
                 return
             session = PipeSession(entry, peer, task, self.stats.pipe(entry), peer_ip=peer_ip)
             await self._register(session)
+            target = entry.jetstream
             try:
-                session.dest = Destination.open(entry.local, self.opts.state_dir)
+                if target is None:
+                    session.dest = Destination.open(entry.local, self.opts.state_dir)
+                elif self.jetstream is None:
+                    raise DestinationError(f"{target}: tcppiped was started without --nats")
+                else:
+                    session.dest = await self.jetstream.open_store(target, session.stats)
             except DestinationError as exc:
                 session.stats.refused()
                 await self._refuse(conn, peer, str(exc), retry=True)
@@ -415,13 +439,22 @@ class Server:
             )
             where = f"{peer} pipe {entry.local}"
             self.reaper.relabel(task, where)
-            session.receiver = PipeReceiver(
-                conn, session.dest, session.stats, self.stats.count_lines, functools.partial(self.reaper.report, where)
-            )
+            on_bug = functools.partial(self.reaper.report, where)
+            if target is None:
+                session.receiver = PipeReceiver(conn, session.dest, session.stats, self.stats.count_lines, on_bug)
+            else:
+                from tcppipe.jetstream import JetStreamStore
+
+                assert isinstance(session.dest, JetStreamStore)
+                session.receiver = StreamReceiver(conn, session.dest, session.stats, self.stats.count_lines, on_bug)
             await session.receiver.run()
             self.log.info("%s pipe %s closed by the client", peer, entry.local)
         except TimeoutError:
             self.drops.warning("%s dropped: handshake not completed in %.1f s", peer, self.opts.handshake_timeout_s)
+        except Contended as exc:
+            self.stats.refusals_total += 1
+            self.log.warning("%s REFUSE (retry): %s", peer, escape(str(exc)))
+            conn.write(conn.session.refuse(str(exc), True, loop.time()))
         except Inadmissible as exc:
             self.stats.refusals_total += 1
             self.log.warning("%s REFUSE: %s", peer, escape(str(exc)))
@@ -460,6 +493,9 @@ class Server:
         """Answer a verifying client: what the destination holds, then digests of
         the ranges it asks for, computed from the file itself off the event loop."""
         session, loop = conn.session, conn.loop
+        if entry.jetstream is not None:
+            await self._verify_stream(conn, entry.jetstream, peer)
+            return
         try:
             dest = Destination.inspect(entry.local, self.opts.state_dir)
         except DestinationError as exc:
@@ -500,6 +536,41 @@ class Server:
                 conn.write(session.digest(tuple(digests), loop.time()))
         finally:
             dest.close()
+
+    async def _verify_stream(self, conn: ServerConnection, target: JetStreamTarget, peer: str) -> None:
+        """Answer a verifying client from a JetStream subject: its generations, then digests
+        of the ranges asked for, computed from the stream's own messages."""
+        session, loop = conn.session, conn.loop
+        if self.jetstream is None:
+            await self._refuse(conn, peer, f"{target}: tcppiped was started without --nats", retry=True)
+            return
+        try:
+            held = await self.jetstream.held_generations(target)
+        except DestinationError as exc:
+            await self._refuse(conn, peer, str(exc), retry=True)
+            return
+        if not held:
+            conn.write(session.ready(None, None, loop.time()))
+            return
+        *earlier, current = held
+        listed = earlier[-MAX_HISTORY_SPANS:]
+        history = tuple(HeldSpan(g.ident, g.first, g.end, g.igen) for g in listed)
+        dropped = len(earlier) - len(listed)
+        conn.write(session.ready(current.ident, current.end, loop.time(), current.first, history, dropped))
+        self.log.info("%s verifies %s", peer, target)
+        for _ in range(MAX_VERIFY_REQUESTS):
+            async with asyncio.timeout(self.opts.handshake_timeout_s):
+                try:
+                    event = await conn.next_event()
+                except ConnectionLost:
+                    return  # the client has its answer
+            assert isinstance(event, Verify)  # the session takes nothing else now
+            gen = current if event.span is None else (listed[event.span] if event.span < len(listed) else None)
+            if gen is None or event.start < gen.first or event.end > gen.end:
+                raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
+            ranges = split_range(event.start, event.end, event.parts)
+            digests = await self.jetstream.digest_ranges(target, gen, ranges)
+            conn.write(session.digest(tuple(digests), loop.time()))
 
     async def _start_tls(self, conn: ServerConnection) -> tuple[list[str], list[str]] | None:
         """Upgrade to TLS when configured; the client certificate's names when one is required."""
@@ -603,12 +674,23 @@ class Server:
                 self.log.error("%s", exc)
                 session.task.cancel()
 
+    async def check_streams(self, entries: list[Entry]) -> None:
+        """After a reload: create or check the streams the config now names (problems logged, one line each)."""
+        if self.jetstream is None:
+            if any(e.jetstream is not None for e in entries):
+                self.log.error("config %s names JetStream destinations, but tcppiped has no --nats", self.config.path)
+            return
+        for problem in await self.jetstream.ensure_streams(entries):
+            self.log.error("NATS: %s", problem)
+
     async def shutdown(self) -> None:
         """Cancel every connection and wait until each has closed its destination."""
         self.resolver.close()
         tasks = self.reaper.cancel_all()
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
+        if self.jetstream is not None:
+            await self.jetstream.close()
         self.digests.shutdown(wait=False, cancel_futures=True)
         self.readiness.close()
 
@@ -621,6 +703,7 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
     server = Server(opts, log, holder)
     loop = asyncio.get_running_loop()
     log_loop_errors(loop, log, server._count_error)
+    await _start_jetstream(server)
     server.entries()
     await server.resolver.refresh()  # the config's names, resolved before the first connection
     server.spawn(server.resolver.run(), "name refresh")
@@ -654,6 +737,25 @@ async def run_server(opts: ServerOptions, log: logging.Logger, on_listening: Any
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
                 for listener in listeners:
                     await listener.wait_closed()
+
+
+async def _start_jetstream(server: Server) -> None:
+    """Connect to the cluster and make or check the config's streams; a problem stops tcppiped (one line each)."""
+    entries = server.config.entries
+    wanted = [e for e in entries if e.jetstream is not None]
+    if server.opts.nats is None:
+        if wanted:
+            raise BadConfig(f"{server.config.path}: JetStream destinations (line {wanted[0].line}) need --nats URL")
+        return
+    from tcppipe.jetstream import JetStreamHub  # nats-py loads only with --nats
+
+    hub = JetStreamHub(server.opts.nats, server.log)
+    await hub.connect()
+    problems = await hub.ensure_streams(entries)
+    if problems:
+        await hub.close()
+        raise BadConfig("\n".join(f"NATS: {p}" for p in problems))
+    server.jetstream = hub
 
 
 async def _open_control_and_metrics(server: Server) -> asyncio.AbstractServer | None:

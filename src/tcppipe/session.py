@@ -3,7 +3,8 @@
 Rule 1: everything that decides what may be said when lives in this file:
 HELLO before READY, GENERATION before DATA, which GENERATION an ACK's count
 refers to, which features were agreed, when a heartbeat is due and when the
-peer counts as dead, and which GENERATION a destination may admit. The
+peer counts as dead (which GENERATION a destination may admit is
+``ledger.py``'s, re-exported here as ``admit_generation``). The
 adapters (``client.py``, ``server.py``) and the simulation only move bytes,
 time and file descriptors. No I/O here; time is passed in.
 
@@ -38,6 +39,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from tcppipe.ledger import admit_generation as admit_generation  # the rule is the ledger's (ledger.py)
 from tcppipe.protocol import (
     DATA_ZSTD,
     DEAD_AFTER_HEARTBEATS,
@@ -409,29 +411,3 @@ class ServerSession:
 
     def silence(self, now: float) -> float:
         return self._heartbeat.silence(now)
-
-
-def admit_generation(record: GenerationId | None, landed: int | None, ident: GenerationId, start: int) -> str | None:
-    """Why the destination must not take GENERATION(``ident``, ``start``), or None.
-
-    The ledger's rule: bytes of the recorded generation continue exactly where
-    they landed (never a gap, never an overlap); any other generation starts
-    at its first byte. A destination without a record (a new pipe, or a lost
-    state directory) takes the client's word: the client resumes from its own
-    status file then.
-
-    One overlap is admitted: byte 0 of the recorded inode. A copytruncated
-    file starts again at byte 0 in the same inode, possibly with the same
-    head (a CSV header), and ``tcppipe -n`` resends from byte 0 on purpose.
-    Refusing it would stop the pipe for good; it cannot open a gap.
-    """
-    if record is None or landed is None:
-        return None
-    if start == 0:
-        return None
-    if (ident.dev, ident.ino) != (record.dev, record.ino):
-        return f"a new generation must start at byte 0, not {start}"
-    if start == landed:
-        return None
-    what = "a gap" if start > landed else "an overlap"
-    return f"GENERATION at byte {start} of the recorded generation, which has {landed} bytes landed ({what})"

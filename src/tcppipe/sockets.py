@@ -255,6 +255,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._handler: Callable[[Event], None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._held = False
 
     # -- asyncio's side ------------------------------------------------------
 
@@ -310,7 +311,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._wake()
             return
         try:
-            while not self.done.done():
+            while not self.done.done() and not self._held:
                 event = self.session.next_event()
                 if event is None:
                     self.finish(None)
@@ -354,7 +355,22 @@ class ServerConnection(asyncio.BufferedProtocol):
         """Hand every later event to ``handler`` as it arrives (bytes already in go first)."""
         self._handler = handler
         self._advance()
-        self._reading(True)
+        if not self._held:
+            self._reading(True)
+
+    def hold(self, held: bool) -> None:
+        """Streaming: stop handing events to the handler and reading (True), or go on (False).
+        What the socket already gave stays in the session's buffer until then: back-pressure
+        from a destination that lands bytes later than it takes them (a JetStream subject)."""
+        if held == self._held:
+            return
+        self._held = held
+        if held:
+            self._reading(False)
+            return
+        self._advance()
+        if not self.done.done() and not self._held:
+            self._reading(True)
 
     def finish(self, exc: BaseException | None) -> None:
         """End the conversation: ``done`` says why (None: the client said goodbye)."""

@@ -36,6 +36,11 @@ class PipeStats:
     refusals: int = 0
     rotations: int = 0
     wire_bytes_total: int = 0
+    # JetStream pipes: acknowledged publishes, appends the stream rejected (another receiver
+    # appended first), and the latest publish's append-to-acknowledged time.
+    publishes: int = 0
+    rejected_appends: int = 0
+    publish_latency_s: float | None = None
 
     @property
     def reconnects(self) -> int:

@@ -296,3 +296,28 @@ def test_a_spans_inode_generation_is_the_one_named_where_it_began(tmp_path: Path
     again = Destination.open(out, state)
     assert [(s.record.ino, s.igen) for s in again.spans()] == [(10, 7), (11, 8)]
     again.close()
+
+
+def test_a_writer_is_fenced_once_another_has_appended_or_recorded(tmp_path: Path) -> None:
+    """Two tcppipeds sharing a state directory: each write checks nobody else wrote since this
+    object's own last one (Rule 5); the one that comes second after the other's append is refused,
+    and what it would have added never lands."""
+    path, state_dir = str(tmp_path / "dest"), str(tmp_path / "state")
+    ident = GenerationId(1, 2, 0, hashlib.sha256(b"").hexdigest())
+    stale = Destination.open(path, state_dir)
+    stale.begin_generation(ident, 0)
+    stale.write(b"abc")
+    taker = Destination.open(path, state_dir)  # a failover: the record says 3 bytes landed
+    assert taker.answer()[1] == 3
+    taker.begin_generation(ident, 3)
+    taker.write(b"def")
+    with pytest.raises(DestinationError, match="written by another tcppiped"):
+        stale.write(b"XYZ")  # the stalled receiver wakes with bytes its client has left
+    other = GenerationId(1, 3, 0, hashlib.sha256(b"").hexdigest())
+    third = Destination.open(path, state_dir)
+    third.begin_generation(other, 0)  # a new record, no byte yet
+    with pytest.raises(DestinationError, match="written by another tcppiped"):
+        taker.write(b"ghi")
+    for dest in (stale, taker, third):
+        dest.close()
+    assert Path(path).read_bytes() == b"abcdef"

@@ -23,6 +23,7 @@ PURE = [
     "stats",
     "progress",
     "session",
+    "ledger",
     "pipe_client",
     "pipe_server",
     "checkpoint",
