@@ -17,6 +17,7 @@ import hashlib
 import os
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tcppipe import state
@@ -133,7 +134,7 @@ MAX_NUMBERED = 64
 
 
 def rotated_after(
-    path: str, old: tuple[int, int], old_mtime_ns: int, known: set[tuple[int, int]]
+    path: str, old: tuple[int, int], old_mtime_ns: int, known: Callable[[int, os.stat_result], bool]
 ) -> list[tuple[str, int]]:
     """The generations that lived at ``path`` after ``old`` and were rotated away before
     anyone looked (a loaded host, a stopped process, rotations many times a second).
@@ -141,9 +142,9 @@ def rotated_after(
     Numbered rotation (logrotate, RotatingFileHandler: FILE -> FILE.1 -> FILE.2 ...) has put
     ``old`` at FILE.k, or past the last kept number (deleted: we still hold it open); then
     FILE.(k-1) .. FILE.1 came after it, oldest first. Each must have been written after the
-    one before it (mtime, strictly), starting from ``old``'s last write, and be none of
-    ``known`` (held, or sent and let go): an older generation never passes, and the first
-    that does not pass ends the list. Under any other naming nothing is guessed. Their paths
+    one before it (mtime, strictly), starting from ``old``'s last write, and not be ``known``
+    (asked with its fd and stat: held, or sent and let go): an older generation never
+    passes, and the first that does not pass ends the list. Under any other naming nothing is guessed. Their paths
     and open fds, oldest first."""
     k = None
     for n in range(1, MAX_NUMBERED + 1):
@@ -164,7 +165,7 @@ def rotated_after(
         except OriginError:
             break
         st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) in known or st.st_mtime_ns <= floor:
+        if st.st_mtime_ns <= floor or known(fd, st):
             os.close(fd)
             break
         floor = st.st_mtime_ns

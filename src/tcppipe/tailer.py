@@ -39,7 +39,7 @@ import os
 from dataclasses import dataclass
 
 from tcppipe.errors import OriginError, describe_os_error
-from tcppipe.origin import OriginGeneration, find_generation, matches, rotated_after
+from tcppipe.origin import OriginGeneration, find_generation, inode_generation, matches, rotated_after
 from tcppipe.protocol import GenerationId
 
 # Resumed.how when the server had no record on a reconnect: at what the last connection acknowledged.
@@ -202,8 +202,6 @@ class Tailer:
             gen.released = True
 
     def _open_next(self, now: float, why: str, replaced: bool = False) -> None:
-        if replaced:
-            self._adopt_unseen(now)
         try:
             gen = OriginGeneration.open(self.path, now)
         except OriginError as exc:
@@ -212,21 +210,46 @@ class Tailer:
                 self.notices.append(exc.message)
             return
         self._reopen_error = None
+        if replaced:
+            # After FILE is open: a rotation between our look and our open has put the
+            # generation we looked at among those in between, and it is found there.
+            self._adopt_unseen(now, gen)
         # The replaced generation's quiet clock starts now at the earliest: its
         # writer may not have reopened FILE yet.
         self.current.last_growth = max(self.current.last_growth, now)
         self.gens.append(gen)
         self.notices.append(f"{self.path} {why}: new generation (inode {gen.ino})")
 
-    def _adopt_unseen(self, now: float) -> None:
+    def _adopt_unseen(self, now: float, newest: OriginGeneration) -> None:
         """FILE was replaced more than once since the last look: the generations in between,
-        rotated away already (``origin.rotated_after``), are held after the one it replaced."""
+        rotated away already (``origin.rotated_after``), are held after the one it replaced
+        and before ``newest`` (FILE, just opened)."""
         last = self.current
         try:
             mtime_ns = os.fstat(last.fd).st_mtime_ns
         except OSError:
             return
-        known = {(g.dev, g.ino) for g in self.gens if not g.closed} | {(f.dev, f.ino) for f in self.finished}
+        held = {(g.dev, g.ino) for g in self.gens if not g.closed} | {(newest.dev, newest.ino)}
+
+        def known(fd: int, st: os.stat_result) -> bool:
+            """Held (an open inode cannot be reused), or a generation let go: its inode number
+            may have been reused since, so the same inode generation and head say it is."""
+            if (st.st_dev, st.st_ino) in held:
+                return True
+            igen = inode_generation(fd)
+            for f in self.finished:
+                if (f.dev, f.ino) != (st.st_dev, st.st_ino):
+                    continue
+                if f.igen is not None and igen is not None and f.igen != igen:
+                    continue
+                try:
+                    if f.ident is not None and f.ident.fp_len and not f.ident.heads(os.pread(fd, f.ident.fp_len, 0)):
+                        continue
+                except OSError:
+                    pass  # unreadable: taken for the one let go (nothing is sent twice)
+                return True
+            return False
+
         for name, fd in rotated_after(self.path, (last.dev, last.ino), mtime_ns, known):
             try:
                 gen = OriginGeneration.adopt(name, fd, now)

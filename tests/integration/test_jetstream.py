@@ -193,20 +193,22 @@ def test_two_receivers_racing_for_one_pipe_never_both_append(pipes: Pipes, clust
     wait_exported(cluster, target, origin.read_bytes(), timeout=60)
 
 
-def test_receiver_killed_mid_stream_client_goes_on_through_a_second(
+def test_receiver_killed_mid_stream_the_client_fails_over_to_a_second(
     pipes: Pipes, cluster: NatsCluster, request
 ) -> None:
-    """kill -9 of receiver A mid-stream; a client started against receiver B resumes from the subject."""
+    """kill -9 of receiver A mid-stream while the client (``-h A,B``) streams: it moves to B, which
+    reads where the subject stands, and the subject ends holding the origin once."""
     origin, target = define_subject(pipes, stream_name(request), "failover")
     origin.write_bytes(numbered_lines(0, 20_000))
     receiver_a = pipes.start_server(*server_args(cluster))
     _receiver_b, port_b = second_server(pipes, cluster)
-    client_a = pipes.start_client(origin, "-t", "0.05")
+    receivers = f"127.0.0.1:{pipes.port},127.0.0.1:{port_b}"
+    pipes.start_client(origin, "-t", "0.05", "--heartbeat", "0.3", host=receivers)
     wait_until(lambda: exported_size(cluster, target) > 0, what="first bytes through receiver A")
     kill9(receiver_a)
-    kill9(client_a)
     append_in_steps(origin, 20_000, 2, 500)
-    pipes.start_client(origin, "-t", "0.05", "-p", str(port_b))
+    pipes.syslog.wait_for(f"receiver is now 127.0.0.1:{port_b}", timeout=20)
+    append_in_steps(origin, 21_000, 2, 500)
     wait_exported(cluster, target, origin.read_bytes())
 
 
