@@ -62,7 +62,7 @@ from tcppipe.discovery import (
     watched_directories,
 )
 from tcppipe.errors import TcppipeError, describe_os_error
-from tcppipe.origin import others_may_plant, read_identity
+from tcppipe.origin import OriginGeneration, inode_generation, others_may_plant, read_identity
 from tcppipe.receivers import describe_pipe_host
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tailer import Finished
@@ -296,7 +296,7 @@ class HostAgent:
             self.log,
             lambda: self._pipe_ready(path),
             own_signals=False,
-            admit=lambda gen: self._admits(path, _seen(os.fstat(gen.fd))),
+            admit=lambda gen: self._admits(path, gen),
             polled=True,
             handshakes=self.handshakes,
             watcher=None if self.inotify is None else self.inotify.watcher_for,
@@ -341,9 +341,17 @@ class HostAgent:
         self._initial.discard(path)
         self._settle()
 
-    def _admits(self, path: str, seen: Seen) -> bool:
-        """May ``path``'s pipe take the file ``seen`` just opened at its FILE?"""
-        return self.discovery.admits(path, seen, lambda p, length: read_identity(p, length, seen.inode))
+    def _admits(self, path: str, gen: OriginGeneration) -> bool:
+        """May ``path``'s pipe take ``gen``, just opened (at its FILE, or found beside it)? Its
+        identity is read from its own descriptor, not from a name that may have moved on."""
+
+        def identify(_name: str, length: int) -> tuple[int | None, bytes] | None:
+            try:
+                return inode_generation(gen.fd), os.pread(gen.fd, length, 0) if length else b""
+            except OSError:
+                return None
+
+        return self.discovery.admits(path, _seen(os.fstat(gen.fd)), identify)
 
     def _pipe_ready(self, path: str) -> None:
         self.discovery.succeeded(path)
