@@ -71,6 +71,8 @@ from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId, ProtocolError
 
 DEST_MODE = 0o640
 MAX_SCAN_ENTRIES = 10_000
+# A record file is a few KiB (a journal of MAX_JOURNAL_SPANS spans); read at most this of one.
+MAX_SIDECAR_BYTES = 1024 * 1024
 DIR_MODE = 0o755
 
 
@@ -332,15 +334,21 @@ class Destination:
     igen: int | None = None
     # Rule 5: the size this object last left the file at, and the sidecar it last wrote or read.
     expected_size: int = -1
-    sidecar_ino: int | None = None
+    # The record's bytes as this writer last left them (its content, not its inode number:
+    # each save makes a new inode and frees the old number, which ext4 hands out again).
+    sidecar_seen: bytes | None = None
 
     @classmethod
     def open(cls, path: str, state_dir: str) -> Destination:
         fd = open_for_append(path)
-        st = os.fstat(fd)
-        dest = cls(path, record_path(state_dir, path), fd, st.st_dev, st.st_ino)
-        dest._expect()
-        dest._load_record()
+        try:
+            st = os.fstat(fd)
+            dest = cls(path, record_path(state_dir, path), fd, st.st_dev, st.st_ino)
+            dest._expect()
+            dest._load_record()  # may save a record carried over (fenced: may be refused)
+        except BaseException:
+            os.close(fd)
+            raise
         return dest
 
     @classmethod
@@ -451,15 +459,22 @@ class Destination:
             self.igen = igen
         self._save(ident, base)
 
-    def _sidecar_inode(self) -> int | None:
+    def _sidecar_content(self) -> bytes | None:
+        """The record file's bytes now (None if it cannot be read; bounded)."""
         try:
-            return os.stat(self.sidecar).st_ino
+            fd = os.open(self.sidecar, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
+        try:
+            return os.read(fd, MAX_SIDECAR_BYTES)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def _expect(self) -> None:
         """Take the file and its record as they are now as this writer's own (Rule 5)."""
-        self.expected_size, self.sidecar_ino = self.size(), self._sidecar_inode()
+        self.expected_size, self.sidecar_seen = self.size(), self._sidecar_content()
 
     @contextlib.contextmanager
     def _fenced(self) -> Iterator[None]:
@@ -471,7 +486,7 @@ class Destination:
                 raise DestinationError(f"destination {self.path} is being written by another tcppiped") from None
             raise DestinationError(f"destination {self.path} cannot be locked: {describe_os_error(exc)}") from None
         try:
-            if self.size() != self.expected_size or self._sidecar_inode() != self.sidecar_ino:
+            if self.size() != self.expected_size or self._sidecar_content() != self.sidecar_seen:
                 raise DestinationError(
                     f"destination {self.path} was written by another tcppiped since this connection began;"
                     " the client resumes from its record"
@@ -487,7 +502,7 @@ class Destination:
     def _save(self, record: GenerationId | None, base: int) -> None:
         with self._fenced():
             self._save_unfenced(record, base)
-        self.sidecar_ino = self._sidecar_inode()
+            self.sidecar_seen = self._sidecar_content()
 
     def _save_unfenced(self, record: GenerationId | None, base: int) -> None:
         try:

@@ -46,7 +46,9 @@ def open_origin(path: str) -> int:
     """A read-only fd on ``path``, or OriginError naming the problem. In a directory
     others may write, a symbolic link at ``path`` is not followed: a local user must not
     make root send /etc/shadow by linking it as ``app.log`` (or at a glob's match)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC
+    # O_NONBLOCK: a FIFO (or a device) planted at the name must not hang the open; it is
+    # refused below as not a regular file. Reads of a regular file do not care.
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
     if others_may_plant(os.path.dirname(path)):
         flags |= os.O_NOFOLLOW
     try:
@@ -141,17 +143,23 @@ def rotated_after(
 
     Numbered rotation (logrotate, RotatingFileHandler: FILE -> FILE.1 -> FILE.2 ...) has put
     ``old`` at FILE.k, or past the last kept number (deleted: we still hold it open); then
-    FILE.(k-1) .. FILE.1 came after it, oldest first. Each must have been written after the
-    one before it (mtime, strictly), starting from ``old``'s last write, and not be ``known``
+    FILE.(k-1) .. FILE.1 came after it, oldest first. Each must have been written no earlier
+    than the one before it (mtime: a coarse clock gives several one stamp; strictly later
+    when ``old`` went past the last number kept), starting from ``old``'s last write, and
+    not be ``known``
     (asked with its fd and stat: held, or sent and let go): an older generation never
     passes, and the first that does not pass ends the list. Under any other naming nothing is guessed. Their paths
     and open fds, oldest first."""
     k = None
+    # Found at FILE.k, ``old`` is the proof that numbered rotation happened: a later file may
+    # share its mtime (a coarse clock). Past the last kept number, nothing proves it: only a
+    # file written strictly after ``old`` (never a copy or an older generation) is taken.
+    past_the_last = False
     for n in range(1, MAX_NUMBERED + 1):
         try:
             st = os.lstat(f"{path}.{n}")
         except OSError:
-            k = n  # FILE.1 .. FILE.(n-1) exist and none is ``old``: it went past the last kept
+            k, past_the_last = n, True  # FILE.1 .. FILE.(n-1) exist and none is ``old``
             break
         if (st.st_dev, st.st_ino) == old:
             k = n
@@ -165,7 +173,7 @@ def rotated_after(
         except OriginError:
             break
         st = os.fstat(fd)
-        if st.st_mtime_ns <= floor or known(fd, st):
+        if st.st_mtime_ns < floor or (past_the_last and st.st_mtime_ns == floor) or known(fd, st):
             os.close(fd)
             break
         floor = st.st_mtime_ns

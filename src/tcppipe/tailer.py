@@ -250,11 +250,13 @@ class Tailer:
                 return True
             return False
 
-        for name, fd in rotated_after(self.path, (last.dev, last.ino), mtime_ns, known):
+        found = rotated_after(self.path, (last.dev, last.ino), mtime_ns, known)
+        for index, (name, fd) in enumerate(found):
             try:
                 gen = OriginGeneration.adopt(name, fd, now)
             except OSError:
-                os.close(fd)
+                for _name, unused in found[index:]:
+                    os.close(unused)
                 break
             self.current.last_growth = max(self.current.last_growth, now)
             self.gens.append(gen)

@@ -143,6 +143,8 @@ def apply(world: World, a: Action) -> None:
         world.write(args["size"], args.get("split"))
     elif kind == "rotate":
         world.rotate(args["hup"])
+    elif kind == "rotate_burst":
+        world.rotate_burst(args["count"], args["size"])
     elif kind == "copytruncate":
         world.copytruncate(args["hup"])
     elif kind == "delete":

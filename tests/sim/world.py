@@ -56,6 +56,9 @@ QUIET_S = GRACE_S + BACKOFF_CAP_S + DEAD_PEER_NOTICED_S + 2.0
 FOLLOW_DELAY_S = 0.0003  # inotify: the file side runs this soon after an origin event
 
 
+ROTATED_UNSEEN = "rotated away while no tcppipe ran, never held by one"
+
+
 class SimFailure(Exception):
     """The invariant broke, or a core raised what it must not."""
 
@@ -782,7 +785,7 @@ class World:
             g = self.gens[index]
             g.sealed = True
             if g.tail_ok is None and not self._held(a) and index not in self.ever_held:
-                g.tail_ok = "rotated away while no tcppipe ran, never held by one"
+                g.tail_ok = ROTATED_UNSEEN
         os.rename(self._path(a), self._path(b))
         self.names[b] = self.names.pop(a)
 
@@ -803,6 +806,26 @@ class World:
             self._create_file()
         self._origin_event()
         self._hup_later(hup)
+
+    def rotate_burst(self, count: int, size: int) -> None:
+        """``count`` numbered rotations, each after a write, with no file side run between (a
+        loaded host, a stopped tcppipe). A running tcppipe finds the generations in between at
+        FILE.1 .. FILE.(count-1) when it looks: those still on disk must all arrive."""
+        alive = self._client_alive()
+        held = self.names.get("app.log")
+        made: list[Gen] = []
+        for _ in range(count):
+            self.write(size)
+            self.rotate(None)
+            made.append(self.gens[self.names["app.log"]])
+        named = set(self.names.values())
+        if not alive or held is None or held not in named:
+            # The one it held went past the last backup: only files written strictly after it
+            # are taken, and these were written within one tick of a coarse clock.
+            return
+        for g in made[:-1]:
+            if g.index in named and g.tail_ok == ROTATED_UNSEEN:
+                g.tail_ok = None
 
     def _hup_later(self, hup: float | None) -> None:
         if hup is not None:

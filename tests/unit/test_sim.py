@@ -44,6 +44,28 @@ def test_a_writer_faster_than_the_grace_drains_within_the_bound() -> None:
     assert run_actions(1, actions, {"backups": 20}).ok
 
 
+def _burst_schedule() -> list[Action]:
+    """Writes, then three numbered rotations with no file side between (a loaded host), then more."""
+    actions = [Action(round(0.1 * i, 3), "write", {"size": 400}) for i in range(1, 6)]
+    actions.append(Action(0.7, "rotate_burst", {"count": 3, "size": 900}))
+    actions += [Action(round(0.8 + 0.1 * i, 3), "write", {"size": 300}) for i in range(5)]
+    return actions
+
+
+def test_generations_between_two_looks_all_arrive() -> None:
+    """Three rotations before the file side looks again: the two in between, still on disk as
+    app.log.2 and app.log.1, must arrive in order (the model requires them)."""
+    assert run_actions(1, _burst_schedule(), {"backups": 5}).ok
+
+
+def test_the_simulator_catches_generations_skipped_between_two_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the rule that finds them (Tailer._adopt_unseen), the same schedule fails."""
+    monkeypatch.setattr(Tailer, "_adopt_unseen", lambda self, now, newest: None)
+    result = run_actions(1, _burst_schedule(), {"backups": 5})
+    assert not result.ok
+    assert "diverges" in result.message
+
+
 def test_the_simulator_catches_a_skipped_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     """A planted bug (the tailer skips a byte after each large read) fails, and shrinks to a short case."""
     real = Tailer.advance
