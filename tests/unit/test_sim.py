@@ -103,7 +103,10 @@ def _actions(rows: list[tuple[float, str, dict[str, object]]]) -> list[Action]:
     return [Action(t, kind, dict(args)) for t, kind, args in rows]
 
 
-@pytest.mark.xfail(strict=False, reason="open in issue 12 (needs inode reuse, as ext4 does): a recorded short head names a later file in its reused inode")
+@pytest.mark.xfail(
+    strict=False,  # it needs the file system to reuse the inode number, as ext4 does here
+    reason="open in issue 12: a recorded short head names a later file in its reused inode",
+)
 def test_a_recorded_generation_deleted_while_down_is_not_taken_for_a_later_file_in_its_inode() -> None:
     """Found with a changed schedule generator (seed 2988, one backup, origin on disk): the server
     recorded 2 bytes of a copytruncated generation, both ends went down, rotations deleted it and
