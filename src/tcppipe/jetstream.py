@@ -296,18 +296,24 @@ class JetStreamHub:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await sub.unsubscribe()
 
+    async def continuous(self, target: JetStreamTarget) -> AsyncIterator[tuple[int, MessageRecord, bytes, bool]]:
+        """The subject's messages in order, each with whether it begins a generation;
+        DestinationError at a gap or a duplicate offset (verify and export read the same way)."""
+        continuity = Continuity()
+        async for seq, record, data in self.messages(target):
+            previous = continuity.last
+            problem = continuity.check(record)
+            if problem is not None:
+                raise DestinationError(f"{target}: message {seq}: {problem}")
+            yield seq, record, data, previous is None or record.start == 0
+
     async def held_generations(self, target: JetStreamTarget) -> list[HeldGeneration]:
         """The generations the subject holds, in order, each with its messages (``tcppipe verify``);
         DestinationError at a gap or a duplicate offset."""
-        continuity = Continuity()
         held: list[HeldGeneration] = []
         try:
-            async for seq, record, _data in self.messages(target):
-                previous = continuity.last
-                problem = continuity.check(record)
-                if problem is not None:
-                    raise DestinationError(f"{target}: message {seq}: {problem}")
-                if previous is None or record.start == 0:
+            async for seq, record, _data, begins in self.continuous(target):
+                if begins:
                     held.append(HeldGeneration(record.ident, record.igen, record.start, record.end))
                 gen = held[-1]
                 gen.ident, gen.end = record.ident, record.end  # a longer fingerprint as the generation grew
@@ -523,16 +529,11 @@ async def export_subject(
     """Write every byte the subject holds to ``out``, generations in order (only the ``generation``-th
     from 1 if given; in each, bytes from ``from_offset`` on); the bytes written. ExportError at a gap
     or a duplicate offset, after the bytes before it."""
-    continuity = Continuity()
     ordinal = 0
     written = 0
     try:
-        async for seq, record, data in hub.messages(target):
-            previous = continuity.last
-            problem = continuity.check(record)
-            if problem is not None:
-                raise ExportError(f"{target}: message {seq}: {problem}")
-            if previous is None or record.start == 0:
+        async for _seq, record, data, begins in hub.continuous(target):
+            if begins:
                 ordinal += 1
             if generation is not None and ordinal != generation:
                 if ordinal > generation:
