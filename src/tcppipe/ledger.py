@@ -59,6 +59,10 @@ class Store(Protocol):
     @property
     def record(self) -> GenerationId | None: ...
 
+    @property
+    def igen(self) -> int | None:
+        """The inode generation the recorded generation's GENERATION named (None: not known)."""
+
     def landed(self) -> int | None:
         """Bytes of the recorded generation that have landed (durably), or None without a record."""
 

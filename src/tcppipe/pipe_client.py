@@ -141,7 +141,7 @@ class PipeClient:
     def _on_ready(self, ready: Ready, now: float) -> None:
         first = not self.established
         self.resumed = self.tailer.resume(
-            ready.record, ready.offset, now, first, full=self.full and first, history=self.history
+            ready.record, ready.offset, now, first, full=self.full and first, history=self.history, igen=ready.igen
         )
         self.compressor = None
         if self.session is not None and FEATURE_ZSTD in self.session.features:

@@ -177,6 +177,9 @@ class Ready:
     first: int | None = None
     history: tuple[HeldSpan, ...] = ()
     dropped: int = 0
+    # The inode generation number the client named with the recorded generation (None: not
+    # known): a later file that reused the inode number is then not taken for it.
+    igen: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,9 +320,11 @@ def encode(event: Event) -> bytes:
             if restart:
                 hello["restart"] = True
             return _control(FrameType.HELLO, hello)
-        case Ready(record, offset, features, first, history, dropped):
+        case Ready(record, offset, features, first, history, dropped, igen):
             body: dict[str, Any] = {"offset": offset, "features": list(features), "first": first}
             body["record"] = None if record is None else record.to_json()
+            if igen is not None and record is not None:
+                body["igen"] = igen
             if history or dropped:
                 if len(history) > MAX_HISTORY_SPANS:
                     raise ValueError(f"READY lists {len(history)} earlier generations")
@@ -425,8 +430,10 @@ def _decode_control(kind: FrameType, payload: bytes) -> Event:
             record, offset, first = None, None, None
         if (record is None) != (offset is None):
             record, offset = None, None
+        raw_igen = body.get("igen")
+        igen = raw_igen if isinstance(raw_igen, int) and not isinstance(raw_igen, bool) and record is not None else None
         history, dropped = _history(body)
-        return Ready(record, offset, _features(body), first, history, dropped)
+        return Ready(record, offset, _features(body), first, history, dropped, igen)
     if kind is FrameType.REFUSE:
         return Refuse(_str_field(body, "reason", MAX_CONTROL_BYTES), body.get("retry") is True)
     if kind is FrameType.GENERATION:

@@ -425,7 +425,8 @@ class Server:
                 await self._refuse(conn, peer, str(exc), retry=True)
                 return
             record, offset = session.dest.answer()
-            conn.write(conn.session.ready(record, offset, loop.time()))
+            igen = session.dest.igen if record is not None else None
+            conn.write(conn.session.ready(record, offset, loop.time(), igen=igen))
             features = conn.session.features
             session.stats.connected(peer)
             session.stats.generation_bytes = offset

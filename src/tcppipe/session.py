@@ -360,9 +360,11 @@ class ServerSession:
         first: int | None = None,
         history: tuple[HeldSpan, ...] = (),
         dropped: int = 0,
+        igen: int | None = None,
     ) -> bytes:
         """READY, accepting the offered features this server has (``first``, ``history``
-        and ``dropped`` tell a verifying client what the destination file holds)."""
+        and ``dropped`` tell a verifying client what the destination file holds; ``igen``
+        is the recorded generation's inode generation, as its GENERATION named it)."""
         if self.state is not ServerState.AUTHORIZING or self.hello is None:
             raise LocalProtocolError(f"READY in state {self.state.name}")
         verifying = self.hello.purpose == PURPOSE_VERIFY
@@ -373,7 +375,7 @@ class ServerSession:
         self.state = ServerState.VERIFYING if verifying else ServerState.STREAMING
         self._narrow()
         self._heartbeat.sent(now)
-        return encode(Ready(record, offset, self.features, first, history, dropped))
+        return encode(Ready(record, offset, self.features, first, history, dropped, igen))
 
     def refuse(self, reason: str, retry: bool, now: float) -> bytes:
         """REFUSE, at the handshake or to end a pipe; the conversation is over."""

@@ -275,8 +275,11 @@ class Tailer:
         first: bool,
         full: bool = False,
         history: History | None = None,
+        igen: int | None = None,
     ) -> Resumed:
-        """Position every held generation where the destination stands (Rule 2)."""
+        """Position every held generation where the destination stands (Rule 2); ``igen``, the
+        recorded generation's inode generation as the server knows it, tells a later file in
+        its reused inode number from it (a short head proves little)."""
         held = self.gens
         if full:
             for gen in held[:-1]:
@@ -303,10 +306,13 @@ class Tailer:
             # Newest first: after copytruncate two held generations share an inode, and
             # the record names the newer one unless its head says otherwise.
             for index in range(len(held) - 1, -1, -1):
-                if held[index].matches(ident) and (not first or self._not_a_reused_inode(held[index], ident, history)):
+                gen = held[index]
+                if igen is not None and gen.igen is not None and gen.igen != igen:
+                    continue  # the recorded inode number, reused by a later file
+                if gen.matches(ident) and (not first or self._not_a_reused_inode(gen, ident, history)):
                     return self._resume_at(index, at, now, how)
             if first and history is not None:
-                adopted = self._adopt_recorded(ident, at, history, now)
+                adopted = self._adopt_recorded(ident, at, history, now, igen)
                 if adopted is not None:
                     return adopted
             how = "from the first byte (the destination holds a generation this tcppipe does not hold)"
@@ -330,14 +336,21 @@ class Tailer:
             return True
         return any(r.igen == gen.igen for r in known)
 
-    def _adopt_recorded(self, record: GenerationId, offset: int, history: History, now: float) -> Resumed | None:
+    def _adopt_recorded(
+        self, record: GenerationId, offset: int, history: History, now: float, igen: int | None = None
+    ) -> Resumed | None:
         """After a restart: the recorded generation and those listed after it, found beside FILE (Rule 4)."""
         listed = history.held
+
+        def may_be(r: Recorded) -> bool:
+            """A listed generation of another inode generation than the server's record is not it."""
+            return igen is None or r.igen is None or r.igen == igen
+
         # An exact identity first; a digest of another length cannot be compared, so a
         # listed generation in the same inode is taken for it only when none is exact.
-        start = next((i for i, r in enumerate(listed) if r.ident == record), None)
+        start = next((i for i, r in enumerate(listed) if r.ident == record and may_be(r)), None)
         if start is None:
-            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, record)), None)
+            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, record) and may_be(r)), None)
         if start is None:
             return None
         directory = os.path.dirname(self.path) or "/"

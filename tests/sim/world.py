@@ -529,7 +529,8 @@ class ServerConn:
                 self.close(str(exc))
                 return
             record, offset = self.dest.answer()
-            self.send(self.session.ready(record, offset, now))
+            igen = self.dest.igen if record is not None else None
+            self.send(self.session.ready(record, offset, now, igen=igen))
             self.core = PipeServer(self.session, self.dest, PipeStats("sim", "sim", "sim"))
             self.world.log(f"server READY offset={offset}")
             self.world.at(now + HEARTBEAT_S, self._heartbeat)

@@ -68,6 +68,15 @@ GOLDEN: list[tuple[Event, bytes]] = [
             + b'","ino":1234567}}',
         ),
     ),
+    (
+        Ready(IDENT, 99, (), None, igen=5),
+        control(
+            FrameType.READY,
+            b'{"features":[],"first":null,"igen":5,"offset":99,"record":{"dev":2049,"fp_len":12,"fp_sha256":"'
+            + b"ab" * 32
+            + b'","ino":1234567}}',
+        ),
+    ),
     (Progress(10, 2), control(FrameType.PROGRESS, b'{"end":10,"queued":2}')),
     (Verify(3, 90, 64), control(FrameType.VERIFY, b'{"end":90,"parts":64,"start":3}')),
     (Verify(3, 90, 64, 2), control(FrameType.VERIFY, b'{"end":90,"parts":64,"span":2,"start":3}')),
