@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from tcppipe import config as configuration
 from tcppipe import control
@@ -73,7 +73,20 @@ from tcppipe.tls import certificate_names, describe_tls_error
 from tcppipe.verify import digest_ranges
 
 if TYPE_CHECKING:
-    from tcppipe.jetstream import JetStreamHub, NatsOptions
+    from tcppipe.jetstream import HeldGeneration, JetStreamHub, NatsOptions
+
+
+class _HeldBytes(Protocol):
+    """What a verified span has: the first and the end offset of its bytes."""
+
+    @property
+    def first(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
+
+
+HeldT = TypeVar("HeldT", bound=_HeldBytes)
 
 HANDSHAKE_TIMEOUT_S: Final = 15.0
 PRIVILEGED_PORTS: Final = 1024  # source ports below this are bound only by root
@@ -516,27 +529,45 @@ class Server:
         record, first, offset = held if held is not None else (None, None, None)
         conn.write(session.ready(record, offset, loop.time(), first, history, dropped))
         self.log.info("%s verifies %s", peer, entry.local)
+        opened = dest
+
+        def span_of(index: int | None) -> Span | None:
+            if index is None:
+                landed = opened.landed()
+                return None if held is None or landed is None else Span(held[0], opened.base, held[1], landed)
+            return listed[index] if index < len(listed) else None
+
+        async def digest(ranges: list[tuple[int, int]], span: Span) -> list[str]:
+            async with self.digest_locks.setdefault(entry.local, asyncio.Lock()):
+                return await loop.run_in_executor(self.digests, digest_ranges, opened.fd, ranges, span.base)
+
         try:
-            for _ in range(MAX_VERIFY_REQUESTS):
-                async with asyncio.timeout(self.opts.handshake_timeout_s):
-                    try:
-                        event = await conn.next_event()
-                    except ConnectionLost:
-                        return  # the client has its answer
-                assert isinstance(event, Verify)  # the session takes nothing else now
-                if event.span is None:
-                    landed = dest.landed()
-                    span = None if held is None or landed is None else Span(held[0], dest.base, held[1], landed)
-                else:
-                    span = listed[event.span] if event.span < len(listed) else None
-                if span is None or event.start < span.first or event.end > span.end:
-                    raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
-                ranges = split_range(event.start, event.end, event.parts)
-                async with self.digest_locks.setdefault(entry.local, asyncio.Lock()):
-                    digests = await loop.run_in_executor(self.digests, digest_ranges, dest.fd, ranges, span.base)
-                conn.write(session.digest(tuple(digests), loop.time()))
+            await self._answer_verifies(conn, span_of, digest)
         finally:
             dest.close()
+
+    async def _answer_verifies(
+        self,
+        conn: ServerConnection,
+        span_of: Callable[[int | None], HeldT | None],
+        digest: Callable[[list[tuple[int, int]], HeldT], Coroutine[Any, Any, list[str]]],
+    ) -> None:
+        """A verifying client's VERIFY requests (at most MAX_VERIFY_REQUESTS), each answered with
+        the digests of its ranges: one loop for a file and a subject. ``span_of`` names what is
+        held of a span (None: the current generation), ``digest`` hashes ranges of it."""
+        session, loop = conn.session, conn.loop
+        for _ in range(MAX_VERIFY_REQUESTS):
+            async with asyncio.timeout(self.opts.handshake_timeout_s):
+                try:
+                    event = await conn.next_event()
+                except ConnectionLost:
+                    return  # the client has its answer
+            assert isinstance(event, Verify)  # the session takes nothing else now
+            span = span_of(event.span)
+            if span is None or event.start < span.first or event.end > span.end:
+                raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
+            digests = await digest(split_range(event.start, event.end, event.parts), span)
+            conn.write(session.digest(tuple(digests), loop.time()))
 
     async def _verify_stream(self, conn: ServerConnection, target: JetStreamTarget, peer: str) -> None:
         """Answer a verifying client from a JetStream subject: its generations, then digests
@@ -559,19 +590,17 @@ class Server:
         dropped = len(earlier) - len(listed)
         conn.write(session.ready(current.ident, current.end, loop.time(), current.first, history, dropped))
         self.log.info("%s verifies %s", peer, target)
-        for _ in range(MAX_VERIFY_REQUESTS):
-            async with asyncio.timeout(self.opts.handshake_timeout_s):
-                try:
-                    event = await conn.next_event()
-                except ConnectionLost:
-                    return  # the client has its answer
-            assert isinstance(event, Verify)  # the session takes nothing else now
-            gen = current if event.span is None else (listed[event.span] if event.span < len(listed) else None)
-            if gen is None or event.start < gen.first or event.end > gen.end:
-                raise ProtocolError(f"VERIFY of bytes {event.start}..{event.end} outside what is held")
-            ranges = split_range(event.start, event.end, event.parts)
-            digests = await self.jetstream.digest_ranges(target, gen, ranges)
-            conn.write(session.digest(tuple(digests), loop.time()))
+        hub = self.jetstream
+
+        def span_of(index: int | None) -> HeldGeneration | None:
+            if index is None:
+                return current
+            return listed[index] if index < len(listed) else None
+
+        async def digest(ranges: list[tuple[int, int]], gen: HeldGeneration) -> list[str]:
+            return await hub.digest_ranges(target, gen, ranges)
+
+        await self._answer_verifies(conn, span_of, digest)
 
     async def _start_tls(self, conn: ServerConnection) -> tuple[list[str], list[str]] | None:
         """Upgrade to TLS when configured; the client certificate's names when one is required."""
