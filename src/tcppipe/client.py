@@ -233,6 +233,7 @@ class Client:
         self.tasks = TaskReaper(logger, self.prefix)
         self.own_signals = own_signals
         self.admit = admit
+        self.core.tailer.admit = admit
         # FILE now holds a generation this pipe may not take: send what it holds, then stop.
         self.retiring = False
         self.polled = polled
@@ -353,16 +354,9 @@ class Client:
         return [(gen.ino, gen.seen_size) for gen in self.core.tailer.gens]
 
     def _admit_new(self, before: int) -> None:
-        """Ask ``admit`` about each generation opened since ``before``: one found between two
-        looks (``Tailer._adopt_unseen``) that another pipe holds is left to it; FILE's, below."""
+        """Ask ``admit`` about the generation opened at FILE since ``before`` (those found
+        between two looks were asked by the tailer: ``Tailer.admit``)."""
         gens = self.core.tailer.gens
-        for gen in gens[before:]:
-            if gen is gens[-1] and gen.path == self.opts.key.path:
-                break
-            if self.admit is not None and not self.admit(gen):
-                gens.remove(gen)
-                gen.close()
-                self.say(logging.INFO, "%s (inode %d) is another pipe's file: left to it", gen.path, gen.ino)
         if len(gens) > before and gens[-1].path == self.opts.key.path:
             self._admit_newest()
 

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable
@@ -133,40 +134,55 @@ def read_identity(path: str, length: int, inode: tuple[int, int]) -> tuple[int |
 
 # Numbered rotated names looked at for the generation FILE held last (FILE.1 .. FILE.N).
 MAX_NUMBERED = 64
+# In a rotated name, a run of hex digits holding a decimal digit: a number, a date, a time
+# stamp (dateext's -20261202, svlogd's @4000000065...): the part that changes each rotation.
+_STAMP = re.compile(r"[0-9A-Fa-f]*[0-9][0-9A-Fa-f]*")
 
 
 def rotated_after(
     path: str, old: tuple[int, int], old_mtime_ns: int, known: Callable[[int, os.stat_result], bool]
 ) -> list[tuple[str, int]]:
     """The generations that lived at ``path`` after ``old`` and were rotated away before
-    anyone looked (a loaded host, a stopped process, rotations many times a second).
+    anyone looked (a loaded host, a stopped or restarted process, rotations many times a
+    second): their paths and open fds, oldest first. None is ``known`` (asked with its fd and
+    stat: held, or sent and let go), and each was written no earlier than the one before it
+    (mtime), starting from ``old``'s last write: an older generation never passes.
 
-    Numbered rotation (logrotate, RotatingFileHandler: FILE -> FILE.1 -> FILE.2 ...) has put
-    ``old`` at FILE.k, or past the last kept number (deleted: we still hold it open); then
-    FILE.(k-1) .. FILE.1 came after it, oldest first. Each must have been written no earlier
-    than the one before it (mtime: a coarse clock gives several one stamp; strictly later
-    when ``old`` went past the last number kept), starting from ``old``'s last write, and
-    not be ``known``
-    (asked with its fd and stat: held, or sent and let go): an older generation never
-    passes, and the first that does not pass ends the list. Under any other naming nothing is guessed. Their paths
-    and open fds, oldest first."""
-    k = None
-    # Found at FILE.k, ``old`` is the proof that numbered rotation happened: a later file may
-    # share its mtime (a coarse clock). Past the last kept number, nothing proves it: only a
-    # file written strictly after ``old`` (never a copy or an older generation) is taken.
-    past_the_last = False
+    Numbered rotation (logrotate, RotatingFileHandler) is told by FILE.1; any other naming
+    (dateext's FILE-20261202, svlogd's @4000....s) by the name ``old`` has now, found by its
+    inode beside FILE: the others of that name's shape are looked at. When ``old`` is gone
+    (deleted: we still hold it open), only numbered rotation can still be followed."""
+    k, past_the_last = _numbered_place(path, old)
+    if k is not None and not past_the_last:
+        return _numbered_after(path, k, False, old_mtime_ns, known)
+    named = _named_after(path, old, old_mtime_ns, known)
+    if named is not None:
+        return named
+    return _numbered_after(path, k, past_the_last, old_mtime_ns, known) if k is not None else []
+
+
+def _numbered_place(path: str, old: tuple[int, int]) -> tuple[int | None, bool]:
+    """Where numbered rotation has put ``old``: (k, False) at FILE.k; (k, True) past the last
+    number kept (FILE.1 .. FILE.(k-1) exist and none is ``old``); (None, False) when no FILE.1."""
     for n in range(1, MAX_NUMBERED + 1):
         try:
             st = os.lstat(f"{path}.{n}")
         except OSError:
-            k, past_the_last = n, True  # FILE.1 .. FILE.(n-1) exist and none is ``old``
-            break
+            return (n, True) if n > 1 else (None, False)
         if (st.st_dev, st.st_ino) == old:
-            k = n
-            break
+            return n, False
+    return None, False
+
+
+def _numbered_after(
+    path: str, k: int, past_the_last: bool, floor: int, known: Callable[[int, os.stat_result], bool]
+) -> list[tuple[str, int]]:
+    """FILE.(k-1) .. FILE.1, oldest first, up to the first that fails (an older or known one).
+    Found at FILE.k, ``old`` is the proof that numbered rotation happened: a later file may
+    share its mtime (a coarse clock). Past the last kept number nothing proves it: only a
+    file written strictly after ``old`` (never a copy or an older generation) is taken."""
     found: list[tuple[str, int]] = []
-    floor = old_mtime_ns
-    for n in range(k - 1 if k is not None else 0, 0, -1):
+    for n in range(k - 1, 0, -1):
         name = f"{path}.{n}"
         try:
             fd = open_origin(name)
@@ -178,6 +194,65 @@ def rotated_after(
             break
         floor = st.st_mtime_ns
         found.append((name, fd))
+    return found
+
+
+def name_shape(name: str, base: str) -> tuple[bool, str, str] | None:
+    """What stays the same from one rotated name to the next: FILE's base name kept whole, each
+    number or stamp in the rest made one mark; None for a name with no number or stamp (a
+    single ``.old`` copy is not a series)."""
+    at = name.find(base)
+    if at < 0:
+        shape = (False, _STAMP.sub("#", name), "")
+    else:
+        shape = (True, _STAMP.sub("#", name[:at]), _STAMP.sub("#", name[at + len(base) :]))
+    return shape if "#" in shape[1] + shape[2] else None
+
+
+def _named_after(
+    path: str, old: tuple[int, int], floor: int, known: Callable[[int, os.stat_result], bool]
+) -> list[tuple[str, int]] | None:
+    """The files beside FILE named as ``old`` is now (``name_shape``), written after it (at
+    its mtime, only a name that sorts after its own: a coarse clock), ordered by mtime and
+    then name; None when ``old`` is not found beside FILE under a name with a stamp."""
+    directory, base = os.path.split(path)
+    directory = directory or "/"
+    entries: list[tuple[str, int, int]] = []
+    old_name = None
+    try:
+        with os.scandir(directory) as scan:
+            for count, entry in enumerate(scan):
+                if count >= MAX_SCAN_ENTRIES:
+                    return None
+                with contextlib.suppress(OSError):
+                    if entry.name == base or not entry.is_file(follow_symlinks=False):
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) == old:
+                        old_name = entry.name
+                    else:
+                        entries.append((entry.name, st.st_ino, st.st_mtime_ns))
+    except OSError:
+        return None
+    shape = None if old_name is None else name_shape(old_name, base)
+    if old_name is None or shape is None:
+        return None
+    later = sorted(
+        (mtime, name, ino)
+        for name, ino, mtime in entries
+        if (mtime > floor or (mtime == floor and name > old_name)) and name_shape(name, base) == shape
+    )
+    found: list[tuple[str, int]] = []
+    for _mtime, name, ino in later:
+        try:
+            fd = open_origin(os.path.join(directory, name))
+        except OriginError:
+            continue
+        st = os.fstat(fd)
+        if st.st_ino != ino or known(fd, st):
+            os.close(fd)  # renamed again since the scan, or held or sent already
+            continue
+        found.append((os.path.join(directory, name), fd))
     return found
 
 

@@ -36,6 +36,7 @@ or one it opened itself as FILE.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcppipe.errors import OriginError, describe_os_error
@@ -135,6 +136,9 @@ class Tailer:
         # (dev, ino, inode generation) of the generations sent to their end and let go, newest
         # last: a host agent must not take one of them for a new file after a restart.
         self.finished: list[Finished] = []
+        # A host agent's say on each generation found between two looks: one another of its
+        # pipes holds is left to that pipe (None: every one is this pipe's).
+        self.admit: Callable[[OriginGeneration], bool] | None = None
 
     # -- what is held ------------------------------------------------------------
 
@@ -222,13 +226,18 @@ class Tailer:
 
     def _adopt_unseen(self, now: float, newest: OriginGeneration) -> None:
         """FILE was replaced more than once since the last look: the generations in between,
-        rotated away already (``origin.rotated_after``), are held after the one it replaced
-        and before ``newest`` (FILE, just opened)."""
-        last = self.current
+        rotated away already, are held after the one it replaced and before ``newest`` (FILE,
+        just opened)."""
+        self.gens.extend(self._between(self.current, newest, now))
+
+    def _between(self, last: OriginGeneration, newest: OriginGeneration, now: float) -> list[OriginGeneration]:
+        """The generations that were FILE after ``last`` and before ``newest`` and were rotated
+        away unseen (``origin.rotated_after``), opened, oldest first: not one held, let go, or
+        refused by ``admit`` (a host agent's other pipe holds it)."""
         try:
             mtime_ns = os.fstat(last.fd).st_mtime_ns
         except OSError:
-            return
+            return []
         held = {(g.dev, g.ino) for g in self.gens if not g.closed} | {(newest.dev, newest.ino)}
 
         def known(fd: int, st: os.stat_result) -> bool:
@@ -251,6 +260,7 @@ class Tailer:
             return False
 
         found = rotated_after(self.path, (last.dev, last.ino), mtime_ns, known)
+        between: list[OriginGeneration] = []
         for index, (name, fd) in enumerate(found):
             try:
                 gen = OriginGeneration.adopt(name, fd, now)
@@ -258,12 +268,17 @@ class Tailer:
                 for _name, unused in found[index:]:
                     os.close(unused)
                 break
-            self.current.last_growth = max(self.current.last_growth, now)
-            self.gens.append(gen)
+            if self.admit is not None and not self.admit(gen):
+                gen.close()
+                self.notices.append(f"{name} (inode {gen.ino}) came between, but is another pipe's file: left to it")
+                continue
+            last.last_growth = max(last.last_growth, now)
+            between.append(gen)
             self.notices.append(
                 f"{self.path} was replaced more than once since the last look: {name} (inode {gen.ino})"
                 " came between, sent in its turn"
             )
+        return between
 
     # -- resuming ----------------------------------------------------------------
 
@@ -397,13 +412,19 @@ class Tailer:
                 continue
             adopted.append(OriginGeneration.adopt(found[0], found[1], now))
             recorded_found = recorded_found or i == 0
+        first_held = self.gens[0]
         self.gens = [*adopted, *self.gens]
-        if not any(entry.names(self.current) for entry in listed):
-            self.notices.append(
-                f"{self.path} (inode {self.current.ino}) is new to this tcppipe: FILE was rotated while it was not"
-                " running; a generation that was FILE only in that time is not sent (tcppipe sends only files it"
-                " opened as FILE)"
-            )
+        if not any(entry.names(first_held) for entry in listed):
+            # FILE is new to this tcppipe: it was rotated while tcppipe was not running, maybe
+            # more than once; the generations in between follow the last one listed and found.
+            if adopted:
+                self.gens[len(adopted) : len(adopted)] = self._between(adopted[-1], first_held, now)
+            else:
+                self.notices.append(
+                    f"{self.path} (inode {first_held.ino}) is new to this tcppipe and no generation it listed"
+                    " is left beside it: a generation that was FILE only while tcppipe was not running"
+                    " cannot be found"
+                )
         if recorded_found:
             return self._resume_at(0, offset, now, f"where the destination stands (rotated to {adopted[0].path})")
         for gen in self.gens:

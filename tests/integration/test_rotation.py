@@ -259,3 +259,69 @@ def test_generations_that_came_and_went_while_tcppipe_was_not_looking_are_sent(p
     finally:
         client.send_signal(signal.SIGCONT)
     wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")
+
+
+def stamp_rotate(origin: Path, scheme: str, n: int, content: bytes) -> None:
+    """Rotation by a stamped name: logrotate's ``dateext`` (FILE-YYYYMMDDHH) or svlogd's
+    ``@<TAI64N>.s`` beside ``current``; then a new FILE holding ``content``."""
+    if scheme == "dateext":
+        rotated = origin.with_name(f"{origin.name}-20261202{n:02d}")
+    else:
+        rotated = origin.with_name(f"@4000000065ab{n:04x}0c8a31e2.s")
+    origin.rename(rotated)
+    origin.write_bytes(content)
+
+
+@pytest.mark.parametrize("scheme", ["dateext", "svlogd"])
+def test_generations_that_came_and_went_under_stamped_names_are_sent(pipes: Pipes, scheme: str) -> None:
+    """As above with names that carry a date or a stamp instead of a number: the generation held
+    is found by its inode under its new name, and the files of that name's shape written after it
+    are sent in mtime order, never a compressed one (another shape) or an older one."""
+    origin, dest = pipes.pipe("current" if scheme == "svlogd" else "stamped.log")
+    old_rotated = origin.with_name(
+        f"{origin.name}-2026113023" if scheme == "dateext" else "@4000000065aa00000c8a31e2.s"
+    )
+    old_rotated.write_bytes(b"an older generation, never sent\n")
+    first = numbered_lines(0, 100)
+    origin.write_bytes(first)
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "1")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    generations = [first]
+    client.send_signal(signal.SIGSTOP)
+    try:
+        for n in range(1, 5):
+            time.sleep(0.01)  # a generation's mtime is after the one before it (a coarse clock)
+            generations.append(numbered_lines(n * 1000, 50))
+            stamp_rotate(origin, scheme, n, generations[-1])
+        # A compressed copy of a rotated name is another shape: never sent.
+        origin.with_name(f"{origin.name}-2026120101.gz" if scheme == "dateext" else "@x.gz").write_bytes(b"gz")
+    finally:
+        client.send_signal(signal.SIGCONT)
+    wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")
+
+
+@pytest.mark.parametrize("scheme", ["numbered", "dateext"])
+def test_generations_that_came_and_went_while_tcppipe_was_stopped_are_sent(pipes: Pipes, scheme: str) -> None:
+    """kill -9 of tcppipe, three rotations (the last generation it saw rotated away, two that were
+    FILE only while it was down), a restart: it finishes the one it saw, then sends the two it never
+    saw, then FILE; nothing twice."""
+    origin, dest = pipes.pipe("down.log")
+    first = numbered_lines(0, 100)
+    origin.write_bytes(first)
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "1")
+    wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    kill9(client)
+    with open(origin, "ab") as f:
+        f.write(numbered_lines(100, 20))  # unsent when it died
+    generations = [origin.read_bytes()]
+    for n in range(1, 4):
+        time.sleep(0.01)  # a generation's mtime is after the one before it (a coarse clock)
+        generations.append(numbered_lines(n * 1000, 50))
+        if scheme == "numbered":
+            shift_rotate(origin, generations[-1])
+        else:
+            stamp_rotate(origin, "dateext", n, generations[-1])
+    pipes.start_client(origin, "--rotate-grace", "1")
+    wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tcppipe.origin import identify
+from tcppipe.origin import identify, name_shape
 from tcppipe.tailer import History, Recorded, Tailer
 
 GRACE_S = 5.0
@@ -161,3 +161,38 @@ def test_restart_recovers_every_queued_generation_in_order(tmp_path: Path) -> No
     assert drain(restarted, 1.0) == b""  # gen one may still be written to: its grace runs
     # The quiet clocks of all replaced generations run at once: one grace period, not two.
     assert drain(restarted, GRACE_S + 1) == b"gen two\ngen three\n"
+
+
+def test_a_rotated_names_shape_keeps_the_base_name_and_marks_each_stamp() -> None:
+    """dateext, svlogd and numbered names of one series share a shape; a compressed one, another
+    file's, and a name with no stamp (a lone copy) do not."""
+    assert name_shape("app.log-20261202", "app.log") == name_shape("app.log-20261203", "app.log")
+    assert name_shape("app.log-20261202.gz", "app.log") != name_shape("app.log-20261202", "app.log")
+    assert name_shape("@4000000065ab00010c8a31e2.s", "current") == name_shape("@40000000ffff.s", "current")
+    assert name_shape("@4000000065ab00010c8a31e2.u", "current") != name_shape("@40000000ffff.s", "current")
+    # The base name is kept whole: web2's rotated files are not web1's.
+    assert name_shape("web2.log-20261202", "web1.log") != name_shape("web1.log-20261202", "web1.log")
+    assert name_shape("app.log.old", "app.log") is None
+
+
+def test_generations_between_two_looks_under_a_stamped_name_come_in_mtime_order(tmp_path: Path) -> None:
+    """The held generation is found under its dateext name; the later names of its shape go in
+    mtime order (a tie: by name), an older one and a compressed one never."""
+    log, tailer = following(tmp_path, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    held = tmp_path / "log-2026120200"
+    os.rename(log, held)
+    os.utime(held, ns=(10**18, 10**18))
+    (tmp_path / "log-2026113000").write_bytes(b"older\n")
+    os.utime(tmp_path / "log-2026113000", ns=(10**17, 10**17))
+    for name, content, mtime in (
+        ("log-2026120202", b"third\n", 10**18 + 2),
+        ("log-2026120201", b"second\n", 10**18),
+        ("log-2026120202.gz", b"compressed\n", 10**18 + 3),
+    ):
+        (tmp_path / name).write_bytes(content)
+        os.utime(tmp_path / name, ns=(mtime, mtime))
+    log.write_bytes(b"fourth\n")
+    tailer.request_hup(1.0)
+    assert [os.path.basename(g.path) for g in tailer.gens] == ["log", "log-2026120201", "log-2026120202", "log"]
+    assert drain(tailer, 1.0) == b"second\nthird\nfourth\n"
