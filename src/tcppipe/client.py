@@ -127,6 +127,7 @@ class WatcherLike(Protocol):
     def watch_file(self, gen: OriginGeneration) -> None: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
+    def sees_all(self, gens: list[OriginGeneration]) -> bool: ...
 
 
 # Makes a pipe's watcher from FILE, the wake callback and the logger (``Watcher`` is one).
@@ -163,6 +164,10 @@ class Watcher:
         with contextlib.suppress(OSError):
             self._inotify.add_watch(f"/proc/self/fd/{gen.fd}", self._file_mask)
             self._watched.add(gen.ino)
+
+    def sees_all(self, gens: list[OriginGeneration]) -> bool:
+        """A single-file pipe polls every -t whatever its events (one stat and fstat)."""
+        return False
 
     def fileno(self) -> int:
         """The inotify fd (-1 when polling): readable while events wait."""
@@ -312,17 +317,20 @@ class Client:
                 async with asyncio.timeout(timeout):
                     await self.file_event.wait()
 
-    def poll(self) -> None:
+    def poll(self, look: bool = True) -> None:
         """The file side's work, done now by the caller: a file event's callback, or the host
         agent's -t tick of a ``polled`` pipe (100 idle pipes cost one timer, not 100). No
         task is woken for it; a failure (a bug) goes to the file side task, which dies of it
-        as it would itself."""
+        as it would itself. ``look`` False (a tick, not this pipe's turn to look at its
+        files): nothing is done if inotify reports every change of them."""
         if not self._following or self.stopping or self._poll_failure is not None:
             return
         try:
             idle = not (self.hup_pending or self.retiring or self.status_file.owed)
+            if idle and not look and self.watcher is not None and self.watcher.sees_all(self.core.tailer.gens):
+                return  # 2,000 idle pipes on inotify: a tick costs each nothing but this test
             if idle and self.core.tailer.unchanged():
-                return  # 2,000 idle pipes: a stat and an fstat each per tick, nothing more
+                return  # polled: a stat and an fstat each per tick, nothing more
             self._follow_files()
         except Exception as exc:
             self._poll_failure = exc

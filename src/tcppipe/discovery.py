@@ -263,6 +263,13 @@ class Discovery:
         self._retry_at.clear()
         self._failures.clear()
 
+    def due(self, now: float) -> bool:
+        """Is a decision due by time alone: a failed pipe's retry, or a path absent for the
+        grace period? (A scan woken by nothing else may be skipped otherwise.)"""
+        if any(at <= now for at in self._retry_at.values()):
+            return True
+        return any(now - since >= self.grace_s for since in self._absent_since.values())
+
     def decide(
         self,
         found: Mapping[str, Seen],

@@ -32,6 +32,12 @@ Rule 5 (one inotify instance): the scan's directories and every pipe's file
 events share one instance (``watch.py``; Linux allows 128 per user, not one
 per file). A pipe is woken by events of its own FILE name and its own
 generations only; the one -t timer polls every pipe, whatever was missed.
+
+Rule 6 (idle costs nothing per file): where inotify reports every change (a
+local file system, every directory and generation watched, no glob in a
+directory part of a pattern), the -t tick neither scans nor polls a pipe:
+the events wake them. Each still looks once in ``LOOK_EVERY_TICKS`` ticks,
+and the scan runs when a retry or the end of a grace period is due.
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ from tcppipe.watch import SharedInotify
 # Scans triggered by directory events run at most this often (a logrotate run of 100 files
 # makes hundreds of events; one scan after them sees every change).
 MIN_SCAN_GAP_S = 0.05
+# Where inotify reports every change (Rule 6), a pipe looks at its files, and the scan at the
+# directories, once in this many -t ticks (each pipe in its own tick, spread): a safety net.
+LOOK_EVERY_TICKS: Final = 30
 # Pipes between connect and READY at once: tcppiped closes the oldest of a source's
 # strangers past its budget, so 2,000 pipes starting together would evict each other.
 HANDSHAKES_AT_ONCE: Final = 8
@@ -155,11 +164,16 @@ class HostAgent:
             self._scan(first=True)
             self._settle()
             next_tick = time.monotonic() + self.template.interval_s
+            # Directory events can tell every change of what the patterns match (Rule 6).
+            evented = not any(is_pattern(os.path.dirname(p)) for p in self.patterns)
+            ticks = 0
             while not self.stopping:
                 self.wake.clear()
+                woken = False
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
                         await self.wake.wait()
+                    woken = True
                     await asyncio.sleep(MIN_SCAN_GAP_S)  # let a burst of directory events settle
                 if self.stopping:
                     break
@@ -169,15 +183,20 @@ class HostAgent:
                     for pipe in self.pipes.values():
                         pipe.client.request_hup()
                     self.discovery.retry_now()
-                self._scan(first=False)
                 now = time.monotonic()
-                if now >= next_tick or self.inotify.fileno() < 0:
+                ticked = now >= next_tick or self.inotify.fileno() < 0
+                told = evented and watch.sees_all(directories)
+                if woken or not told or self.discovery.due(now) or (ticked and ticks % LOOK_EVERY_TICKS == 0):
+                    self._scan(first=False)
+                if ticked:
                     # Every pipe's -t tick, from this one timer. A scan woken by a directory
                     # event between ticks polls none of them (without inotify, all): the shared
                     # instance has woken the pipes whose FILE the event named, and only those.
+                    # A pipe inotify tells everything looks at its files in its turn only.
                     next_tick = now + self.template.interval_s
-                    for pipe in list(self.pipes.values()):
-                        pipe.client.poll()
+                    ticks += 1
+                    for index, pipe in enumerate(list(self.pipes.values())):
+                        pipe.client.poll(look=(index + ticks) % LOOK_EVERY_TICKS == 0)
         finally:
             watch.close()
             self.request_stop()
@@ -230,13 +249,7 @@ class HostAgent:
     def _scan(self, first: bool) -> None:
         now = time.monotonic()
         running = {path: pipe.client.held_inodes() for path, pipe in self.pipes.items()}
-        for path, pipe in self.pipes.items():
-            let_go = pipe.client.let_go()
-            if let_go and let_go[-1] is not pipe.last_let_go:
-                fresh = let_go_since(let_go, pipe.last_let_go)
-                pipe.last_let_go = let_go[-1]
-                for inode, claim in let_go_claims(path, fresh):
-                    self.discovery.claim(inode, claim)
+        self._claim_let_go()
         found = self._found()
         decision = self.discovery.decide(
             found, running, now, lambda path, length: read_identity(path, length, found[path].inode)
@@ -252,6 +265,16 @@ class HostAgent:
                 pipe.client.request_stop()
         for path in decision.start:
             self._start(path, first, now)
+
+    def _claim_let_go(self) -> None:
+        """Claim what each pipe has let go since the last look (Rule 3 of discovery.py)."""
+        for path, pipe in self.pipes.items():
+            let_go = pipe.client.let_go()
+            if let_go and let_go[-1] is not pipe.last_let_go:
+                fresh = let_go_since(let_go, pipe.last_let_go)
+                pipe.last_let_go = let_go[-1]
+                for inode, claim in let_go_claims(path, fresh):
+                    self.discovery.claim(inode, claim)
 
     def _report_rotated(self, decision: Decision) -> None:
         for path, owner in decision.rotated.items():
@@ -340,6 +363,7 @@ class HostAgent:
             pipe.client.say(logging.INFO, "stopped")
         self._initial.discard(path)
         self._settle()
+        self.wake.set()  # its path and what it held are the scan's to decide on now
 
     def _admits(self, path: str, gen: OriginGeneration) -> bool:
         """May ``path``'s pipe take ``gen``, just opened (at its FILE, or found beside it)? Its
@@ -351,7 +375,16 @@ class HostAgent:
             except OSError:
                 return None
 
-        return self.discovery.admits(path, _seen(os.fstat(gen.fd)), identify)
+        seen = _seen(os.fstat(gen.fd))
+        owner = self.discovery.held.get(seen.inode)
+        if owner is not None and owner != path:
+            held = self.pipes.get(owner)
+            if held is None or seen.inode not in held.client.held_inodes():
+                # Held as of the last scan (up to LOOK_EVERY_TICKS ticks ago), let go since: its
+                # claim, made now, is what decides (a reused inode number is not that file).
+                del self.discovery.held[seen.inode]
+                self._claim_let_go()
+        return self.discovery.admits(path, seen, identify)
 
     def _pipe_ready(self, path: str) -> None:
         self.discovery.succeeded(path)

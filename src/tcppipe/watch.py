@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -46,6 +48,38 @@ DIR_MASK: Final = 0x100 | 0x80 | 0x40 | 0x200  # CREATE | MOVED_TO | MOVED_FROM 
 FILE_MASK: Final = 0x2 | 0x4 | 0x8 | 0x800 | 0x400  # MODIFY | ATTRIB | CLOSE_WRITE | MOVE_SELF | DELETE_SELF
 
 Identity = tuple[int, int]  # (st_dev, st_ino)
+
+# statfs f_type of local file systems, where inotify reports every write to a watched inode
+# (every write goes through this kernel): ext2/3/4, XFS, Btrfs, tmpfs, overlayfs, F2FS, ZFS,
+# ReiserFS, JFS. On others (NFS, CIFS, FUSE, 9p, Ceph) another host's or a daemon's writes
+# are not seen: their pipes are polled every -t.
+LOCAL_FS_TYPES: Final = frozenset(
+    {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x794C7630, 0xF2F52010, 0x2FC12FC1, 0x52654973, 0x3153464A}
+)
+# struct statfs is 120 bytes on 64-bit Linux; f_type, its first member, a long.
+_STATFS_BYTES: Final = 256
+
+
+def _load_statfs() -> Callable[[bytes, Any], int] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function: Callable[[bytes, Any], int] = libc.statfs
+        return function
+    return None
+
+
+_statfs = _load_statfs()
+
+
+def inotify_sees_every_write(directory: str) -> bool:
+    """Does inotify report every write to a file in ``directory`` (a local file system)? If so
+    a pipe whose files are all watched needs no -t poll: the events say all a poll would."""
+    if _statfs is None:
+        return False
+    buffer = ctypes.create_string_buffer(_STATFS_BYTES)
+    if _statfs(os.fsencode(directory), buffer) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buffer).value in LOCAL_FS_TYPES
 
 
 def close_inotify(inotify: Any) -> None:
@@ -80,6 +114,7 @@ class InotifyHandle(Subscriber):
         self.dir_wd: int | None = None
         # Each generation watched, by identity: its watch descriptor and the generation.
         self.files: dict[Identity, tuple[int, OriginGeneration]] = {}
+        self.local = inotify_sees_every_write(self.directory)
 
     def watch_file(self, gen: OriginGeneration) -> None:
         """Follow ``gen``'s inode even after it is renamed out of the directory."""
@@ -88,6 +123,14 @@ class InotifyHandle(Subscriber):
     def fileno(self) -> int:
         """The shared inotify fd (-1 when polling)."""
         return self.shared.fileno()
+
+    def sees_all(self, gens: list[OriginGeneration]) -> bool:
+        """Is every change a -t poll could find reported: inotify up, on a local file system,
+        FILE's directory and every open generation in ``gens`` watched?"""
+        if not self.local or self.dir_wd is None or self.closed or not self.shared.up:
+            return False
+        files = self.files
+        return all(gen.closed or (gen.dev, gen.ino) in files for gen in gens)
 
     def close(self) -> None:
         """Give back this pipe's watches (others' stay)."""
@@ -111,10 +154,23 @@ class DirectoryWatch(Subscriber):
     def __init__(self, shared: SharedInotify, wake: Callable[[], None]) -> None:
         super().__init__(shared, wake)
         self.dirs: dict[str, int] = {}
+        # Directories found on a local file system (asked once each).
+        self._local: set[str] = set()
 
     def watch(self, directories: set[str]) -> None:
         """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
         self.shared.watch_directories(self, directories)
+
+    def sees_all(self, directories: set[str]) -> bool:
+        """Is every entry created, moved or deleted in ``directories`` reported (inotify up,
+        each watched, each on a local file system)?"""
+        if self.closed or not self.shared.up or not directories <= self.dirs.keys():
+            return False
+        for directory in directories - self._local:
+            if not inotify_sees_every_write(directory):
+                return False
+            self._local.add(directory)
+        return True
 
     def close(self) -> None:
         self.shared.release(self)
@@ -150,6 +206,11 @@ class SharedInotify:
 
     def fileno(self) -> int:
         return -1 if self._inotify is None else int(self._inotify.fileno())
+
+    @property
+    def up(self) -> bool:
+        """Is the instance reading events (not closed, not failed)?"""
+        return self._inotify is not None
 
     def watcher_for(self, path: str, wake: Callable[[], None], log: logging.Logger) -> InotifyHandle:
         """A handle for the pipe of FILE ``path``, woken through ``wake`` (``log`` is the agent's)."""

@@ -315,6 +315,23 @@ def test_a_failed_pipe_is_retried_after_the_delay_or_at_once_after_a_hup() -> No
     assert decide(d, fs, {}, 33.0).start == ("/l/a.log",)
 
 
+def test_a_decision_is_due_by_time_at_a_retry_or_at_the_end_of_a_grace_period() -> None:
+    """``due`` says when a scan that no event asked for must still run: a retry, a gone path."""
+    d, fs = Discovery(GRACE_S, retry_s=30.0), Files()
+    fs.put("/l/a.log", A)
+    assert not d.due(0.0)
+    d.failed("/l/a.log", 0.0)
+    assert not d.due(29.0)
+    assert d.due(30.0)
+    decide(d, fs, {}, 30.0)
+    assert not d.due(31.0)
+    del fs.files["/l/a.log"]
+    running = {"/l/a.log": [A]}
+    decide(d, fs, running, 40.0)
+    assert not d.due(40.0 + GRACE_S - 0.1)
+    assert d.due(40.0 + GRACE_S)
+
+
 def test_a_pipe_that_keeps_failing_waits_longer_each_time_up_to_the_cap() -> None:
     """30, 60, 120 ... s up to RETRY_MAX_S; READY or a SIGHUP starts again from 30 s."""
     d = Discovery(GRACE_S, retry_s=30.0)

@@ -259,6 +259,32 @@ def test_the_scan_shares_the_instance_and_the_directory_watch_with_the_pipes(tmp
     assert asyncio.run(scenario()) == (2, set(), True, 2, {"a.log"})
 
 
+def test_a_pipe_and_the_scan_are_told_everything_only_while_every_watch_is_up(tmp_path: Path) -> None:
+    """``sees_all``: true with FILE's directory and every open generation watched on a local file
+    system; false for a generation not watched, a directory not watched, or a closed instance
+    (then the -t tick polls them)."""
+
+    async def scenario() -> list[bool]:
+        world = World(tmp_path, ["a.log"])
+        scan = world.shared.directory_watch(lambda: None)
+        try:
+            handle, held = world.handles["a.log"], list(world.gens)
+            (tmp_path / "a.log.1").write_bytes(b"")
+            unwatched = OriginGeneration.open(str(tmp_path / "a.log.1"), 0.0)
+            scan.watch({str(tmp_path)})
+            told = [handle.sees_all(held), handle.sees_all([*held, unwatched])]
+            told += [scan.sees_all({str(tmp_path)}), scan.sees_all({str(tmp_path), str(tmp_path / "none")})]
+            world.shared.close()
+            told += [handle.sees_all(held), scan.sees_all({str(tmp_path)})]
+            unwatched.close()
+            return told
+        finally:
+            scan.close()
+            world.close()
+
+    assert asyncio.run(scenario()) == [True, False, True, False, False, False]
+
+
 def test_a_symlinked_file_is_woken_by_its_target_s_rotation(tmp_path: Path) -> None:
     """FILE a symlink to app.log beside it: the re-created app.log (another name) wakes its pipe."""
 
