@@ -3,6 +3,7 @@ told from the generation that had it by its birth time (an overlayfs mount, as i
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tcppipe.origin import BIRTH_TIME_BASE, birth_time_ns, file_identity_number, inode_generation
-from tests.integration.conftest import Pipes, kill9, sha256, wait_until
+from tests.integration.conftest import Pipes, kill9, same_bytes, sha256, wait_until
+from tests.integration.test_many_files import start_agent
 
 # Files created looking for the freed inode number: ext4 hands it out again at once.
 MAX_TRIES_FOR_THE_INODE = 2000
@@ -124,3 +126,40 @@ def test_an_overlayfs_file_from_the_lower_layer_has_no_number_before_or_after_it
         assert birth_time_ns(f.fileno()) != before  # the copy-up's
         assert file_identity_number(f.fileno()) is None
     assert number_of(path) is None
+
+
+def test_a_glob_takes_a_later_file_in_a_reused_inode_number_for_a_new_file(overlay_dir: Path, pipes: Pipes) -> None:
+    """A glob pipe on overlayfs: a.log, holding one byte, is sent, tcppipe is killed -9, a.log is
+    deleted and b.log gets its inode number, starting with the same byte: after the restart b.log
+    is a new file sent whole to its own destination, and a.log's destination holds a.log once
+    (before, b.log was taken for a.log's generation, and none of it was sent anywhere)."""
+    a, dest_dir = overlay_dir / "a.log", pipes.tmp / "dest"
+    a.write_bytes(b"a")
+    pipes.define(f"127.0.0.1:{overlay_dir}/*.log | {dest_dir}/{{name}}")
+    pipes.start_server()
+    agent = start_agent(pipes, overlay_dir / "*.log")
+    wait_until(lambda: (dest_dir / "a.log").exists() and (dest_dir / "a.log").read_bytes() == b"a", what="a.log")
+
+    def recorded() -> bool:
+        for path in pipes.client_state.glob("tcppipe.*.status"):
+            raw = json.loads(path.read_text())
+            if raw.get("file") == str(a) and raw.get("offset") == 1:
+                return True
+        return False
+
+    wait_until(recorded, what="a.log's generation in its status file")
+    kill9(agent)
+    ino = a.stat().st_ino
+    a.unlink()
+    later = reuse_inode(overlay_dir, ino)
+    later.write_bytes(b"a second file\n")
+    b = overlay_dir / "b.log"
+    later.rename(b)
+    agent = start_agent(pipes, overlay_dir / "*.log")
+    wait_until(
+        lambda: (dest_dir / "b.log").exists() or (dest_dir / "a.log").stat().st_size > 1, what="b.log sent somewhere"
+    )
+    wait_until(lambda: (dest_dir / "b.log").exists() and same_bytes(b, dest_dir / "b.log"), what="b.log exact")
+    assert (dest_dir / "a.log").read_bytes() == b"a"
+    assert sha256(dest_dir / "b.log") == sha256(b)
+    kill9(agent)
