@@ -68,7 +68,7 @@ from tcppipe.discovery import (
     watched_directories,
 )
 from tcppipe.errors import TcppipeError, describe_os_error
-from tcppipe.origin import OriginGeneration, inode_generation, others_may_plant, read_identity
+from tcppipe.origin import OriginGeneration, file_identity_number, others_may_plant, read_identity
 from tcppipe.receivers import describe_pipe_host
 from tcppipe.state import HeldLock, PipeKey, holder_pid, read_json
 from tcppipe.tailer import Finished
@@ -371,7 +371,7 @@ class HostAgent:
 
         def identify(_name: str, length: int) -> tuple[int | None, bytes] | None:
             try:
-                return inode_generation(gen.fd), os.pread(gen.fd, length, 0) if length else b""
+                return file_identity_number(gen.fd), os.pread(gen.fd, length, 0) if length else b""
             except OSError:
                 return None
 

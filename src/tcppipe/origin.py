@@ -5,12 +5,15 @@ Rule 1: synchronous and byte-oriented; no asyncio, no sockets. Reads are
 
 Rule 2: a generation is identified by (st_dev, st_ino) plus a digest of its
 first bytes, never by its name: a rotated file keeps its identity wherever it
-is moved, and a new file that reuses an inode is told apart by its head.
+is moved, and a new file that reuses an inode is told apart by its head, and
+by its identity number (``file_identity_number``) where it has no head yet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -20,6 +23,7 @@ import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from tcppipe import state
 from tcppipe.errors import OriginError, describe_os_error
@@ -110,8 +114,123 @@ def inode_generation(fd: int) -> int | None:
     return value
 
 
+# statx(2), fstatfs(2) and name_to_handle_at(2) through the C library (statx: glibc 2.28 and
+# later): Python 3.11 has no os.statx.
+AT_EMPTY_PATH: Final = 0x1000
+AT_HANDLE_FID: Final = 0x200  # a handle only to compare (Linux 6.5): overlayfs gives one without nfs_export
+STATX_BTIME: Final = 0x0800
+STATX_BUFFER_BYTES: Final = 256  # struct statx, spare fields included
+STATX_BTIME_OFFSET: Final = 80  # stx_btime: struct statx_timestamp {s64 tv_sec; u32 tv_nsec; s32 pad}
+STATFS_BUFFER_BYTES: Final = 256  # struct statfs is 120 bytes on x86-64; f_type comes first
+OVERLAYFS_SUPER_MAGIC: Final = 0x794C7630
+MAX_HANDLE_BYTES: Final = 128
+# overlayfs's own handles (fs/overlayfs/overlayfs.h, also its on-disk origin xattr): type 0xf8
+# is 3 bytes of padding then struct ovl_fb {version, magic 0xfb, len, flags, type, uuid, fid},
+# type 0xfb the same without the padding. Flag 4: encoded from the upper layer's file.
+OVL_FILEID_V0: Final = 0xFB
+OVL_FILEID_V1: Final = 0xF8
+OVL_FH_MAGIC: Final = 0xFB
+OVL_FH_FLAG_PATH_UPPER: Final = 4
+# An identity number from a birth time is BIRTH_TIME_BASE + the birth time in nanoseconds. An
+# inode generation number is 32 bits (the kernel writes an int), so it is always below the
+# base: the two kinds are never equal, whichever a record holds. The sum stays below 2**62,
+# the largest number a destination's record or a ledger header keeps (until the year 2116).
+BIRTH_TIME_BASE: Final = 2**32
+MAX_BIRTH_TIME_NS: Final = 2**62 - BIRTH_TIME_BASE
+
+_CFunction = Callable[..., int]
+
+
+def _libc_function(name: str, *argtypes: type) -> _CFunction | None:
+    """The C library's ``name`` with its argument types, or None if it has none (an older one)."""
+    try:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = argtypes
+    function.restype = ctypes.c_int
+    found: _CFunction = function
+    return found
+
+
+_statx = _libc_function("statx", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p)
+_fstatfs = _libc_function("fstatfs", ctypes.c_int, ctypes.c_char_p)
+_name_to_handle_at = _libc_function(
+    "name_to_handle_at", ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int
+)
+
+
+def birth_time_ns(fd: int) -> int | None:
+    """When the file behind ``fd`` was created (statx's STATX_BTIME, in nanoseconds since
+    the epoch), or None where the C library, the kernel or the file system does not say."""
+    if _statx is None:
+        return None
+    buf = ctypes.create_string_buffer(STATX_BUFFER_BYTES)
+    if _statx(fd, b"", AT_EMPTY_PATH, STATX_BTIME, buf) != 0:
+        return None
+    (mask,) = struct.unpack_from("I", buf.raw, 0)
+    sec, nsec = struct.unpack_from("qI", buf.raw, STATX_BTIME_OFFSET)
+    if not mask & STATX_BTIME:
+        return None
+    ns: int = sec * 1_000_000_000 + nsec
+    return ns
+
+
+def _filesystem_type(fd: int) -> int | None:
+    """fstatfs's f_type (the file system's magic number) for ``fd``, or None."""
+    if _fstatfs is None:
+        return None
+    buf = ctypes.create_string_buffer(STATFS_BUFFER_BYTES)
+    if _fstatfs(fd, buf) != 0:
+        return None
+    f_type: int = struct.unpack_from("l", buf.raw, 0)[0]
+    return f_type
+
+
+def _overlay_upper_only(fd: int) -> bool:
+    """Is the overlayfs file behind ``fd`` known to live in the upper layer alone (created
+    there, no lower file behind it)? Its handle says: overlayfs encodes a file that has a
+    lower one (copied up or not) by the lower one, a pure upper file by itself."""
+    if _name_to_handle_at is None:
+        return False
+    handle = ctypes.create_string_buffer(8 + MAX_HANDLE_BYTES)
+    struct.pack_into("I", handle, 0, MAX_HANDLE_BYTES)
+    mount_id = ctypes.c_int()
+    if _name_to_handle_at(fd, b"", handle, ctypes.byref(mount_id), AT_EMPTY_PATH | AT_HANDLE_FID) != 0:
+        return False  # a kernel before 6.5: not known
+    length, kind = struct.unpack_from("Ii", handle.raw, 0)
+    raw = handle.raw[8 : 8 + length]
+    fb = raw[3:] if kind == OVL_FILEID_V1 else raw if kind == OVL_FILEID_V0 else b""
+    return len(fb) >= 4 and fb[1] == OVL_FH_MAGIC and bool(fb[3] & OVL_FH_FLAG_PATH_UPPER)
+
+
+def file_identity_number(fd: int) -> int | None:
+    """What tells this file from a later one in its inode number when neither has a head to
+    compare yet (an empty file): its inode generation number, or on a file system without
+    one (tmpfs, overlayfs) BIRTH_TIME_BASE + its birth time; None if neither is known.
+
+    It goes wherever an inode generation went (``igen`` in status files, in the server's
+    record, in GENERATION and READY) and is compared for equality, None matching anything:
+    a record written before birth times were used (None there) still matches. A file's
+    number may go from None to a number, never from one number to another: on ext4, xfs
+    and btrfs it is the inode generation it always was; on overlayfs a file with a lower
+    layer's file behind it has None, because copying it up (its first write or rename)
+    gives it the upper file's birth time while its inode number stays."""
+    if _filesystem_type(fd) == OVERLAYFS_SUPER_MAGIC:
+        if not _overlay_upper_only(fd):
+            return None
+    else:
+        igen = inode_generation(fd)
+        if igen is not None:
+            return igen
+    born = birth_time_ns(fd)
+    if born is None or not 0 <= born < MAX_BIRTH_TIME_NS:
+        return None
+    return BIRTH_TIME_BASE + born
+
+
 def read_identity(path: str, length: int, inode: tuple[int, int]) -> tuple[int | None, bytes] | None:
-    """The inode generation number and first ``length`` bytes of the file at ``path`` (opened
+    """The identity number (``file_identity_number``) and first ``length`` bytes of the file at ``path`` (opened
     by ``open_origin``'s link rule, never blocking), or None if it cannot be read or is no
     longer ``inode`` (replaced since it was looked at: looked at again later)."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
@@ -125,7 +244,7 @@ def read_identity(path: str, length: int, inode: tuple[int, int]) -> tuple[int |
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != inode:
             return None
-        return inode_generation(fd), os.pread(fd, length, 0) if length else b""
+        return file_identity_number(fd), os.pread(fd, length, 0) if length else b""
     except OSError:
         return None
     finally:
@@ -269,7 +388,7 @@ def find_generation(directory: str, record: GenerationId, igen: int | None = Non
                     if entry.inode() != record.ino or not entry.is_file(follow_symlinks=False):
                         continue
                     fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                    if matches(record, fd) and (igen is None or inode_generation(fd) in (None, igen)):
+                    if matches(record, fd) and (igen is None or file_identity_number(fd) in (None, igen)):
                         return entry.path, fd
                     os.close(fd)
     except OSError:
@@ -320,7 +439,7 @@ class OriginGeneration:
             high_water=st.st_size,
             last_growth=now,
             seen_size=st.st_size,
-            igen=inode_generation(fd),
+            igen=file_identity_number(fd),
         )
 
     def observe(self, now: float) -> None:

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcppipe.errors import OriginError, describe_os_error
-from tcppipe.origin import OriginGeneration, find_generation, inode_generation, matches, rotated_after
+from tcppipe.origin import OriginGeneration, file_identity_number, find_generation, matches, rotated_after
 from tcppipe.protocol import GenerationId
 
 # Resumed.how when the server had no record on a reconnect: at what the last connection acknowledged.
@@ -245,7 +245,7 @@ class Tailer:
             may have been reused since, so the same inode generation and head say it is."""
             if (st.st_dev, st.st_ino) in held:
                 return True
-            igen = inode_generation(fd)
+            igen = file_identity_number(fd)
             for f in self.finished:
                 if (f.dev, f.ino) != (st.st_dev, st.st_ino):
                     continue

@@ -32,7 +32,7 @@ from typing import Final
 
 from tcppipe.client import HANDSHAKE_TIMEOUT_S, _read, connect, describe
 from tcppipe.errors import ConnectionLost, Refused, TcppipeError, Unreachable
-from tcppipe.origin import find_generation, inode_generation, matches, open_origin
+from tcppipe.origin import file_identity_number, find_generation, matches, open_origin
 from tcppipe.protocol import (
     FINGERPRINT_BYTES,
     PURPOSE_VERIFY,
@@ -169,7 +169,7 @@ def _find_origin(path: str, record: GenerationId, igen: int | None) -> tuple[str
         fd = open_origin(path)
         st = os.fstat(fd)
         in_file = (st.st_dev, st.st_ino) == (record.dev, record.ino)
-        if matches(record, fd) or (in_file and igen is not None and inode_generation(fd) == igen):
+        if matches(record, fd) or (in_file and igen is not None and file_identity_number(fd) == igen):
             return path, fd
         os.close(fd)
     found = None if in_file else find_generation(os.path.dirname(path) or "/", record)

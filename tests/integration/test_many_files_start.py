@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tcppipe.origin import file_identity_number
 from tests.integration.conftest import Pipes, kill9, same_bytes, stop, wait_until
 from tests.integration.test_many_files import start_agent
 from tests.integration.test_restart import Writer, numbered_lines
@@ -93,7 +94,7 @@ def test_fifty_files_through_one_glob_entry_survive_kill9_and_rotation(pipes: Pi
 @pytest.fixture(params=["disk", "tmpfs"])
 def origin_dir(request: pytest.FixtureRequest, pipes: Pipes) -> Iterator[Path]:
     """The origin directory: under pytest's temporary directory (a file system with inode
-    generation numbers here), or on tmpfs, which has none."""
+    generation numbers here), or on tmpfs, which has none but gives birth times."""
     if request.param == "disk":
         yield pipes.tmp / "origin"
         return
@@ -109,10 +110,11 @@ def origin_dir(request: pytest.FixtureRequest, pipes: Pipes) -> Iterator[Path]:
 def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes, origin_dir: Path) -> None:
     """A glob that matches rotated names (``*``) and a {name} entry: app.log is sent, rotated to
     app.log.1 (same inode, sent to its end and let go), and the agent restarts. The status file
-    lists the generations the pipe let go (inode, head, size and mtime, and the inode generation
-    where the file system has one), so app.log.1 is still app.log's old generation, not a new
-    file to send again (before, the restart sent all of it a second time, into app.log.1's
-    destination; on tmpfs, without inode generation numbers, it still did)."""
+    lists the generations the pipe let go (inode, head, size and mtime, and an identity number:
+    the inode generation, or on tmpfs, which has none, the birth time), so app.log.1 is still
+    app.log's old generation, not a new file to send again (before, the restart sent all of it a
+    second time, into app.log.1's destination; on tmpfs, without inode generation numbers, it
+    still did, and the let-go record had no number there)."""
     dest_dir = pipes.tmp / "dest"
     origin_dir.mkdir()
     pipes.define(f"127.0.0.1:{origin_dir}/* | {dest_dir}/{{name}}")
@@ -126,14 +128,19 @@ def test_a_restarted_agent_does_not_send_a_rotated_file_again(pipes: Pipes, orig
     app.write_bytes(b"second generation\n")
     wait_until(lambda: (dest_dir / "app.log").read_bytes() == first + b"second generation\n", what="the rotation")
 
+    finished: list[list[object]] = []
+
     def let_go() -> bool:
         for path in pipes.client_state.glob("tcppipe.*.status"):
             raw = json.loads(path.read_text())
             if raw.get("file") == str(app) and raw.get("finished"):
+                finished[:] = raw["finished"]
                 return True
         return False
 
     wait_until(let_go, what="the old generation let go")
+    with open(rotated, "rb") as old:
+        assert [item[2] for item in finished] == [file_identity_number(old.fileno())] != [None]
     said = "app.log.1 is a rotated generation of"
     before = pipes.syslog.count(said)
     assert stop(agent) == 0

@@ -21,6 +21,7 @@ from tcppipe.discovery import (
     normalise_pattern,
     watched_directories,
 )
+from tcppipe.origin import BIRTH_TIME_BASE
 from tcppipe.protocol import GenerationId
 from tcppipe.tailer import Finished, History, Recorded
 
@@ -29,7 +30,8 @@ A, B, C = (1, 10), (1, 11), (1, 12)
 
 
 class Files:
-    """A file system for the pure rules: each path's inode, size, mtime, inode generation and bytes."""
+    """A file system for the pure rules: each path's inode, size, mtime, identity number (an inode
+    generation, or a birth time where there is none) and bytes."""
 
     def __init__(self) -> None:
         self.files: dict[str, tuple[Inode, int | None, bytes, int]] = {}
@@ -127,7 +129,8 @@ def test_a_claim_ends_with_its_inode_so_a_reused_inode_is_a_new_pipe() -> None:
 
 def test_a_let_go_inode_reused_between_two_scans_is_a_new_pipe_without_inode_generations() -> None:
     """a.log.1, let go, is deleted and a new file b.log takes its inode number before the next
-    scan (tmpfs: no inode generation numbers): b.log is not a rotated name of a.log."""
+    scan (a file system with neither inode generation numbers nor birth times): b.log is not a
+    rotated name of a.log."""
     d, fs = Discovery(GRACE_S), Files()
     fs.put("/l/a.log", A, b"a 1\n")
     fs.put("/l/a.log.1", C, b"a 0\n", mtime_ns=5)
@@ -150,6 +153,23 @@ def test_a_reused_inode_with_the_same_head_is_told_apart_by_its_inode_generation
     del fs.files["/l/a.log.1"]
     fs.put("/l/b.log", C, b"same\n more", igen=8, mtime_ns=9)
     assert decide(d, fs, {"/l/a.log": [A]}, 0.0).start == ("/l/b.log",)
+
+
+def test_a_birth_time_tells_a_reused_inode_and_a_claim_from_before_birth_times_still_matches() -> None:
+    """Without inode generations (tmpfs, overlayfs) the identity number is a birth time: a later
+    file with the same head in a reused inode is a new pipe, and a claim an older version wrote
+    there (no number) is still the file it names."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log.1", C, b"same\n", igen=BIRTH_TIME_BASE + 5, mtime_ns=5)
+    d.claim(*fs.let_go("/l/a.log.1", "/l/a.log"))
+    del fs.files["/l/a.log.1"]
+    fs.put("/l/b.log", C, b"same\n more", igen=BIRTH_TIME_BASE + 9, mtime_ns=9)
+    assert decide(d, fs, {"/l/a.log": [A]}, 0.0).start == ("/l/b.log",)
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log.1", C, b"old\n", mtime_ns=5)
+    d.claim(*fs.let_go("/l/a.log.1", "/l/a.log"))  # igen None: written before birth times
+    fs.put("/l/a.log.1", C, b"old\n", igen=BIRTH_TIME_BASE + 5, mtime_ns=5)
+    assert decide(d, fs, {"/l/a.log": [A]}, 0.0).rotated == {"/l/a.log.1": "/l/a.log"}
 
 
 def test_a_let_go_file_that_grew_stays_its_pipes_and_says_so() -> None:
