@@ -123,6 +123,7 @@ STATX_BUFFER_BYTES: Final = 256  # struct statx, spare fields included
 STATX_BTIME_OFFSET: Final = 80  # stx_btime: struct statx_timestamp {s64 tv_sec; u32 tv_nsec; s32 pad}
 STATFS_BUFFER_BYTES: Final = 256  # struct statfs is 120 bytes on x86-64; f_type comes first
 OVERLAYFS_SUPER_MAGIC: Final = 0x794C7630
+TMPFS_MAGIC: Final = 0x01021994
 MAX_HANDLE_BYTES: Final = 128
 # overlayfs's own handles (fs/overlayfs/overlayfs.h, also its on-disk origin xattr): type 0xf8
 # is 3 bytes of padding then struct ovl_fb {version, magic 0xfb, len, flags, type, uuid, fid},
@@ -207,7 +208,8 @@ def _overlay_upper_only(fd: int) -> bool:
 def file_identity_number(fd: int) -> int | None:
     """What tells this file from a later one in its inode number when neither has a head to
     compare yet (an empty file): its inode generation number, or on a file system without
-    one (tmpfs, overlayfs) BIRTH_TIME_BASE + its birth time; None if neither is known.
+    one (tmpfs, overlayfs: told by the file system's type) BIRTH_TIME_BASE + its birth
+    time; None if neither is known.
 
     It goes wherever an inode generation went (``igen`` in status files, in the server's
     record, in GENERATION and READY) and is compared for equality, None matching anything:
@@ -216,13 +218,14 @@ def file_identity_number(fd: int) -> int | None:
     and btrfs it is the inode generation it always was; on overlayfs a file with a lower
     layer's file behind it has None, because copying it up (its first write or rename)
     gives it the upper file's birth time while its inode number stays."""
-    if _filesystem_type(fd) == OVERLAYFS_SUPER_MAGIC:
+    kind = _filesystem_type(fd)
+    if kind == OVERLAYFS_SUPER_MAGIC:
         if not _overlay_upper_only(fd):
             return None
-    else:
-        igen = inode_generation(fd)
-        if igen is not None:
-            return igen
+    elif kind != TMPFS_MAGIC:
+        # Chosen by the file system, never by a failed ioctl: a number from a birth time where
+        # an inode generation was read before would make the file another one to itself.
+        return inode_generation(fd)
     born = birth_time_ns(fd)
     if born is None or not 0 <= born < MAX_BIRTH_TIME_NS:
         return None

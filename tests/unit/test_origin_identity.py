@@ -12,7 +12,7 @@ import pytest
 from tcppipe import destination, ledger, origin
 from tcppipe.origin import BIRTH_TIME_BASE, MAX_BIRTH_TIME_NS, birth_time_ns, file_identity_number, inode_generation
 
-TMPFS_MAGIC = 0x01021994
+TMPFS_MAGIC = origin.TMPFS_MAGIC
 
 
 @pytest.fixture
@@ -86,3 +86,17 @@ def test_every_birth_time_number_fits_where_an_inode_generation_goes() -> None:
     assert largest < destination.MAX_RECORD_OFFSET
     assert largest < ledger.MAX_OFFSET
     assert BIRTH_TIME_BASE > 2**32 - 1
+
+
+def test_a_failed_inode_generation_read_is_no_number_not_a_birth_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which kind of number a file has is its file system's (tmpfs, overlayfs: birth times), never
+    a failed ioctl's: a birth time once, an inode generation the next time, would be two files."""
+    path = tmp_path / "app.log"
+    path.write_bytes(b"")
+    with open(path, "rb") as f:
+        if origin._filesystem_type(f.fileno()) in (TMPFS_MAGIC, origin.OVERLAYFS_SUPER_MAGIC):
+            pytest.skip("the test directory is on tmpfs or overlayfs here")
+        monkeypatch.setattr(origin, "inode_generation", lambda _fd: None)
+        assert file_identity_number(f.fileno()) is None
