@@ -56,7 +56,7 @@ from tcppipe.protocol import (
     ProtocolError,
 )
 from tcppipe.receivers import Receiver, Rotation, Target, describe_pipe_host, parse_receivers
-from tcppipe.sockets import DIRECT_SEND, READ_BYTES, close_writer, send_some, tune, writable
+from tcppipe.sockets import DIRECT_SEND, READ_BYTES, BorrowedSocket, close_writer, tune, writable
 from tcppipe.state import PipeKey
 from tcppipe.tailer import RESUMED_AT_ACKED, Finished
 from tcppipe.tasks import TaskReaper, log_loop_errors
@@ -616,7 +616,14 @@ class Client:
             self.on_ready()
         receiver = self.tasks.spawn(self._receive(reader), "receiver", expected=CONNECTION_ENDS)
         try:
-            await self._send(writer, receiver)
+            raw = writer.get_extra_info("socket")
+            fd = raw.fileno() if DIRECT_SEND and self.opts.tls is None and raw is not None else -1
+            borrowed = BorrowedSocket(fd) if fd >= 0 else None
+            try:
+                await self._send(writer, receiver, borrowed)
+            finally:
+                if borrowed is not None:
+                    borrowed.release()
             await self._say_goodbye(writer, receiver)
         finally:
             if not receiver.done():
@@ -655,15 +662,17 @@ class Client:
         finally:
             self.send_event.set()
 
-    async def _send(self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None]) -> None:
+    async def _send(
+        self, writer: asyncio.StreamWriter, receiver: asyncio.Task[None], borrowed: BorrowedSocket | None
+    ) -> None:
+        """Plain TCP: frames go straight to the socket (``borrowed``: sendmsg of the frames as
+        they are) while the transport holds nothing, rather than through it: asyncio 3.11's
+        transport copies what the kernel does not take at once into its buffer and sends it
+        from there, a quarter of the client's CPU in a catch-up once crc32 was cheap. TLS
+        (``borrowed`` None) goes through its transport."""
         core = self.core
         dead_after = self.opts.heartbeat_s * DEAD_AFTER_HEARTBEATS
-        # Plain TCP: frames go straight to the socket (sendmsg of the frames as they are) while
-        # the transport holds nothing, rather than through it: asyncio 3.11's transport copies
-        # what the kernel does not take at once into its buffer and sends it from there, a
-        # quarter of the client's CPU in a catch-up once crc32 was cheap. TLS goes through its transport.
-        raw = writer.get_extra_info("socket")
-        fd = raw.fileno() if DIRECT_SEND and self.opts.tls is None and raw is not None else -1
+        fd = -1 if borrowed is None else writer.get_extra_info("socket").fileno()
 
         async def room() -> None:
             """Until the socket takes more, the connection ends (the receiver's news), or the peer is dead."""
@@ -687,7 +696,8 @@ class Client:
             if writer.transport.is_closing():
                 # Its socket may be closed and the descriptor's number someone else's.
                 raise ConnectionLost("connection closed")
-            send_some(fd, pending)
+            assert borrowed is not None
+            borrowed.send_some(pending)
 
         read_buffer: bytearray | None = None
         while not self.stopping:

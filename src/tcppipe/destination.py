@@ -466,7 +466,9 @@ class Destination:
         except OSError:
             return None
         try:
-            return os.read(fd, MAX_SIDECAR_BYTES)
+            # As long as the file is (and one byte more, to see it grew): a MAX_SIDECAR_BYTES
+            # read would allocate, fault in and free a megabyte at every fenced write.
+            return os.read(fd, min(os.fstat(fd).st_size + 1, MAX_SIDECAR_BYTES))
         except OSError:
             return None
         finally:

@@ -31,7 +31,7 @@ that receiver's destination stands.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tcppipe.errors import UsageError, escape
 
@@ -46,12 +46,12 @@ class Receiver:
 
     host: str
     port: int
+    # ``host:port`` for logs, keys and every status file write, an IPv6 literal in brackets; escaped.
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        """``host:port`` for logs and keys, an IPv6 literal in brackets; escaped."""
+    def __post_init__(self) -> None:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return escape(f"{host}:{self.port}")
+        object.__setattr__(self, "label", escape(f"{host}:{self.port}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +60,14 @@ class Target:
 
     receiver: Receiver
     address: str | None
+    # The receiver, and the address when it is not the receiver's own literal.
+    label: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        """The receiver, and the address when it is not the receiver's own literal."""
-        if self.address is None or self.address == self.receiver.host:
-            return self.receiver.label
-        return f"{self.receiver.label} ({escape(self.address)})"
+    def __post_init__(self) -> None:
+        label = self.receiver.label
+        if self.address is not None and self.address != self.receiver.host:
+            label = f"{label} ({escape(self.address)})"
+        object.__setattr__(self, "label", label)
 
 
 def _normalise_host(host: str) -> str:

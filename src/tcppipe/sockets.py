@@ -70,25 +70,41 @@ async def next_event(reader: asyncio.StreamReader, decoder: Decoder) -> Event:
     raise ProtocolError("no event after a million reads")  # pragma: no cover
 
 
-def send_some(fd: int, pending: list[memoryview]) -> None:
-    """Hand the kernel what it takes now of ``pending`` (one ``sendmsg``, no copy in user
-    space), dropping what it took from the front of the list; OSError as ConnectionLost."""
-    sock = socket.socket(fileno=fd)  # borrowed: detached below, so never closed here
-    try:
-        sent = sock.sendmsg(pending[:MAX_SEND_PIECES], (), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
-    except (BlockingIOError, InterruptedError):
-        return
-    except OSError as exc:
-        raise ConnectionLost(describe_os_error(exc)) from None
-    finally:
-        sock.detach()
-    while sent and pending:
-        head = pending[0]
-        if sent < len(head):
-            pending[0] = head[sent:]
+# Computed once: an enum flag's ``|`` is a Python call, once a send otherwise.
+_SEND_FLAGS: Final = int(socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+
+
+class BorrowedSocket:
+    """A socket object on a descriptor a transport owns, made once per connection (making one
+    asks the kernel its type, protocol and name: three system calls a send), given back by
+    ``release`` (detached, never closed here: the transport closes it)."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock: socket.socket | None = socket.socket(fileno=fd)
+
+    def send_some(self, pending: list[memoryview]) -> None:
+        """Hand the kernel what it takes now of ``pending`` (one ``sendmsg``, no copy in user
+        space), dropping what it took from the front of the list; OSError as ConnectionLost."""
+        if self._sock is None:
+            raise ConnectionLost("connection closed")
+        try:
+            sent = self._sock.sendmsg(pending[:MAX_SEND_PIECES], (), _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
             return
-        sent -= len(head)
-        del pending[0]
+        except OSError as exc:
+            raise ConnectionLost(describe_os_error(exc)) from None
+        while sent and pending:
+            head = pending[0]
+            if sent < len(head):
+                pending[0] = head[sent:]
+                return
+            sent -= len(head)
+            del pending[0]
+
+    def release(self) -> None:
+        if self._sock is not None:
+            self._sock.detach()
+            self._sock = None
 
 
 async def writable(fd: int) -> None:
