@@ -352,10 +352,13 @@ class Client:
         if self.watcher is not None:
             for gen in self.core.tailer.gens:
                 self.watcher.watch_file(gen)
-        self._save_status()
-        # The sender wakes for news only: an idle pipe costs one tick of this side per -t.
+        # The sender wakes for news only: an idle pipe costs one tick of this side per -t. A
+        # streaming sender woken writes the status file after it sends; else it is written here.
         if hup or self.retiring or self._file_shape() != shape:
             self.send_event.set()
+            if self.core.streaming:
+                return
+        self._save_status()
 
     def _file_shape(self) -> list[tuple[int, int]]:
         """What the sender acts on: each generation held and the size it was last seen at."""
