@@ -169,3 +169,33 @@ def test_status_file_is_the_fallback_when_the_server_lost_its_record(pipes: Pipe
     pipes.start_server()
     pipes.start_client(origin)
     wait_until(lambda: same_bytes(origin, dest), what="exact from the status file")
+
+
+def test_a_later_file_in_the_recorded_inode_with_the_same_head_is_sent_whole(pipes: Pipes) -> None:
+    """Both ends down; FILE deleted and created again in its inode number, starting with the very
+    bytes that landed (the recorded head); the status file lost. The restarted client cannot tell it
+    from the recorded generation by inode or head: READY's inode generation (the recorded one's, as
+    the server knows it) says it is another file, sent from its first byte, not resumed past them.
+    ext4 hands a freed inode number out again at once most of the time: up to 4 tries."""
+    head = b"the same first line\n"
+    later = head + b"a later file's own second line\n"
+    for attempt in range(4):
+        origin, dest = pipes.pipe(f"reused{attempt}.log")
+        origin.write_bytes(head)
+        server = pipes.start_server()
+        client = pipes.start_client(origin)
+        wait_until(lambda: same_bytes(origin, dest), what="first copy")  # noqa: B023
+        kill9(client)
+        kill9(server)
+        for status in pipes.client_state.glob("*.status"):
+            status.unlink()
+        ino = origin.stat().st_ino
+        origin.unlink()
+        origin.write_bytes(later)
+        if origin.stat().st_ino == ino:
+            break
+    else:
+        pytest.skip("this file system did not hand a freed inode number out again in 4 tries")
+    pipes.start_server()
+    pipes.start_client(origin)
+    wait_until(lambda: dest.read_bytes() == head + later, what="the later file whole after the first")
