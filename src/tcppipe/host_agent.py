@@ -28,6 +28,14 @@ makes every pipe check for rotation (each Client's own SIGHUP rule) and
 retries failed pipes at once; SIGTERM/SIGINT stop every pipe cleanly (each
 says goodbye and saves its status) and then the program.
 
+Rule 6 (drain-only pipes): a path whose status file still lists generations
+its pipe held, with no pipe running (after a restart, or once its pipe ended
+without everything landed: failed, or retiring with FILE another pipe's file),
+gets a pipe again: an ordinary one if its FILE is its own, else a drain-only
+one (``discovery.py`` Rule 6) that sends only those generations and ends. A
+pipe that ended with everything landed (retired, gone, drained) says so in
+its status file ("drained"), which still lists what it held.
+
 Rule 5 (one inotify instance): the scan's directories and every pipe's file
 events share one instance (``watch.py``; Linux allows 128 per user, not one
 per file). A pipe is woken by events of its own FILE name and its own
@@ -59,6 +67,7 @@ from tcppipe.discovery import (
     is_pattern,
     let_go_claims,
     let_go_since,
+    owes,
     watched_directories,
 )
 from tcppipe.errors import TcppipeError, describe_os_error
@@ -201,9 +210,15 @@ class HostAgent:
                 self._claim_status(origin, path)
 
     def _claim_status(self, origin: str, status_path: str) -> None:
-        """Claim for ``origin`` what its status file lists."""
-        for inode, claim in claims_of(origin, load_history(status_path)):
+        """Claim for ``origin`` what its status file lists; one that owes (Rule 6) leaves the
+        path undrained: it gets a pipe again (a drain-only one if FILE is not its own)."""
+        history = load_history(status_path)
+        for inode, claim in claims_of(origin, history):
             self.discovery.claim(inode, claim)
+        if owes(history, (read_json(status_path) or {}).get("drained") is True):
+            self.discovery.left_undrained(origin)
+        else:
+            self.discovery.drained(origin)
 
     def _found(self) -> dict[str, Seen]:
         """Every regular file the patterns match now, with its inode, size and mtime."""
@@ -249,9 +264,11 @@ class HostAgent:
                 self.log.info(
                     "%s gone for %.0f s and everything sent: pipe ended", pipe.client.prefix, self.template.grace_s
                 )
-                pipe.client.request_stop()
+                pipe.client.end_drained()
         for path in decision.start:
             self._start(path, first, now)
+        for path in decision.drain:
+            self._start(path, first, now, drain_only=True)
 
     def _report_rotated(self, decision: Decision) -> None:
         for path, owner in decision.rotated.items():
@@ -275,7 +292,7 @@ class HostAgent:
 
     # -- one pipe ----------------------------------------------------------------
 
-    def _start(self, path: str, first: bool, now: float) -> None:
+    def _start(self, path: str, first: bool, now: float, drain_only: bool = False) -> None:
         key = PipeKey(path, self.host, self.port)
         lock_path = key.lock_path(self.state_dir)
         try:
@@ -290,7 +307,7 @@ class HostAgent:
             self.discovery.failed(path, now)
             return
         self._said.pop(path, None)
-        opts = dataclasses.replace(self.template, key=key, full=self.template.full and first)
+        opts = dataclasses.replace(self.template, key=key, full=self.template.full and first and not drain_only)
         client = Client(
             opts,
             self.log,
@@ -300,13 +317,17 @@ class HostAgent:
             polled=True,
             handshakes=self.handshakes,
             watcher=None if self.inotify is None else self.inotify.watcher_for,
+            drain_only=drain_only,
         )
         # What its status file lists as let go is claimed already (at the restart, or when
         # its last run ended): only what it lets go from now on is news for the discovery.
         let_go = client.let_go()
         pipe = Pipe(key, client, lock, last_let_go=let_go[-1] if let_go else None)
         self.pipes[path] = pipe
-        if first:
+        if drain_only:
+            # Not one of the first scan's answers: FILE is not its own (it may have none).
+            client.say(logging.INFO, "its status file lists what may not have landed: drain-only pipe started")
+        elif first:
             self._initial.add(path)
         else:
             client.say(logging.INFO, "new file: pipe started")
@@ -325,6 +346,7 @@ class HostAgent:
         finally:
             pipe.lock.release()
             del self.pipes[path]
+            self.discovery.ended(path)
             # What it held stays its own (a retired pipe's last generations, a failed pipe's
             # queue): no longer held open, claimed as its status file lists them.
             self._claim_status(path, pipe.key.status_path(self.state_dir))
