@@ -299,12 +299,12 @@ class HostAgent:
             lock = HeldLock.acquire(lock_path)
         except OSError as exc:
             self._say_once(path, f"cannot lock {lock_path}: {describe_os_error(exc)}", logging.ERROR)
-            self.discovery.failed(path, now)
+            self._not_started(path, now, drain_only)
             return
         if lock is None:
             pid = holder_pid(lock_path)
             self._say_once(path, f"{path} is already sent to {self.host} port {self.port} by pid {pid}: left to it")
-            self.discovery.failed(path, now)
+            self._not_started(path, now, drain_only)
             return
         self._said.pop(path, None)
         opts = dataclasses.replace(self.template, key=key, full=self.template.full and first and not drain_only)
@@ -332,6 +332,12 @@ class HostAgent:
         else:
             client.say(logging.INFO, "new file: pipe started")
         pipe.task = self.tasks.spawn(self._run_pipe(pipe), f"pipe {path}")
+
+    def _not_started(self, path: str, now: float, drain_only: bool) -> None:
+        """No pipe for ``path`` now (its lock): tried again later, a drain-only one as one still."""
+        self.discovery.failed(path, now)
+        if drain_only:
+            self.discovery.left_undrained(path)
 
     async def _run_pipe(self, pipe: Pipe) -> None:
         path = pipe.key.path
