@@ -43,9 +43,10 @@ again once it got READY (``succeeded``). The others go on.
 
 Rule 6 (nothing held is orphaned): a status file that lists generations its
 pipe held names bytes that may not have landed (``owes``), unless it says
-"drained": its pipe ended (retired, gone, drained) with everything landed. A path whose
-status file owes, with no pipe running (after a restart; after its pipe failed,
-was stopped, or found FILE another pipe's file), is ``undrained``: if its FILE
+"drained": its pipe ended (retired, gone, drained) with everything landed and
+let every generation go. A path whose status file owes, with no pipe running
+(after a restart; after its pipe failed, was stopped, or found FILE another
+pipe's file), is ``undrained``: if its FILE
 gets a pipe (Rule 2 admits it), that pipe adopts the listed generations as any
 restart does; otherwise (FILE gone, or another pipe's file, as for a pipe that
 retired) it gets a *drain-only* pipe (``Decision.drain``), which holds only the

@@ -28,18 +28,19 @@ makes every pipe check for rotation (each Client's own SIGHUP rule) and
 retries failed pipes at once; SIGTERM/SIGINT stop every pipe cleanly (each
 says goodbye and saves its status) and then the program.
 
+Rule 5 (one inotify instance): the scan's directories and every pipe's file
+events share one instance (``watch.py``; Linux allows 128 per user, not one
+per file). A pipe is woken by events of its own FILE name and its own
+generations only; the one -t timer polls every pipe, whatever was missed.
+
 Rule 6 (drain-only pipes): a path whose status file still lists generations
 its pipe held, with no pipe running (after a restart, or once its pipe ended
 without everything landed: failed, or retiring with FILE another pipe's file),
 gets a pipe again: an ordinary one if its FILE is its own, else a drain-only
 one (``discovery.py`` Rule 6) that sends only those generations and ends. A
-pipe that ended with everything landed (retired, gone, drained) says so in
-its status file ("drained"), which still lists what it held.
-
-Rule 5 (one inotify instance): the scan's directories and every pipe's file
-events share one instance (``watch.py``; Linux allows 128 per user, not one
-per file). A pipe is woken by events of its own FILE name and its own
-generations only; the one -t timer polls every pipe, whatever was missed.
+pipe that ends with everything landed (retired, gone, drained) lets every
+generation go (let-go claims: one let go empty that grows is a new pipe) and
+its status file says "drained", so it owes nothing.
 """
 
 from __future__ import annotations
