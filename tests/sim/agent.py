@@ -23,9 +23,9 @@ an old one go once it is sent and quiet for the grace (a real
 ``tailer.History``, listing the last run's generations until READY) whenever
 what it holds changes or it lets one go, and at ticks (progress may be
 stale). A pipe that ends with everything landed (retired, gone, drained)
-lets every generation go and its status file lists none. A path whose status
-file still lists held generations and has no pipe (``discovery.owes``, Rule 6
-there) gets a pipe again: a *drain-only* one where ``Decision.drain`` says so
+lets every generation go and its status file says "drained" (it owes
+nothing). A path whose status file still lists held generations and has no
+pipe (``discovery.owes``, Rule 6 there) gets a pipe again: a *drain-only* one where ``Decision.drain`` says so
 (``draining.py``): it holds only the listed generations still on disk
 (``find_generation``'s matching, each asked of ``admits``), never FILE,
 positions them by the server's record at READY and ends once they have
@@ -45,11 +45,14 @@ every lifetime still allocated is sent by exactly one path. Allowed: the
 bytes appended to a generation after its pipe let it go (at or past the size
 it was let go at: the agent warns of them), and the unsent bytes of a
 lifetime freed while no pipe held it open (deleted while the agent was down
-or its pipe failed, or before any scan or pipe saw it). A known gap, allowed
-unless ``known_gaps`` is False (``--strict``), counted in ``Result.exempt``:
-*unknowable*: without inode generations, a status file's entry, position or the server's record whose
-head is a prefix of a later file's in the same inode number (an empty head:
-any file) names that file too; and in both modes a position or record
+or its pipe failed, or before any scan or pipe saw it). Not allowed any more
+(known gap "orphaned" until drain-only pipes): the generations a retiring
+pipe held when it crashed or failed, never sent because its path got no pipe
+again. A known gap, allowed unless ``known_gaps`` is False (``--strict``),
+counted in ``Result.exempt``: *unknowable*: without inode generations, a
+status file's entry, position or the server's record whose head is a prefix
+of a later file's in the same inode number (an empty head: any file) names
+that file too; and in both modes a position or record
 (which carry no inode generation) that ``same_generation`` matches to two
 listed entries: the resume may take FILE for the named one and stop there.
 """

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", help="comma-separated action indexes to keep (a shrunk schedule)")
     p.add_argument("--no-shrink", action="store_true")
     p.add_argument("--legacy-discovery", metavar="FILE", help="an older discovery.py (Rule 2)")
-    p.add_argument("--strict", action="store_true", help="fail on the known gaps too (Rule 4 of agent.py)")
+    p.add_argument("--strict", action="store_true", help="fail on the known gap too (unknowable, Rule 4 of agent.py)")
     args = p.parse_args(argv)
     modes = [True, False] if args.mode == "both" else [MODES[args.mode]]
     legacy: str | None = args.legacy_discovery
