@@ -447,7 +447,13 @@ class ModelPipe:
         ident = record[1] if record is not None else None if history.position is None else history.position[0]
         if ident is None:
             return  # a new pipe
-        if ident.ino == current.ino and ident.heads(bytes(current.content)):
+        # READY's inode generation (the record's; a position carries none): a file of another is not it.
+        igen = None if record is None else self.world.fs.lifetimes[record[0]].igen
+
+        def may_be(other: int | None) -> bool:
+            return igen is None or other is None or other == igen
+
+        if ident.ino == current.ino and ident.heads(bytes(current.content)) and may_be(current.igen):
             # The record names FILE: resumed there, unless (Tailer._not_a_reused_inode) the listed
             # entry's inode generation says FILE is a later file in that inode.
             same = [r for r in listed if r.ident == ident] or [r for r in listed if same_generation(r.ident, ident)]
@@ -455,16 +461,11 @@ class ModelPipe:
             if not known or current.igen is None or current.igen in known:
                 return
         # An exact identity first, then one in the same inode with a head of another length.
-        start = next((i for i, r in enumerate(listed) if r.ident == ident), None)
+        start = next((i for i, r in enumerate(listed) if r.ident == ident and may_be(r.igen)), None)
         if start is None:
-            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident)), None)
-        igen = None if record is None else self.world.fs.lifetimes[record[0]].igen
-        let_go = [
-            f
-            for f in history.finished
-            if f.ident is not None and same_generation(f.ident, ident) and (igen is None or f.igen in (None, igen))
-        ]
-        if start is None and listed and let_go:
+            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident) and may_be(r.igen)), None)
+        let_go = [f for f in history.finished if f.ident is not None and same_generation(f.ident, ident)]
+        if start is None and listed and any(may_be(f.igen) for f in let_go):
             start = 0  # the record names a generation it let go: every one listed came after it
         if start is None:
             return

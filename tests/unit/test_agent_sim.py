@@ -83,3 +83,14 @@ def test_the_known_gap_fails_when_not_allowed() -> None:
     strict = run_actions(11, actions, False, known_gaps=False)
     assert not strict.ok
     assert "never named" in strict.message
+
+
+def test_a_record_of_a_generation_let_go_leads_the_resume_to_what_came_after_it() -> None:
+    """Seed 900523 (200 steps), igen: a.log's pipe ends drained (everything let go), a new a.log is
+    opened and crashes before READY, rotated meanwhile, and FILE is a later file in the inode of
+    the generation the server's record names. READY's inode generation says FILE is not it, and
+    the record names a generation the pipe let go, so the listed one after it is adopted, not lost."""
+    keep = [0, 1, 2, 3, 5, 10, 16, 23, 79, 80, 81, 92, 128, 130, 131, 135, 145, 164, 165, 174, 175, 198, 200, 201]
+    actions = [generate(900523, 200)[i] for i in keep]
+    result = run_actions(900523, actions, True, known_gaps=False)
+    assert result.ok, result.message
