@@ -354,8 +354,8 @@ class HostAgent:
             pipe.lock.release()
             del self.pipes[path]
             self.discovery.ended(path)
-            # What it held stays its own (a retired pipe's last generations, a failed pipe's
-            # queue): no longer held open, claimed as its status file lists them.
+            # What it held stays its own (a failed pipe's queue; what a pipe that ended drained
+            # let go): no longer held open, claimed as its status file lists them (Rule 6).
             self._claim_status(path, pipe.key.status_path(self.state_dir))
         if failure is not None:
             for line in failure.message.splitlines():

@@ -336,7 +336,6 @@ class PipeClient:
             "generations": len(self.generations_sent),
             "bytes_sent": self.bytes_sent,
             "wire_bytes": self.wire_bytes,
-            **({"drained": True} if self.ended else {}),
         }
 
     def _ended_snapshot(self) -> dict[str, Any]:
