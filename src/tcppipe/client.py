@@ -201,6 +201,7 @@ class Client:
         polled: bool = False,
         handshakes: asyncio.Semaphore | None = None,
         watcher: MakeWatcher | None = None,
+        drain_only: bool = False,
     ) -> None:
         """``own_signals``: this pipe is the program (a host agent handles signals for all
         its pipes instead). ``admit``: asked about each new generation at FILE; one it
@@ -209,7 +210,9 @@ class Client:
         ``handshakes``: slots shared by a host agent's pipes, one held from connect to READY,
         so 2,000 pipes starting at once stay within the server's budget for strangers.
         ``watcher``: makes this pipe's watcher (a host agent's shares one inotify instance);
-        by default a ``Watcher`` of its own."""
+        by default a ``Watcher`` of its own. ``drain_only``: a host agent's pipe whose FILE is
+        gone or another pipe's file, whose status file lists generations it held: it sends only
+        those (``draining.py``), never opens FILE, and ends once they have landed, retiring."""
         self.opts = opts
         key = opts.key
         self.log = logger
@@ -222,6 +225,7 @@ class Client:
             compress=opts.compress,
             full=opts.full,
             history=load_history(self.status_file.path),
+            drain_only=drain_only,
         )
         self.on_ready = on_ready
         # The file side task wakes on signals and its -t tick (file events are followed in their
@@ -239,8 +243,11 @@ class Client:
         self.own_signals = own_signals
         self.admit = admit
         self.core.tailer.admit = admit
-        # FILE now holds a generation this pipe may not take: send what it holds, then stop.
-        self.retiring = False
+        # FILE now holds a generation this pipe may not take (or, drain-only, is not this pipe's
+        # to open): send what it holds, then stop.
+        self.retiring = drain_only
+        # Stopping with everything landed: every generation is let go at the end (``end_drained``).
+        self.ending_drained = False
         self.polled = polled
         self.handshakes = handshakes
         self._handshake_slot = False
@@ -273,8 +280,18 @@ class Client:
         if self.own_signals:
             log_loop_errors(loop, self.log)
             daemon.handle_signals(loop, self.request_stop, self.request_hup)
-        self.core.start(time.monotonic())
-        if self.admit is not None and not self.admit(self.core.tailer.current):
+        if self.core.drain_only:
+            self.core.start(time.monotonic(), self.admit)
+            self._log_notices()
+            if not self.core.tailer.gens:
+                self.say(logging.INFO, "nothing its status file lists is left to send: pipe ended")
+                self.core.end_drained()
+                self._save_status(force=True)
+                return
+            self.say(logging.INFO, "drain-only: sending what the last run held, never FILE")
+        else:
+            self.core.start(time.monotonic())
+        if not self.core.drain_only and self.admit is not None and not self.admit(self.core.tailer.current):
             # Replaced, between the agent's look and our open, by another pipe's file.
             self.say(logging.INFO, "%s is now another pipe's file: not started", self.opts.key.path)
             self.core.close()
@@ -294,6 +311,8 @@ class Client:
             files.cancel()
             await asyncio.wait({files})
             self.watcher.close()
+            if self.ending_drained:
+                self.core.end_drained()
             self._save_status(force=True)
             self.core.close()
         if not files.cancelled() and files.exception() is not None:
@@ -396,7 +415,13 @@ class Client:
             gen.observe(now)
         if self.drained():
             self.say(logging.INFO, "everything it held has landed: pipe ended")
-            self.request_stop()
+            self.end_drained()
+
+    def end_drained(self) -> None:
+        """Stop, everything held having landed (``drained``): each generation is let go at the
+        end, so its status file owes nothing (``discovery.py`` Rule 6)."""
+        self.ending_drained = True
+        self.request_stop()
 
     # -- read-only, for a host agent ------------------------------------------------
 

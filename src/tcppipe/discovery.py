@@ -40,6 +40,20 @@ after ``retry_s``, doubled at each failure in a row up to ``RETRY_MAX_S`` (a
 file the server does not define costs a connection every 10 minutes, not every
 30 s forever); at once after a SIGHUP (``retry_now``), and from ``retry_s``
 again once it got READY (``succeeded``). The others go on.
+
+Rule 6 (nothing held is orphaned): a status file that lists generations its
+pipe held names bytes that may not have landed (``owes``), unless it says
+"drained": its pipe ended (retired, gone, drained) with everything landed and
+let every generation go. A path whose status file owes, with no pipe running
+(after a restart; after its pipe failed, was stopped, or found FILE another
+pipe's file), is ``undrained``: if its FILE
+gets a pipe (Rule 2 admits it), that pipe adopts the listed generations as any
+restart does; otherwise (FILE gone, or another pipe's file, as for a pipe that
+retired) it gets a *drain-only* pipe (``Decision.drain``), which holds only the
+listed generations still on disk, never opens FILE, and ends once they have
+landed; a failed one is retried by Rule 5 like any pipe. Without it, a
+retiring pipe that crashed or failed before its generations were drained left
+their bytes unsent for good: its path never got a pipe again.
 """
 
 from __future__ import annotations
@@ -154,6 +168,12 @@ def claims_of(origin: str, history: History) -> list[tuple[Inode, Claim]]:
     return claims + [(i, c) for i, c in let_go_claims(origin, history.finished) if i not in numbers]
 
 
+def owes(history: History, drained: bool) -> bool:
+    """Does a status file (``history``; ``drained``: it says its pipe ended with everything
+    landed) list generations its pipe held that may not all have landed (Rule 6)?"""
+    return bool(history.held) and not drained
+
+
 def let_go_claims(origin: str, finished: Iterable[Finished]) -> list[tuple[Inode, Claim]]:
     """The claims of generations ``origin``'s pipe sent to their end and let go."""
     return [((f.dev, f.ino), Claim(origin, f.ident, f.igen, f.size, f.mtime_ns)) for f in finished]
@@ -181,6 +201,8 @@ class Decision:
     gone: tuple[str, ...] = ()
     # Rotated names whose file grew after its pipe let it go: {path: (owner, size let go at)}.
     grew: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # Undrained paths (Rule 6) that get a drain-only pipe now, sorted.
+    drain: tuple[str, ...] = ()
 
 
 class Discovery:
@@ -197,6 +219,22 @@ class Discovery:
         self._absent_since: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        # Paths whose status file owes (Rule 6) and that have no pipe running.
+        self.undrained: set[str] = set()
+
+    def left_undrained(self, path: str) -> None:
+        """``path``'s pipe is not running and its status file owes (Rule 6): it gets a pipe again."""
+        self.undrained.add(path)
+
+    def ended(self, path: str) -> None:
+        """``path``'s pipe ended: what it held open is closed (its inode may be freed and its number
+        reused at once), claimed from now on only as its status file lists it, checked (Rule 3)."""
+        for inode in [i for i, owner in self.held.items() if owner == path]:
+            del self.held[inode]
+
+    def drained(self, path: str) -> None:
+        """``path``'s status file owes nothing (its pipe ended with everything landed)."""
+        self.undrained.discard(path)
 
     def claim(self, inode: Inode, claim: Claim) -> None:
         """Record a claim (a status file's generation, or one a pipe let go), first in its inode's
@@ -289,7 +327,8 @@ class Discovery:
         for path in [p for p, at in self._retry_at.items() if at <= now]:
             del self._retry_at[path]
         for path in [p for p in self._failures if p not in found and p not in self._retry_at]:
-            del self._failures[path]  # gone (a date-named file): its count would only grow the map
+            if path not in self.undrained:
+                del self._failures[path]  # gone (a date-named file): its count would only grow the map
         start: list[str] = []
         rotated: dict[str, str] = {}
         grew: dict[str, tuple[str, int]] = {}
@@ -321,7 +360,10 @@ class Discovery:
                 gone.append(path)
         for path in [p for p in self._absent_since if p not in running]:
             del self._absent_since[path]
-        return Decision(tuple(start), rotated, tuple(sorted(gone)), grew)
+        # Rule 6: an undrained path whose FILE got no pipe above (gone, or another pipe's file).
+        drain = sorted(self.undrained - set(running) - set(self._retry_at) - set(start))
+        self.undrained -= {*start, *drain}
+        return Decision(tuple(start), rotated, tuple(sorted(gone)), grew, tuple(drain))
 
 
 def agent_lock_name(patterns: Iterable[str], host: str, port: int) -> str:

@@ -33,7 +33,16 @@ events share one instance (``watch.py``; Linux allows 128 per user, not one
 per file). A pipe is woken by events of its own FILE name and its own
 generations only; the one -t timer polls every pipe, whatever was missed.
 
-Rule 6 (idle costs nothing per file): where inotify reports every change (a
+Rule 6 (drain-only pipes): a path whose status file still lists generations
+its pipe held, with no pipe running (after a restart, or once its pipe ended
+without everything landed: failed, or retiring with FILE another pipe's file),
+gets a pipe again: an ordinary one if its FILE is its own, else a drain-only
+one (``discovery.py`` Rule 6) that sends only those generations and ends. A
+pipe that ends with everything landed (retired, gone, drained) lets every
+generation go (let-go claims: one let go empty that grows is a new pipe) and
+its status file says "drained", so it owes nothing.
+
+Rule 7 (idle costs nothing per file): where inotify reports every change (a
 local file system, every directory and generation watched, no glob in a
 directory part of a pattern), the -t tick neither scans nor polls a pipe:
 the events wake them. Each still looks once in ``LOOK_EVERY_TICKS`` ticks,
@@ -65,6 +74,7 @@ from tcppipe.discovery import (
     is_pattern,
     let_go_claims,
     let_go_since,
+    owes,
     watched_directories,
 )
 from tcppipe.errors import TcppipeError, describe_os_error
@@ -78,7 +88,7 @@ from tcppipe.watch import SharedInotify
 # Scans triggered by directory events run at most this often (a logrotate run of 100 files
 # makes hundreds of events; one scan after them sees every change).
 MIN_SCAN_GAP_S = 0.05
-# Where inotify reports every change (Rule 6), a pipe looks at its files, and the scan at the
+# Where inotify reports every change (Rule 7), a pipe looks at its files, and the scan at the
 # directories, once in this many -t ticks (each pipe in its own tick, spread): a safety net.
 LOOK_EVERY_TICKS: Final = 30
 # Pipes between connect and READY at once: tcppiped closes the oldest of a source's
@@ -164,7 +174,7 @@ class HostAgent:
             self._scan(first=True)
             self._settle()
             next_tick = time.monotonic() + self.template.interval_s
-            # Directory events can tell every change of what the patterns match (Rule 6).
+            # Directory events can tell every change of what the patterns match (Rule 7).
             evented = not any(is_pattern(os.path.dirname(p)) for p in self.patterns)
             ticks = 0
             while not self.stopping:
@@ -220,9 +230,15 @@ class HostAgent:
                 self._claim_status(origin, path)
 
     def _claim_status(self, origin: str, status_path: str) -> None:
-        """Claim for ``origin`` what its status file lists."""
-        for inode, claim in claims_of(origin, load_history(status_path)):
+        """Claim for ``origin`` what its status file lists; one that owes (Rule 6) leaves the
+        path undrained: it gets a pipe again (a drain-only one if FILE is not its own)."""
+        history = load_history(status_path)
+        for inode, claim in claims_of(origin, history):
             self.discovery.claim(inode, claim)
+        if owes(history, (read_json(status_path) or {}).get("drained") is True):
+            self.discovery.left_undrained(origin)
+        else:
+            self.discovery.drained(origin)
 
     def _found(self) -> dict[str, Seen]:
         """Every regular file the patterns match now, with its inode, size and mtime."""
@@ -262,9 +278,11 @@ class HostAgent:
                 self.log.info(
                     "%s gone for %.0f s and everything sent: pipe ended", pipe.client.prefix, self.template.grace_s
                 )
-                pipe.client.request_stop()
+                pipe.client.end_drained()
         for path in decision.start:
             self._start(path, first, now)
+        for path in decision.drain:
+            self._start(path, first, now, drain_only=True)
 
     def _claim_let_go(self) -> None:
         """Claim what each pipe has let go since the last look (Rule 3 of discovery.py)."""
@@ -298,22 +316,22 @@ class HostAgent:
 
     # -- one pipe ----------------------------------------------------------------
 
-    def _start(self, path: str, first: bool, now: float) -> None:
+    def _start(self, path: str, first: bool, now: float, drain_only: bool = False) -> None:
         key = PipeKey(path, self.host, self.port)
         lock_path = key.lock_path(self.state_dir)
         try:
             lock = HeldLock.acquire(lock_path)
         except OSError as exc:
             self._say_once(path, f"cannot lock {lock_path}: {describe_os_error(exc)}", logging.ERROR)
-            self.discovery.failed(path, now)
+            self._not_started(path, now, drain_only)
             return
         if lock is None:
             pid = holder_pid(lock_path)
             self._say_once(path, f"{path} is already sent to {self.host} port {self.port} by pid {pid}: left to it")
-            self.discovery.failed(path, now)
+            self._not_started(path, now, drain_only)
             return
         self._said.pop(path, None)
-        opts = dataclasses.replace(self.template, key=key, full=self.template.full and first)
+        opts = dataclasses.replace(self.template, key=key, full=self.template.full and first and not drain_only)
         client = Client(
             opts,
             self.log,
@@ -323,17 +341,27 @@ class HostAgent:
             polled=True,
             handshakes=self.handshakes,
             watcher=None if self.inotify is None else self.inotify.watcher_for,
+            drain_only=drain_only,
         )
         # What its status file lists as let go is claimed already (at the restart, or when
         # its last run ended): only what it lets go from now on is news for the discovery.
         let_go = client.let_go()
         pipe = Pipe(key, client, lock, last_let_go=let_go[-1] if let_go else None)
         self.pipes[path] = pipe
-        if first:
+        if drain_only:
+            # Not one of the first scan's answers: FILE is not its own (it may have none).
+            client.say(logging.INFO, "its status file lists what may not have landed: drain-only pipe started")
+        elif first:
             self._initial.add(path)
         else:
             client.say(logging.INFO, "new file: pipe started")
         pipe.task = self.tasks.spawn(self._run_pipe(pipe), f"pipe {path}")
+
+    def _not_started(self, path: str, now: float, drain_only: bool) -> None:
+        """No pipe for ``path`` now (its lock): tried again later, a drain-only one as one still."""
+        self.discovery.failed(path, now)
+        if drain_only:
+            self.discovery.left_undrained(path)
 
     async def _run_pipe(self, pipe: Pipe) -> None:
         path = pipe.key.path
@@ -348,8 +376,9 @@ class HostAgent:
         finally:
             pipe.lock.release()
             del self.pipes[path]
-            # What it held stays its own (a retired pipe's last generations, a failed pipe's
-            # queue): no longer held open, claimed as its status file lists them.
+            self.discovery.ended(path)
+            # What it held stays its own (a failed pipe's queue; what a pipe that ended drained
+            # let go): no longer held open, claimed as its status file lists them (Rule 6).
             self._claim_status(path, pipe.key.status_path(self.state_dir))
         if failure is not None:
             for line in failure.message.splitlines():

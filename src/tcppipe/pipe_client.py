@@ -14,8 +14,10 @@ GENERATION when it starts one.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from tcppipe import draining
 from tcppipe.checkpoint import StatusFile
 from tcppipe.errors import ConnectionLost, Refused, RefusedForNow, escape
 from tcppipe.origin import OriginGeneration
@@ -59,8 +61,12 @@ class PipeClient:
         compress: bool = False,
         full: bool = False,
         history: History | None = None,
+        drain_only: bool = False,
     ) -> None:
+        """``drain_only``: hold only the generations ``history`` lists, never FILE, and end once
+        they have landed (``draining.py``; a host agent's pipe whose FILE is gone or another's)."""
         self.path = path
+        self.drain_only = drain_only
         self.tailer = Tailer(path, grace_s)
         self.heartbeat_s = heartbeat_s
         self.compress = compress
@@ -86,12 +92,27 @@ class PipeClient:
         # until the first READY all of the last run's list; then the recorded generation if it
         # was gone (the server's record still names it) until an ACK moves the record on.
         self.remembered: tuple[Recorded, ...] = ()
+        # Everything held landed and the pipe ends (``end_drained``).
+        self.ended = False
+        # Drain-only: the listed generations found nowhere at the start.
+        self.missing: tuple[Recorded, ...] = ()
 
     # -- the file side -----------------------------------------------------------
 
-    def start(self, now: float) -> None:
-        """Open FILE (OriginError if it cannot be read)."""
-        self.tailer.open(now)
+    def start(self, now: float, admit: Callable[[OriginGeneration], bool] | None = None) -> None:
+        """Open FILE (OriginError if it cannot be read); drain-only, the listed generations
+        still on disk that ``admit`` allows instead (maybe none)."""
+        if self.drain_only:
+            self.missing = tuple(draining.open_listed(self.tailer, self.history, admit, now))
+        else:
+            self.tailer.open(now)
+
+    def end_drained(self) -> None:
+        """Everything held has landed and the pipe ends: every generation is let go (a host
+        agent's let-go claims) and its status file says so ("drained"): it owes nothing
+        (``discovery.py`` Rule 6)."""
+        draining.let_go_all(self.tailer)
+        self.ended = True
 
     def follow(self, now: float, hup: bool = False) -> None:
         """The file side's work on every file event and tick; ``hup``: a SIGHUP came."""
@@ -140,9 +161,14 @@ class PipeClient:
 
     def _on_ready(self, ready: Ready, now: float) -> None:
         first = not self.established
-        self.resumed = self.tailer.resume(
-            ready.record, ready.offset, now, first, full=self.full and first, history=self.history, igen=ready.igen
-        )
+        if self.drain_only:
+            self.resumed = draining.resume_draining(
+                self.tailer, self.history, ready.record, ready.offset, first, ready.igen
+            )
+        else:
+            self.resumed = self.tailer.resume(
+                ready.record, ready.offset, now, first, full=self.full and first, history=self.history, igen=ready.igen
+            )
         self.compressor = None
         if self.session is not None and FEATURE_ZSTD in self.session.features:
             from tcppipe import compression  # zstandard loads only for -z
@@ -217,7 +243,7 @@ class PipeClient:
     def _progress(self, now: float) -> tuple[int, int] | None:
         """PROGRESS when the origin's end or the queue changed: a new queue at once, a new end
         at most once a second (a busy origin would otherwise add a frame per tick)."""
-        if self.session is None or FEATURE_PROGRESS not in self.session.features:
+        if self.session is None or FEATURE_PROGRESS not in self.session.features or not self.tailer.gens:
             return None
         shape = (self.origin_end(), self.tailer.queued)
         last = self._progress_sent
@@ -228,6 +254,8 @@ class PipeClient:
         return shape
 
     def origin_end(self) -> int:
+        if not self.tailer.gens:
+            return 0
         gen = self.tailer.sending
         try:
             return gen.size()
@@ -244,7 +272,8 @@ class PipeClient:
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until this pipe must act by itself (a grace ending, a PING due)."""
-        times = [t for t in (self.tailer.next_wakeup(now),) if t is not None]
+        # A drain-only pipe may hold nothing (everything had landed): it has no grace to wait for.
+        times = [t for t in (self.tailer.next_wakeup(now) if self.tailer.gens else None,) if t is not None]
         if self.streaming and self.session is not None:
             times.append(self.session.ping_due_in(now))
         return min(times) if times else None
@@ -254,7 +283,7 @@ class PipeClient:
     @property
     def state(self) -> str:
         if self.streaming:
-            return DRAINING if self.tailer.queued else STREAMING
+            return DRAINING if self.tailer.gens and self.tailer.queued else STREAMING
         return self.offline_state
 
     def _kept(self) -> list[Recorded]:
@@ -279,7 +308,7 @@ class PipeClient:
     def snapshot(self) -> dict[str, Any] | None:
         """What the status file should say now (None if FILE is not open)."""
         if not self.tailer.gens:
-            return None
+            return self._ended_snapshot() if self.ended else None
         gen = self.tailer.sending
         # Where to stand if the server has no record: the oldest generation held (older ones
         # are closed only once a later one is acknowledged), at what was acknowledged of it.
@@ -309,10 +338,35 @@ class PipeClient:
             "wire_bytes": self.wire_bytes,
         }
 
+    def _ended_snapshot(self) -> dict[str, Any]:
+        """The status file of a pipe that ended with everything landed: it holds nothing and owes
+        nothing. A drain-only pipe that found nothing it listed still lists those (the server's
+        record may name one of them, and a later pipe of the path finds what came after by the
+        list); the generations let go are its claims."""
+        listed = self.remembered if self.established else self.missing
+        position = None if self.established else self.history.position
+        return {
+            "pid": os.getpid(),
+            "file": self.path,
+            "generation": None if position is None else position[0].to_json(),
+            "offset": None if position is None else position[1],
+            "sent": None if position is None else position[1],
+            "queue": [r.ident.to_json() for r in listed],
+            "sizes": [r.size for r in listed],
+            "igens": [r.igen for r in listed],
+            "finished": [f.to_json() for f in self.tailer.finished],
+            "state": self.state,
+            "drained": True,
+            "origin_end": 0,
+            "generations": len(self.generations_sent),
+            "bytes_sent": self.bytes_sent,
+            "wire_bytes": self.wire_bytes,
+        }
+
     def save_status(self, status: StatusFile, now: float, force: bool = False, **extra: object) -> None:
         """Write the status file by its rules (``checkpoint.py``); OSError is the caller's."""
         shape = self.shape()
-        if not shape:
+        if not shape and not self.ended:
             return
         # Everything a snapshot shows, cheaply: an idle pipe's tick builds no snapshot.
         news = (

@@ -357,8 +357,8 @@ class Tailer:
         """After a restart: the recorded generation and those listed after it, found beside FILE (Rule 4)."""
         listed = history.held
 
-        def may_be(r: Recorded) -> bool:
-            """A listed generation of another inode generation than the server's record is not it."""
+        def may_be(r: Recorded | Finished) -> bool:
+            """A listed (or let-go) generation of another inode generation than the server's record is not it."""
             return igen is None or r.igen is None or r.igen == igen
 
         # An exact identity first; a digest of another length cannot be compared, so a
@@ -366,6 +366,10 @@ class Tailer:
         start = next((i for i, r in enumerate(listed) if r.ident == record and may_be(r)), None)
         if start is None:
             start = next((i for i, r in enumerate(listed) if same_generation(r.ident, record) and may_be(r)), None)
+        if start is None and listed:
+            # The record names a generation this pipe let go: every one listed came after it.
+            let_go = [f for f in history.finished if f.ident is not None and same_generation(f.ident, record)]
+            start = 0 if any(may_be(f) for f in let_go) else None
         if start is None:
             return None
         directory = os.path.dirname(self.path) or "/"

@@ -22,7 +22,14 @@ an old one go once it is sent and quiet for the grace (a real
 ``tailer.Finished``), and writes a model status file (a real
 ``tailer.History``, listing the last run's generations until READY) whenever
 what it holds changes or it lets one go, and at ticks (progress may be
-stale). A crash loses every pipe and the Discovery; the status files stay,
+stale). A pipe that ends with everything landed (retired, gone, drained)
+lets every generation go and its status file says "drained" (it owes
+nothing). A path whose status file still lists held generations and has no
+pipe (``discovery.owes``, Rule 6 there) gets a pipe again: a *drain-only* one where ``Decision.drain`` says so
+(``draining.py``): it holds only the listed generations still on disk
+(``find_generation``'s matching, each asked of ``admits``), never FILE,
+positions them by the server's record at READY and ends once they have
+landed. A crash loses every pipe and the Discovery; the status files stay,
 and a restart claims what they list.
 
 Rule 3 (the server's record is per pipe and lifetime): what a pipe path has
@@ -38,15 +45,14 @@ every lifetime still allocated is sent by exactly one path. Allowed: the
 bytes appended to a generation after its pipe let it go (at or past the size
 it was let go at: the agent warns of them), and the unsent bytes of a
 lifetime freed while no pipe held it open (deleted while the agent was down
-or its pipe failed, or before any scan or pipe saw it). Known gaps, allowed
-unless ``known_gaps`` is False (``--strict``), counted in ``Result.exempt``:
-(a) *orphaned*: a lifetime a status file lists whose path has no pipe at
-quiescence (a pipe retiring, its FILE another pipe's file, that crashed or
-failed before its generations were drained: its path never gets a pipe
-again, so they are never sent); (b) *unknowable*: without inode
-generations, a status file's entry, position or the server's record whose
-head is a prefix of a later file's in the same inode number (an empty head:
-any file) names that file too; and in both modes a position or record
+or its pipe failed, or before any scan or pipe saw it). Not allowed any more
+(known gap "orphaned" until drain-only pipes): the generations a retiring
+pipe held when it crashed or failed, never sent because its path got no pipe
+again. A known gap, allowed unless ``known_gaps`` is False (``--strict``),
+counted in ``Result.exempt``: *unknowable*: without inode generations, a
+status file's entry, position or the server's record whose head is a prefix
+of a later file's in the same inode number (an empty head: any file) names
+that file too; and in both modes a position or record
 (which carry no inode generation) that ``same_generation`` matches to two
 listed entries: the resume may take FILE for the named one and stop there.
 """
@@ -56,10 +62,11 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tcppipe.discovery import Claim, Discovery, Identify, Inode, Seen, claims_of, let_go_claims, let_go_since
+from tcppipe.discovery import Claim, Discovery, Identify, Inode, Seen, claims_of, let_go_claims, let_go_since, owes
 from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId
 from tcppipe.tailer import MAX_FINISHED, Finished, History, Recorded, same_generation
 
@@ -176,12 +183,14 @@ class ModelFs:
 class Rules(Protocol):
     """What the agent asks of the discovery (the real one, or an older API behind an adapter)."""
 
-    def restarted(self, statuses: Mapping[str, History], found: Mapping[str, Seen], identify: Identify) -> None: ...
+    def restarted(
+        self, statuses: Mapping[str, History], drained: AbstractSet[str], found: Mapping[str, Seen], identify: Identify
+    ) -> None: ...
     def let_go(self, path: str, finished: Sequence[Finished]) -> None: ...
-    def pipe_ended(self, path: str, history: History) -> None: ...
+    def pipe_ended(self, path: str, history: History, drained: bool) -> None: ...
     def decide(
         self, found: Mapping[str, Seen], running: Mapping[str, Iterable[Inode]], now: float, identify: Identify
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]: ...
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]: ...
     def admits(self, path: str, seen: Seen, identify: Identify) -> bool: ...
     def failed(self, path: str, now: float) -> None: ...
 
@@ -196,21 +205,32 @@ class CurrentRules:
         for inode, claim in claims:
             self.discovery.claim(inode, claim)
 
-    def restarted(self, statuses: Mapping[str, History], found: Mapping[str, Seen], identify: Identify) -> None:
+    def _claim_status(self, path: str, history: History, drained: bool) -> None:
+        """host_agent._claim_status: its claims, and undrained if it owes."""
+        self._claim(claims_of(path, history))
+        if owes(history, drained):
+            self.discovery.left_undrained(path)
+        else:
+            self.discovery.drained(path)
+
+    def restarted(
+        self, statuses: Mapping[str, History], drained: AbstractSet[str], found: Mapping[str, Seen], identify: Identify
+    ) -> None:
         for origin in sorted(statuses):  # _claim_recorded: every status file, sorted
-            self._claim(claims_of(origin, statuses[origin]))
+            self._claim_status(origin, statuses[origin], origin in drained)
 
     def let_go(self, path: str, finished: Sequence[Finished]) -> None:
         self._claim(let_go_claims(path, finished))
 
-    def pipe_ended(self, path: str, history: History) -> None:
-        self._claim(claims_of(path, history))
+    def pipe_ended(self, path: str, history: History, drained: bool) -> None:
+        self.discovery.ended(path)
+        self._claim_status(path, history, drained)
 
     def decide(
         self, found: Mapping[str, Seen], running: Mapping[str, Iterable[Inode]], now: float, identify: Identify
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         decision = self.discovery.decide(found, running, now, identify)
-        return decision.start, decision.gone
+        return decision.start, decision.gone, decision.drain
 
     def admits(self, path: str, seen: Seen, identify: Identify) -> bool:
         return self.discovery.admits(path, seen, identify)
@@ -274,13 +294,6 @@ class Checker:
                 continue
             senders = sorted(self.senders.get(lt.index, ()))
             names = ", ".join(sorted(p for p, x in fs.names.items() if x is lt)) or "no name"
-            orphaned = [
-                p for p, h in world.statuses.items() if p not in world.pipes and any(_names(r, lt) for r in h.held)
-            ]
-            short = all(self.landed.get((p, lt.index), 0) < len(lt.content) for p in senders)
-            if orphaned and world.known_gaps and short:
-                world.exempt.append(f"lifetime {lt.index}: orphaned by {orphaned[0]}")
-                continue
             if not senders:
                 raise SimFailure(f"lifetime {lt.index} (inode {lt.ino}, {names}): {len(lt.content)} bytes never sent")
             (path,) = senders
@@ -295,12 +308,14 @@ class Checker:
 class ModelPipe:
     """One pipe of the agent: what a Client does with its FILE (Rule 2)."""
 
-    def __init__(self, world: AgentWorld, path: str) -> None:
+    def __init__(self, world: AgentWorld, path: str, drain_only: bool = False) -> None:
         self.world = world
         self.path = path
+        self.drain_only = drain_only
         self.gens: list[ModelGen] = []
         self.finished: list[Finished] = []
-        self.retiring = False
+        # Drain-only pipes retire from the start: FILE is not theirs to follow.
+        self.retiring = drain_only
         self.opened = False
         self.last_let_go: Finished | None = None
         # The last run's status file and the lifetime of each entry it lists (the model's
@@ -309,6 +324,10 @@ class ModelPipe:
         self.prior_lifetimes: tuple[int, ...] = ()
         self.prior_position = -1
         self.established = False
+        # Ended with everything landed (PipeClient.end_drained): its status file says "drained".
+        self.ended = False
+        # Drain-only: the listed entries found nowhere at the start (and their lifetimes).
+        self.missing: list[tuple[Recorded, int]] = []
 
     def held_inodes(self) -> frozenset[Inode]:
         """Client.held_inodes: what it holds open (what the last run listed is claimed, checked)."""
@@ -329,16 +348,18 @@ class ModelPipe:
         """Open FILE, ask ``admits``, adopt what the status file lists beside it; False: not started
         (FILE gone: a failure; another pipe's file: ended)."""
         fs = self.world.fs
-        current = fs.names.get(self.path)
-        if current is None:
-            self.world.end_pipe(self, failed=True)
-            return False
         history = self.world.statuses.get(self.path)
         if history is not None:
             self.prior, self.prior_lifetimes = history, self.world.status_lifetimes[self.path]
             self.prior_position = self.world.status_position[self.path]
             self.finished = list(history.finished)
             self.last_let_go = self.finished[-1] if self.finished else None
+        if self.drain_only:
+            return self._start_draining(history or History(), now)
+        current = fs.names.get(self.path)
+        if current is None:
+            self.world.end_pipe(self, failed=True)
+            return False
         self._hold(current, now)
         self.opened = True
         if not self.world.rules.admits(self.path, current.seen(), fs.identify):
@@ -351,6 +372,73 @@ class ModelPipe:
         self.save()
         return True
 
+    def _start_draining(self, history: History, now: float) -> bool:
+        """draining.open_listed: each listed generation still on disk (find_generation: inode, head,
+        inode generation), asked of ``admits`` by its own identity; none: ended at once."""
+        fs = self.world.fs
+        self.opened = True
+        for entry, index in zip(history.held, self.prior_lifetimes, strict=True):
+            if any(_names(entry, g.lifetime) for g in self.gens):
+                continue
+            found = next((lt for _p, lt in sorted(fs.names.items()) if _names(entry, lt)), None)
+            if found is None:
+                self.missing.append((entry, index))
+                continue
+            if not self.world.rules.admits(self.path, found.seen(), _identify_of(found)):
+                self.world.trace(f"{self.path}: drain-only: inode {found.ino} is another pipe's: left to it")
+                continue
+            self._hold(found, now)
+        if not self.gens:
+            self.world.trace(f"{self.path}: drain-only: nothing listed is left: ended")
+            self.end_drained()
+            self.world.end_pipe(self, failed=False)
+            return False
+        self.world.trace(f"{self.path}: drain-only: holds {[g.lifetime.index for g in self.gens]}")
+        self.save()
+        return True
+
+    def _resume_draining(self) -> None:
+        """draining.resume_draining at the first READY: the held generation the server's record
+        (or the status file's position) names goes on; those listed before it landed: let go."""
+        history = self.prior or History()
+        record = self.world.checker.record.get(self.path)
+        if record is not None:
+            ident: GenerationId | None = record[1]
+            igen = self.world.fs.lifetimes[record[0]].igen
+        else:
+            ident, igen = (None, None) if history.position is None else (history.position[0], None)
+        if ident is None:
+            return
+        for index in range(len(self.gens) - 1, -1, -1):
+            lt = self.gens[index].lifetime
+            if igen is not None and lt.igen is not None and lt.igen != igen:
+                continue
+            if ident.ino == lt.ino and ident.heads(bytes(lt.content)):
+                for g in self.gens[:index]:
+                    self._let_go(g)
+                return
+
+        def may_be(r: Recorded) -> bool:
+            return igen is None or r.igen is None or r.igen == igen
+
+        listed = history.held
+        start = next((i for i, r in enumerate(listed) if r.ident == ident and may_be(r)), None)
+        if start is None:
+            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident) and may_be(r)), None)
+        if start is None:
+            return
+        later = listed[start + 1 :]
+        for g in [g for g in self.gens if not any(_names(r, g.lifetime) for r in later)]:
+            self._let_go(g)
+
+    def end_drained(self) -> None:
+        """PipeClient.end_drained: everything landed; every generation let go, the status says
+        "drained" (and lists, held, only what a drain-only pipe found nothing of)."""
+        self.ended = True
+        for g in list(self.gens):
+            self._let_go(g)
+        self.save()
+
     def _adopt(self, history: History, current: Lifetime, now: float) -> None:
         """Tailer Rule 4: from the listed generation the server's record names (the status file's
         position without one), each listed one found beside FILE by its identity, oldest first."""
@@ -359,7 +447,13 @@ class ModelPipe:
         ident = record[1] if record is not None else None if history.position is None else history.position[0]
         if ident is None:
             return  # a new pipe
-        if ident.ino == current.ino and ident.heads(bytes(current.content)):
+        # READY's inode generation (the record's; a position carries none): a file of another is not it.
+        igen = None if record is None else self.world.fs.lifetimes[record[0]].igen
+
+        def may_be(other: int | None) -> bool:
+            return igen is None or other is None or other == igen
+
+        if ident.ino == current.ino and ident.heads(bytes(current.content)) and may_be(current.igen):
             # The record names FILE: resumed there, unless (Tailer._not_a_reused_inode) the listed
             # entry's inode generation says FILE is a later file in that inode.
             same = [r for r in listed if r.ident == ident] or [r for r in listed if same_generation(r.ident, ident)]
@@ -367,9 +461,12 @@ class ModelPipe:
             if not known or current.igen is None or current.igen in known:
                 return
         # An exact identity first, then one in the same inode with a head of another length.
-        start = next((i for i, r in enumerate(listed) if r.ident == ident), None)
+        start = next((i for i, r in enumerate(listed) if r.ident == ident and may_be(r.igen)), None)
         if start is None:
-            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident)), None)
+            start = next((i for i, r in enumerate(listed) if same_generation(r.ident, ident) and may_be(r.igen)), None)
+        let_go = [f for f in history.finished if f.ident is not None and same_generation(f.ident, ident)]
+        if start is None and listed and any(may_be(f.igen) for f in let_go):
+            start = 0  # the record names a generation it let go: every one listed came after it
         if start is None:
             return
         adopted: list[Lifetime] = []
@@ -408,6 +505,8 @@ class ModelPipe:
     def tick(self, now: float, send: bool) -> None:
         """Send from the oldest generation on; one sent to its end and quiet for the grace is let go."""
         if send:
+            if self.drain_only and not self.established:
+                self._resume_draining()
             self.established = True  # READY: the connection side has resumed
             while self.gens:
                 g = self.gens[0]
@@ -419,6 +518,7 @@ class ModelPipe:
             self.save()  # progress: written now and then, stale in between
         if self.retiring and send and self.drained():
             self.world.trace(f"{self.path}: retired, everything sent")
+            self.end_drained()
             self.world.end_pipe(self, failed=False)
 
     def _let_go(self, g: ModelGen) -> None:
@@ -433,8 +533,12 @@ class ModelPipe:
         self.save()
 
     def drained(self) -> bool:
+        """Client.drained: connected (READY), and every generation held landed to its end."""
         checker = self.world.checker
-        return all(checker.landed.get((self.path, g.lifetime.index), 0) >= len(g.lifetime.content) for g in self.gens)
+        landed = checker.landed
+        return self.established and all(
+            landed.get((self.path, g.lifetime.index), 0) >= len(g.lifetime.content) for g in self.gens
+        )
 
     def history(self) -> History:
         """PipeClient.snapshot: what the status file says now."""
@@ -446,17 +550,35 @@ class ModelPipe:
         return History(position, kept + held, tuple(self.finished))
 
     def save(self) -> None:
+        world = self.world
         if self.gens:  # save_status writes nothing while nothing is held
-            self.world.statuses[self.path] = self.history()
+            world.statuses[self.path] = self.history()
             kept = tuple(index for _r, index in self._kept())
-            self.world.status_lifetimes[self.path] = kept + tuple(g.lifetime.index for g in self.gens)
+            world.status_lifetimes[self.path] = kept + tuple(g.lifetime.index for g in self.gens)
             from_prior = not self.established and self.prior is not None and self.prior.position is not None
-            self.world.status_position[self.path] = self.prior_position if from_prior else self.gens[0].lifetime.index
+            world.status_position[self.path] = self.prior_position if from_prior else self.gens[0].lifetime.index
+        elif self.ended:  # PipeClient._ended_snapshot: a drain-only pipe that ended holding nothing
+            left = [] if self.established else self.missing
+            position = None if self.established or self.prior is None else self.prior.position
+            world.statuses[self.path] = History(position, tuple(r for r, _i in left), tuple(self.finished))
+            world.status_lifetimes[self.path] = tuple(i for _r, i in left)
+            world.status_position[self.path] = -1 if position is None else self.prior_position
+        else:
+            return
+        if self.ended:
+            world.status_drained.add(self.path)
+        else:
+            world.status_drained.discard(self.path)
 
     def close(self) -> None:
         for g in self.gens:
             self.world.fs.close(g.lifetime)
         self.gens = []
+
+
+def _identify_of(lt: Lifetime) -> Identify:
+    """``discovery.Identify`` of one lifetime, as host_agent._admits reads it from its descriptor."""
+    return lambda _path, length: (lt.igen, bytes(lt.content[:length]))
 
 
 def _names(entry: Recorded, lt: Lifetime) -> bool:
@@ -488,6 +610,8 @@ class AgentWorld:
         self.make_rules = make_rules
         self.rules: Rules = make_rules()
         self.statuses: dict[str, History] = {}
+        # The status files that say "drained" (their pipe ended with everything landed).
+        self.status_drained: set[str] = set()
         # The lifetime each status file's held entry was written of (what the model knows, the agent not).
         self.status_lifetimes: dict[str, tuple[int, ...]] = {}
         self.finished_lifetime: dict[Finished, int] = {}
@@ -561,15 +685,19 @@ class AgentWorld:
                 fresh = let_go_since(pipe.finished, pipe.last_let_go)
                 pipe.last_let_go = pipe.finished[-1]
                 self.rules.let_go(path, fresh)
-        start, gone = self.rules.decide(self.fs.found(), running, self.now, self.fs.identify)
+        start, gone, drain = self.rules.decide(self.fs.found(), running, self.now, self.fs.identify)
         for path in gone:
             pipe = self.pipes[path]
             if pipe.opened and pipe.drained():
                 self.trace(f"{path}: gone and drained: ended")
+                pipe.end_drained()
                 self.end_pipe(pipe, failed=False)
         for path in start:
             self.trace(f"start {path} (inode {self.fs.found()[path].inode[1]})")
             self.pipes[path] = ModelPipe(self, path)
+        for path in drain:
+            self.trace(f"start {path} drain-only")
+            self.pipes[path] = ModelPipe(self, path, drain_only=True)
 
     def open_pending(self) -> None:
         for pipe in [p for p in self.pipes.values() if not p.opened]:
@@ -587,8 +715,8 @@ class AgentWorld:
         pipe.close()
         del self.pipes[pipe.path]
         history = self.statuses.get(pipe.path)
+        self.rules.pipe_ended(pipe.path, History() if history is None else history, pipe.path in self.status_drained)
         if history is not None:
-            self.rules.pipe_ended(pipe.path, history)
             self._claimed(pipe.path)
         if failed:
             self.rules.failed(pipe.path, self.now)
@@ -612,7 +740,7 @@ class AgentWorld:
             return
         self.up = True
         self.rules = self.make_rules()
-        self.rules.restarted(self.statuses, self.fs.found(), self.fs.identify)
+        self.rules.restarted(self.statuses, self.status_drained, self.fs.found(), self.fs.identify)
         for path in self.statuses:
             self._claimed(path)
         self.scan()

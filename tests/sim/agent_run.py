@@ -25,6 +25,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from types import ModuleType
 from typing import Any
 
@@ -41,7 +42,9 @@ class LegacyRules:
     def __init__(self, module: ModuleType) -> None:
         self.discovery: Any = module.Discovery(GRACE_S, RETRY_S)
 
-    def restarted(self, statuses: Mapping[str, History], found: Mapping[str, Seen], identify: Identify) -> None:
+    def restarted(
+        self, statuses: Mapping[str, History], drained: AbstractSet[str], found: Mapping[str, Seen], identify: Identify
+    ) -> None:
         let_go: dict[Inode, tuple[str, int]] = {}
         for origin in sorted(statuses):
             history = statuses[origin]
@@ -61,14 +64,14 @@ class LegacyRules:
     def let_go(self, path: str, finished: Sequence[Finished]) -> None:
         pass
 
-    def pipe_ended(self, path: str, history: History) -> None:
+    def pipe_ended(self, path: str, history: History, drained: bool) -> None:
         pass
 
     def decide(
         self, found: Mapping[str, Seen], running: Mapping[str, Iterable[Inode]], now: float, identify: Identify
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         decision = self.discovery.decide({p: s.inode for p, s in found.items()}, running, now)
-        return tuple(decision.start), tuple(decision.gone)
+        return tuple(decision.start), tuple(decision.gone), ()
 
     def admits(self, path: str, seen: Seen, identify: Identify) -> bool:
         return bool(self.discovery.admits(path, seen.inode))
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", help="comma-separated action indexes to keep (a shrunk schedule)")
     p.add_argument("--no-shrink", action="store_true")
     p.add_argument("--legacy-discovery", metavar="FILE", help="an older discovery.py (Rule 2)")
-    p.add_argument("--strict", action="store_true", help="fail on the known gaps too (Rule 4 of agent.py)")
+    p.add_argument("--strict", action="store_true", help="fail on the known gap too (unknowable, Rule 4 of agent.py)")
     args = p.parse_args(argv)
     modes = [True, False] if args.mode == "both" else [MODES[args.mode]]
     legacy: str | None = args.legacy_discovery

@@ -19,6 +19,7 @@ from tcppipe.discovery import (
     let_go_claims,
     let_go_since,
     normalise_pattern,
+    owes,
     watched_directories,
 )
 from tcppipe.origin import BIRTH_TIME_BASE
@@ -393,3 +394,63 @@ def test_the_agent_lock_name_ignores_order_and_repeats() -> None:
     assert one != agent_lock_name(["/a/*.log", "/b/x"], "archive", 6515)
     assert one.startswith("tcppipe.agent.")
     assert one.endswith(".lock")
+
+
+def test_a_status_file_owes_while_it_lists_held_generations_and_does_not_say_drained() -> None:
+    """owes: a listed held generation may not have landed, unless the status says its pipe drained."""
+    held = History(None, (Recorded(GenerationId(1, 10, 1, "0" * 64), 1),))
+    assert owes(held, drained=False)
+    assert not owes(held, drained=True)
+    assert not owes(History(), drained=False)
+
+
+def test_an_undrained_path_whose_file_is_another_pipes_gets_a_drain_only_pipe() -> None:
+    """Rule 6: a retired pipe's path (its FILE now another pipe's file) that still owes gets a
+    drain-only pipe, once; a path whose FILE is its own gets an ordinary pipe instead."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A)
+    fs.put("/l/a.log.1", B)
+    fs.put("/l/b.log", C)
+    d.claim(B, Claim("/l/a.log", None, 7))
+    d.left_undrained("/l/a.log.1")
+    d.left_undrained("/l/b.log")
+    decision = decide(d, fs, {"/l/a.log": [A, B]}, 0.0)
+    assert decision.rotated == {"/l/a.log.1": "/l/a.log"}
+    assert decision.drain == ("/l/a.log.1",)
+    assert decision.start == ("/l/b.log",)
+    running = {"/l/a.log": [A, B], "/l/a.log.1": [], "/l/b.log": [C]}
+    assert decide(d, fs, running, 1.0).drain == ()
+    assert decide(d, fs, {"/l/a.log": [A, B]}, 2.0).drain == ()  # ended, not undrained again: none
+
+
+def test_an_undrained_path_that_matches_nothing_gets_a_drain_only_pipe() -> None:
+    """Rule 6: a path gone (its FILE deleted or renamed) whose status still owes is drained too."""
+    d, fs = Discovery(GRACE_S), Files()
+    d.left_undrained("/l/gone.log")
+    assert decide(d, fs, {}, 0.0).drain == ("/l/gone.log",)
+
+
+def test_a_failed_drain_only_pipe_is_retried_with_the_back_off() -> None:
+    """Rule 5 for a drain-only pipe: after a failure it waits its delay (doubled, the count kept
+    though its path matches nothing), then is drained again; drained, it is not started again."""
+    d, fs = Discovery(GRACE_S, retry_s=10.0), Files()
+    d.left_undrained("/l/gone.log")
+    assert decide(d, fs, {}, 0.0).drain == ("/l/gone.log",)
+    assert d.failed("/l/gone.log", 1.0) == 10.0
+    d.left_undrained("/l/gone.log")
+    assert decide(d, fs, {}, 5.0).drain == ()
+    assert decide(d, fs, {}, 11.0).drain == ("/l/gone.log",)
+    assert d.failed("/l/gone.log", 12.0) == 20.0
+    d.left_undrained("/l/gone.log")
+    d.drained("/l/gone.log")
+    assert decide(d, fs, {}, 40.0).drain == ()
+
+
+def test_a_pipe_that_ended_holds_nothing_open() -> None:
+    """ended: the inodes a finished pipe held open are no longer held (their numbers may be reused
+    at once), so a new file in one of them is not refused as that pipe's."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/c.log", C)
+    decide(d, fs, {"/l/c.log": [C]}, 0.0)
+    d.ended("/l/c.log")
+    assert d.admits("/l/a.log", Seen(C), fs.identify)

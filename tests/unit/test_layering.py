@@ -25,6 +25,7 @@ PURE = [
     "session",
     "ledger",
     "pipe_client",
+    "draining",
     "pipe_server",
     "checkpoint",
     "strangers",
