@@ -23,7 +23,10 @@ its base, and the destination offset where it stopped), so that ``tcppipe
 verify`` can check every byte the file holds, not only the current
 generation's. A span is added when a generation gives way to the next; a new
 destination file (rotated here) starts an empty journal. At most
-``MAX_JOURNAL_SPANS`` are kept; ``earlier`` counts those dropped.
+``MAX_JOURNAL_SPANS`` are kept; ``earlier`` counts those dropped. A span this
+file lists (journal or current) names its generation by a head it holds: the
+first min(span bytes, FINGERPRINT_BYTES) of the span where they are in this
+file, never the client's longer fingerprint of bytes that did not land.
 
 Rule 4 (where bytes may go): tcppiped runs as root, and a destination path
 must never lead it elsewhere. The path is walked from ``/`` one component at a
@@ -371,7 +374,7 @@ class Destination:
         landed = self.landed()
         if self.record is None or landed is None:
             return None
-        return self.record, max(0, -self.base), landed
+        return self._named_by_held_head(self.record, landed), max(0, -self.base), landed
 
     def spans(self) -> list[Span]:
         """Every generation's bytes this file holds that the record can account for, in
@@ -426,12 +429,22 @@ class Destination:
         record, offset = self.record, self.landed()
         if record is None or offset is None:
             return None, None
-        want = min(offset, FINGERPRINT_BYTES)
-        if self.base >= 0 and want > record.fp_len:
-            head = self._read_at(self.base, want)
-            if len(head) == want:
-                record = GenerationId(record.dev, record.ino, want, hashlib.sha256(head).hexdigest())
+        # Only ever lengthened here: READY names the generation the client is to find, and
+        # the client's own longer head (bytes not landed yet) tells it apart better.
+        if min(offset, FINGERPRINT_BYTES) > record.fp_len:
+            record = self._named_by_held_head(record, offset)
         return record, offset
+
+    def _named_by_held_head(self, record: GenerationId, end: int) -> GenerationId:
+        """``record`` named by the first min(``end``, FINGERPRINT_BYTES) bytes of the span
+        at ``base`` in this file, where they are here (Rule 3b); else as it is."""
+        want = min(end, FINGERPRINT_BYTES)
+        if self.base < 0 or want == record.fp_len:
+            return record
+        head = self._read_at(self.base, want)
+        if len(head) != want:
+            return record
+        return GenerationId(record.dev, record.ino, want, hashlib.sha256(head).hexdigest())
 
     def _read_at(self, offset: int, length: int) -> bytes:
         # The fd is open for reading too (O_APPEND governs writes only): no path, no reopen.
@@ -447,10 +460,16 @@ class Destination:
         base = size - start
         if ident == self.record and base == self.base:
             return
-        record = self.answer()[0]
+        record = self.record
         continued = record is not None and (record.dev, record.ino) == (ident.dev, ident.ino) and base == self.base
         if record is not None and not continued and size > max(self.base, 0):
-            self.journal.append(Span(record, self.base, max(0, -self.base), size - self.base, self.igen))
+            # The record names the generation by the client's fingerprint: its head as the
+            # client last saw it, up to FINGERPRINT_BYTES, bytes that had not all landed (a
+            # GENERATION at byte 0, or a resume after the file grew: 3817 bytes named, 1156
+            # landed). A span closes short of it when the generation's tail is lost (deleted
+            # while both ends were down), so it is named here by the head it holds (Rule 3b).
+            head = self._named_by_held_head(record, size - self.base)
+            self.journal.append(Span(head, self.base, max(0, -self.base), size - self.base, self.igen))
             dropped = len(self.journal) - MAX_JOURNAL_SPANS
             if dropped > 0:
                 del self.journal[:dropped]

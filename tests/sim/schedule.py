@@ -35,6 +35,8 @@ FAULT_KINDS = (
     ("stall", 5),
     ("dest_rotate", 5),
     ("takeover", 4),
+    # Several numbered rotations with no file side run between (a loaded host, a stopped tcppipe).
+    ("rotate_burst", 3),
 )
 
 
@@ -119,6 +121,8 @@ def generate(seed: int, faults: int) -> tuple[list[Action], dict[str, Any]]:
             actions.append(Action(t, "dest_rotate", {"hup": hup}))
         elif kind == "takeover":
             actions.append(Action(t, "takeover", {"restart": round(rng.uniform(0.05, 1.0), 3)}))
+        elif kind == "rotate_burst":
+            actions.append(Action(t, "rotate_burst", {"count": rng.randint(2, 6), "size": rng.randint(10, 2000)}))
     # Millisecond times, distinct, so the file side (0.3 ms after each origin event) runs between them.
     actions.sort(key=lambda a: a.t)
     last = -1.0

@@ -232,6 +232,27 @@ def test_the_journal_lists_every_generation_the_file_holds(tmp_path: Path) -> No
     again.close()
 
 
+def test_a_span_whose_tail_never_landed_is_named_by_the_head_it_holds(tmp_path: Path) -> None:
+    """A resume names the generation by the client's longer head (bytes not landed); when its
+    tail is then lost and the next generation begins, the span is named by the bytes it holds,
+    while READY still names the generation by the client's head (simulation seed 2348)."""
+    out, state = str(tmp_path / "out"), str(tmp_path / "state")
+    origin = b"landed\n" + b"never landed\n"
+    dest = Destination.open(out, state)
+    dest.begin_generation(_ident(10, b"land"), 0)
+    dest.write(origin[:7])
+    dest.begin_generation(_ident(10, origin), 7)  # reconnected: the file has grown since
+    assert dest.answer() == (_ident(10, origin), 7)
+    assert [s.record for s in dest.spans()] == [_ident(10, b"landed\n")]
+    dest.begin_generation(_ident(11, b"next"), 0)  # the rest of 10 was deleted while down
+    dest.write(b"next\n")
+    dest.close()
+    again = Destination.open(out, state)
+    assert [(s.record, s.base, s.end) for s in again.journal] == [(_ident(10, b"landed\n"), 0, 7)]
+    assert [s.record for s in again.spans()] == [_ident(10, b"landed\n"), _ident(11, b"next\n")]
+    again.close()
+
+
 def test_the_journal_is_bounded_and_counts_what_it_dropped(tmp_path: Path) -> None:
     """At most MAX_JOURNAL_SPANS are kept; ``earlier`` says how many older ones are gone."""
     from tcppipe.destination import MAX_JOURNAL_SPANS
