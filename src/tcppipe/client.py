@@ -71,7 +71,9 @@ HANDSHAKE_TIMEOUT_S: Final = 15.0
 # A receiver's name lookup at each round of -h's list; a name that fails is tried by name.
 RESOLVE_TIMEOUT_S: Final = 5.0
 GOODBYE_TIMEOUT_S: Final = 5.0
-SENDER_IDLE_S: Final = 15.0
+# Above the default heartbeat and its grid step (15 s + 1 s): an idle pipe's sender wakes once
+# per PING, not at 15 s and again at the PING due just after it.
+SENDER_IDLE_S: Final = 60.0
 
 # Frames of one sender round up to this size go out in one write (one send system call).
 COALESCE_BYTES: Final = 64 * 1024
