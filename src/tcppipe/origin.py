@@ -262,7 +262,11 @@ _STAMP = re.compile(r"[0-9A-Fa-f]*[0-9][0-9A-Fa-f]*")
 
 
 def rotated_after(
-    path: str, old: tuple[int, int], old_mtime_ns: int, known: Callable[[int, os.stat_result], bool]
+    path: str,
+    old: tuple[int, int],
+    old_mtime_ns: int,
+    known: Callable[[int, os.stat_result], bool],
+    owners: frozenset[int] = frozenset(),
 ) -> list[tuple[str, int]]:
     """The generations that lived at ``path`` after ``old`` and were rotated away before
     anyone looked (a loaded host, a stopped or restarted process, rotations many times a
@@ -272,12 +276,14 @@ def rotated_after(
 
     Numbered rotation (logrotate, RotatingFileHandler) is told by FILE.1; any other naming
     (dateext's FILE-20261202, svlogd's @4000....s) by the name ``old`` has now, found by its
-    inode beside FILE: the others of that name's shape are looked at. When ``old`` is gone
-    (deleted: we still hold it open), only numbered rotation can still be followed."""
+    inode beside FILE: the later names of that name's shape are looked at, each owned by
+    one of ``owners`` (``old``'s and FILE's owners: never a file another user planted), and
+    never in a directory others may write. When ``old`` is gone (deleted: we still hold it
+    open), only numbered rotation can still be followed."""
     k, past_the_last = _numbered_place(path, old)
     if k is not None and not past_the_last:
         return _numbered_after(path, k, False, old_mtime_ns, known)
-    named = _named_after(path, old, old_mtime_ns, known)
+    named = _named_after(path, old, old_mtime_ns, known, owners)
     if named is not None:
         return named
     return _numbered_after(path, k, past_the_last, old_mtime_ns, known) if k is not None else []
@@ -332,14 +338,22 @@ def name_shape(name: str, base: str) -> tuple[bool, str, str] | None:
 
 
 def _named_after(
-    path: str, old: tuple[int, int], floor: int, known: Callable[[int, os.stat_result], bool]
+    path: str,
+    old: tuple[int, int],
+    floor: int,
+    known: Callable[[int, os.stat_result], bool],
+    owners: frozenset[int],
 ) -> list[tuple[str, int]] | None:
-    """The files beside FILE named as ``old`` is now (``name_shape``), written after it (at
-    its mtime, only a name that sorts after its own: a coarse clock), ordered by mtime and
-    then name; None when ``old`` is not found beside FILE under a name with a stamp."""
+    """The files beside FILE named as ``old`` is now (``name_shape``) whose names sort after
+    its own (a date or a stamp counts up: an older generation, or a copy of one, sorts
+    before), written no earlier than it (mtime), owned by one of ``owners``; in name order.
+    None when ``old`` is not found beside FILE under a name with a stamp, or when others may
+    write the directory (a planted FILE-20991231 is no generation of FILE)."""
     directory, base = os.path.split(path)
     directory = directory or "/"
-    entries: list[tuple[str, int, int]] = []
+    if others_may_plant(directory):
+        return None
+    entries: list[tuple[str, int, int, int]] = []
     old_name = None
     try:
         with os.scandir(directory) as scan:
@@ -353,26 +367,26 @@ def _named_after(
                     if (st.st_dev, st.st_ino) == old:
                         old_name = entry.name
                     else:
-                        entries.append((entry.name, st.st_ino, st.st_mtime_ns))
+                        entries.append((entry.name, st.st_ino, st.st_mtime_ns, st.st_uid))
     except OSError:
         return None
     shape = None if old_name is None else name_shape(old_name, base)
     if old_name is None or shape is None:
         return None
     later = sorted(
-        (mtime, name, ino)
-        for name, ino, mtime in entries
-        if (mtime > floor or (mtime == floor and name > old_name)) and name_shape(name, base) == shape
+        (name, ino)
+        for name, ino, mtime, uid in entries
+        if name > old_name and mtime >= floor and uid in owners and name_shape(name, base) == shape
     )
     found: list[tuple[str, int]] = []
-    for _mtime, name, ino in later:
+    for name, ino in later:
         try:
             fd = open_origin(os.path.join(directory, name))
         except OriginError:
             continue
         st = os.fstat(fd)
-        if st.st_ino != ino or known(fd, st):
-            os.close(fd)  # renamed again since the scan, or held or sent already
+        if st.st_ino != ino or st.st_uid not in owners or known(fd, st):
+            os.close(fd)  # renamed or replaced since the scan, or held or sent already
             continue
         found.append((os.path.join(directory, name), fd))
     return found

@@ -230,22 +230,35 @@ class Tailer:
         just opened)."""
         self.gens.extend(self._between(self.current, newest, now))
 
-    def _between(self, last: OriginGeneration, newest: OriginGeneration, now: float) -> list[OriginGeneration]:
+    def _between(
+        self, last: OriginGeneration, newest: OriginGeneration, now: float, listed: tuple[Recorded, ...] = ()
+    ) -> list[OriginGeneration]:
         """The generations that were FILE after ``last`` and before ``newest`` and were rotated
-        away unseen (``origin.rotated_after``), opened, oldest first: not one held, let go, or
-        refused by ``admit`` (a host agent's other pipe holds it)."""
+        away unseen (``origin.rotated_after``), opened, oldest first: not one held, let go,
+        ``listed`` by the last run's status file (sent, or sent in its turn), or refused by
+        ``admit`` (a host agent's other pipe holds it)."""
         try:
-            mtime_ns = os.fstat(last.fd).st_mtime_ns
+            last_st, newest_st = os.fstat(last.fd), os.fstat(newest.fd)
         except OSError:
             return []
         held = {(g.dev, g.ino) for g in self.gens if not g.closed} | {(newest.dev, newest.ino)}
 
         def known(fd: int, st: os.stat_result) -> bool:
-            """Held (an open inode cannot be reused), or a generation let go: its inode number
-            may have been reused since, so the same inode generation and head say it is."""
+            """Held (an open inode cannot be reused), or a generation let go or listed: its
+            inode number may have been reused since, so the same identity number and head say
+            it is (unreadable: taken for it, so nothing is sent twice)."""
             if (st.st_dev, st.st_ino) in held:
                 return True
             igen = file_identity_number(fd)
+            for r in listed:
+                if (r.ident.dev, r.ident.ino) == (st.st_dev, st.st_ino) and (
+                    r.igen is None or igen is None or r.igen == igen
+                ):
+                    try:
+                        if not r.ident.fp_len or r.ident.heads(os.pread(fd, r.ident.fp_len, 0)):
+                            return True
+                    except OSError:
+                        return True
             for f in self.finished:
                 if (f.dev, f.ino) != (st.st_dev, st.st_ino):
                     continue
@@ -259,7 +272,8 @@ class Tailer:
                 return True
             return False
 
-        found = rotated_after(self.path, (last.dev, last.ino), mtime_ns, known)
+        owners = frozenset({last_st.st_uid, newest_st.st_uid})
+        found = rotated_after(self.path, (last.dev, last.ino), last_st.st_mtime_ns, known, owners)
         between: list[OriginGeneration] = []
         for index, (name, fd) in enumerate(found):
             try:
@@ -422,7 +436,8 @@ class Tailer:
             # FILE is new to this tcppipe: it was rotated while tcppipe was not running, maybe
             # more than once; the generations in between follow the last one listed and found.
             if adopted:
-                self.gens[len(adopted) : len(adopted)] = self._between(adopted[-1], first_held, now)
+                between = self._between(adopted[-1], first_held, now, listed)
+                self.gens[len(adopted) : len(adopted)] = between
             else:
                 self.notices.append(
                     f"{self.path} (inode {first_held.ino}) is new to this tcppipe and no generation it listed"

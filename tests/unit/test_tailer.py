@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tcppipe.origin import identify, name_shape
+from tcppipe.protocol import GenerationId
 from tcppipe.tailer import History, Recorded, Tailer
 
 GRACE_S = 5.0
@@ -196,3 +199,78 @@ def test_generations_between_two_looks_under_a_stamped_name_come_in_mtime_order(
     tailer.request_hup(1.0)
     assert [os.path.basename(g.path) for g in tailer.gens] == ["log", "log-2026120201", "log-2026120202", "log"]
     assert drain(tailer, 1.0) == b"second\nthird\nfourth\n"
+
+
+def _ident_of(path: Path) -> GenerationId:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return identify(fd)
+    finally:
+        os.close(fd)
+
+
+def test_an_older_generation_restored_under_its_dateext_name_is_not_sent_again(tmp_path: Path) -> None:
+    """Found by review: an old generation unpacked under its own dateext name (``zcat`` of
+    app.log-20261120.gz), written after the held one, is no generation between: its name sorts
+    before the held one's new name."""
+    log, tailer = following(tmp_path, b"today\n")
+    os.utime(log, ns=(10**18, 10**18))
+    assert drain(tailer, 0.0) == b"today\n"
+    old = tmp_path / "log-20261120"
+    old.write_bytes(b"sent weeks ago\n")
+    os.utime(old, ns=(10**18 + 10**9, 10**18 + 10**9))
+    os.rename(log, tmp_path / "log-20261202")
+    log.write_bytes(b"tomorrow\n")
+    tailer.follow(1.0)
+    assert drain(tailer, GRACE_S + 2) == b"tomorrow\n"
+
+
+def test_a_generation_listed_before_the_record_is_not_sent_again_after_a_restart(tmp_path: Path) -> None:
+    """Found by review: the status file lists X then A, the server's record is A (so X landed
+    whole); A was rotated while tcppipe was down, and X was written after A: X is listed, so it
+    is known, never a generation between A and the new FILE."""
+    log, x = tmp_path / "log", tmp_path / "log-20261201"
+    x.write_bytes(b"X whole\n")
+    log.write_bytes(b"A head\n")
+    os.utime(log, ns=(10**18, 10**18))
+    os.utime(x, ns=(10**18 + 5, 10**18 + 5))
+    x_id, a_id = _ident_of(x), _ident_of(log)
+    history = History((a_id, 7), (Recorded(x_id, 8), Recorded(a_id, 7)), ())
+    os.rename(log, tmp_path / "log-20261202")
+    log.write_bytes(b"C new\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(a_id, 7, 0.0, first=True, history=history)
+    assert drain(tailer, GRACE_S + 2) == b"C new\n"
+
+
+def test_no_stamped_name_is_taken_from_a_directory_others_may_write(tmp_path: Path) -> None:
+    """Found by review: in a sticky, world-writable directory (/var/log of some systems, /tmp)
+    a local user could plant log-20991231 with any mtime; stamped names are not followed there
+    (numbered ones only, which others cannot arrange)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    log, tailer = following(shared, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    os.rename(log, shared / "log-2026120200")
+    (shared / "log-2026120201").write_bytes(b"planted\n")
+    log.write_bytes(b"second\n")
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"second\n"
+
+
+def test_a_stamped_name_owned_by_another_user_is_not_taken(tmp_path: Path) -> None:
+    """Generations between two looks were FILE, created as FILE's were: owned by the held one's
+    owner or the new FILE's. Another user's file of the right name and shape is not one."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    log, tailer = following(tmp_path, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    os.rename(log, tmp_path / "log-2026120200")
+    (tmp_path / "log-2026120201").write_bytes(b"someone else's\n")
+    os.chown(tmp_path / "log-2026120201", 12345, 12345)
+    (tmp_path / "log-2026120202").write_bytes(b"between\n")
+    log.write_bytes(b"third\n")
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"between\nthird\n"
