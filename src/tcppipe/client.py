@@ -364,7 +364,7 @@ class Client:
         shape = self._file_shape()
         hup, self.hup_pending = self.hup_pending, False
         if self.retiring:
-            self._retire(now)
+            self._retire(now, hup)
         else:
             self.core.follow(now, hup)
             self._log_notices()
@@ -410,12 +410,20 @@ class Client:
             newest.ino,
         )
 
-    def _retire(self, now: float) -> None:
+    def _retire(self, now: float, hup: bool) -> None:
         """Retiring: FILE is no longer followed (it is another pipe's file); the generations
         held still grow and go out, and once all of them have landed the pipe stops."""
-        for gen in self.core.tailer.gens:
+        tailer = self.core.tailer
+        for gen in tailer.gens:
             gen.observe(now)
-        if self.drained():
+            gen.released = gen.released or hup  # SIGHUP: every writer has reopened
+        # A drain-only pipe may have started mid-rotation (FILE renamed, its successor not made
+        # yet): what it holds is let go only once quiet for the grace (or released by a SIGHUP),
+        # as any rotated generation is (Rule 3 of tailer.py): a late writer loses nothing.
+        quiet = not self.core.drain_only or all(
+            g.released or now - g.last_growth >= tailer.grace_s for g in tailer.gens if not g.closed
+        )
+        if quiet and self.drained():
             self.say(logging.INFO, "everything it held has landed: pipe ended")
             self.end_drained()
 

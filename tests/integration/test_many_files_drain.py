@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from tests.integration.conftest import Pipes, kill9, same_bytes, stop, wait_until
@@ -135,6 +136,41 @@ def test_a_drain_only_pipe_the_server_refuses_is_retried_and_drains_once_it_is_t
     second.send_signal(signal.SIGHUP)  # failed pipes are tried again at once (and a.log's old generation released)
     wait_until(lambda: same_bytes(two, dest_one), what="a.log.2 drained into a.log.1's destination")
     wait_until(lambda: dest_a.read_bytes() == old_a + a.read_bytes(), what="a.log: its old generation, then the new")
+    assert status_of(pipes, one).get("drained") is None, "let go before the grace (600 s) or a SIGHUP"
+    # The drain-only pipe started after that SIGHUP: what it holds goes quiet for the grace first,
+    # or a SIGHUP says every writer has reopened.
+    second.send_signal(signal.SIGHUP)
     wait_until(lambda: status_of(pipes, one).get("drained") is True, what="a.log.1's status to say drained")
     assert pipes.syslog.count(DRAIN_STARTED) == 2
+    assert stop(second) == 0
+
+
+def test_a_drain_only_pipe_started_mid_rotation_waits_for_a_late_writer(pipes: Pipes) -> None:
+    """Found by review: the agent restarts between logrotate's rename (a.log -> a.log-20261202,
+    a name the glob does not match) and the writer's new a.log. The drain-only pipe that sends
+    the renamed generation lets it go only once quiet for the grace, so what the writer still
+    appends to it (it has not reopened yet) is sent too, then the new a.log from its first byte."""
+    origin_dir, dest_dir = pipes.tmp / "origin", pipes.tmp / "dest"
+    origin_dir.mkdir()
+    pipes.define(f"127.0.0.1:{origin_dir}/*.log | {dest_dir}/{{name}}")
+    a, rotated, dest_a = origin_dir / "a.log", origin_dir / "a.log-20261202", dest_dir / "a.log"
+    a.write_bytes(numbered_lines(0, 200))
+    pipes.start_server()
+    first = start_agent(pipes, origin_dir / "*.log", extra=("-t", "0.2", "--rotate-grace", "3"))
+    wait_until(lambda: same_bytes(a, dest_a), what="first copy")
+    kill9(first)
+    a.rename(rotated)
+    second = start_agent(pipes, origin_dir / "*.log", extra=("-t", "0.2", "--rotate-grace", "3"))
+    pipes.syslog.wait_for(DRAIN_STARTED)
+    wait_until(lambda: same_bytes(rotated, dest_a), what="the renamed generation drained")
+    # Landed, yet held through the grace (3 s): five -t ticks later it is still not let go.
+    quiet_until = time.monotonic() + 1.0
+    while time.monotonic() < quiet_until:
+        assert status_of(pipes, a).get("drained") is None, "let go before the grace"
+        time.sleep(0.05)
+    with open(rotated, "ab") as f:
+        f.write(numbered_lines(200, 50))  # the writer, not reopened yet, within the grace
+    wait_until(lambda: same_bytes(rotated, dest_a), what="the late lines, within the grace")
+    a.write_bytes(numbered_lines(9000, 30))  # the writer reopens: a new a.log
+    wait_until(lambda: dest_a.read_bytes() == rotated.read_bytes() + a.read_bytes(), what="then the new a.log")
     assert stop(second) == 0
