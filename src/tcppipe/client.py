@@ -130,6 +130,7 @@ class WatcherLike(Protocol):
     def fileno(self) -> int: ...
     def close(self) -> None: ...
     def sees_all(self, gens: list[OriginGeneration]) -> bool: ...
+    def recheck(self) -> None: ...
 
 
 # Makes a pipe's watcher from FILE, the wake callback and the logger (``Watcher`` is one).
@@ -170,6 +171,9 @@ class Watcher:
     def sees_all(self, gens: list[OriginGeneration]) -> bool:
         """A single-file pipe polls every -t whatever its events (one stat and fstat)."""
         return False
+
+    def recheck(self) -> None:
+        """Polled every -t: a stale watch costs nothing here."""
 
     def fileno(self) -> int:
         """The inotify fd (-1 when polling): readable while events wait."""
@@ -348,6 +352,8 @@ class Client:
             return
         try:
             idle = not (self.hup_pending or self.retiring or self.status_file.owed)
+            if look and self.watcher is not None:
+                self.watcher.recheck()
             if idle and not look and self.watcher is not None and self.watcher.sees_all(self.core.tailer.gens):
                 return  # 2,000 idle pipes on inotify: a tick costs each nothing but this test
             if idle and self.core.tailer.unchanged():

@@ -108,6 +108,9 @@ class Pipe:
     finishing: bool = False
     # The newest generation it let go that the discovery has been told of.
     last_let_go: Finished | None = None
+    # Its turn among the LOOK_EVERY_TICKS ticks to look at its files (fixed at its start: an
+    # index in the pipes that shifted as others end could skip its turn for good).
+    phase: int = 0
 
 
 class HostAgent:
@@ -133,6 +136,8 @@ class HostAgent:
         self.where = describe_pipe_host(self.host, self.port)
         self.tasks = TaskReaper(logger, f"[{self.where}]")
         self.wake = asyncio.Event()
+        # The next pipe's turn among the ticks (``Pipe.phase``): pipes started in a row spread.
+        self._phases = 0
         self.stopping = False
         self.hup_pending = False
         # The first scan's pipes that have not answered yet; the first of their failures.
@@ -195,8 +200,12 @@ class HostAgent:
                     self.discovery.retry_now()
                 now = time.monotonic()
                 ticked = now >= next_tick or self.inotify.fileno() < 0
+                looking = ticked and ticks % LOOK_EVERY_TICKS == 0
+                if looking:
+                    watch.recheck()  # a directory renamed or replaced: watched again, there now
+                    watch.watch(directories)
                 told = evented and watch.sees_all(directories)
-                if woken or not told or self.discovery.due(now) or (ticked and ticks % LOOK_EVERY_TICKS == 0):
+                if woken or not told or self.discovery.due(now) or looking:
                     self._scan(first=False)
                 if ticked:
                     # Every pipe's -t tick, from this one timer. A scan woken by a directory
@@ -205,8 +214,8 @@ class HostAgent:
                     # A pipe inotify tells everything looks at its files in its turn only.
                     next_tick = now + self.template.interval_s
                     ticks += 1
-                    for index, pipe in enumerate(list(self.pipes.values())):
-                        pipe.client.poll(look=(index + ticks) % LOOK_EVERY_TICKS == 0)
+                    for pipe in list(self.pipes.values()):
+                        pipe.client.poll(look=(pipe.phase + ticks) % LOOK_EVERY_TICKS == 0)
         finally:
             watch.close()
             self.request_stop()
@@ -346,7 +355,8 @@ class HostAgent:
         # What its status file lists as let go is claimed already (at the restart, or when
         # its last run ended): only what it lets go from now on is news for the discovery.
         let_go = client.let_go()
-        pipe = Pipe(key, client, lock, last_let_go=let_go[-1] if let_go else None)
+        pipe = Pipe(key, client, lock, last_let_go=let_go[-1] if let_go else None, phase=self._phases)
+        self._phases = (self._phases + 1) % LOOK_EVERY_TICKS
         self.pipes[path] = pipe
         if drain_only:
             # Not one of the first scan's answers: FILE is not its own (it may have none).

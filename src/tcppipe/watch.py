@@ -50,36 +50,47 @@ FILE_MASK: Final = 0x2 | 0x4 | 0x8 | 0x800 | 0x400  # MODIFY | ATTRIB | CLOSE_WR
 Identity = tuple[int, int]  # (st_dev, st_ino)
 
 # statfs f_type of local file systems, where inotify reports every write to a watched inode
-# (every write goes through this kernel): ext2/3/4, XFS, Btrfs, tmpfs, overlayfs, F2FS, ZFS,
-# ReiserFS, JFS. On others (NFS, CIFS, FUSE, 9p, Ceph) another host's or a daemon's writes
-# are not seen: their pipes are polled every -t.
+# (every write goes through this kernel and this inode): ext2/3/4, XFS, Btrfs, tmpfs, F2FS,
+# ZFS, ReiserFS, JFS. On others (NFS, CIFS, FUSE, 9p, Ceph) another host's or a daemon's
+# writes are not seen, and on overlayfs writes made to its layers' directories from outside
+# (a host writing into a container's upper directory) are not: their pipes are polled every -t.
 LOCAL_FS_TYPES: Final = frozenset(
-    {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x794C7630, 0xF2F52010, 0x2FC12FC1, 0x52654973, 0x3153464A}
+    {0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0xF2F52010, 0x2FC12FC1, 0x52654973, 0x3153464A}
 )
 # struct statfs is 120 bytes on 64-bit Linux; f_type, its first member, a long.
 _STATFS_BYTES: Final = 256
 
 
-def _load_statfs() -> Callable[[bytes, Any], int] | None:
+def _load(name: str) -> Callable[[Any, Any], int] | None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function: Callable[[bytes, Any], int] = libc.statfs
+        function: Callable[[Any, Any], int] = getattr(libc, name)
         return function
     return None
 
 
-_statfs = _load_statfs()
+_statfs, _fstatfs = _load("statfs"), _load("fstatfs")
 
 
-def inotify_sees_every_write(directory: str) -> bool:
-    """Does inotify report every write to a file in ``directory`` (a local file system)? If so
-    a pipe whose files are all watched needs no -t poll: the events say all a poll would."""
-    if _statfs is None:
-        return False
+def inotify_sees_every_write(where: str | int) -> bool:
+    """Does inotify report every write to a file in directory ``where`` (or to the file open
+    as descriptor ``where``): a local file system? If so a pipe whose files are all watched
+    needs no -t poll: the events say all a poll would."""
     buffer = ctypes.create_string_buffer(_STATFS_BYTES)
-    if _statfs(os.fsencode(directory), buffer) != 0:
+    if isinstance(where, int):
+        if _fstatfs is None or _fstatfs(where, buffer) != 0:
+            return False
+    elif _statfs is None or _statfs(os.fsencode(where), buffer) != 0:
         return False
     return ctypes.c_long.from_buffer(buffer).value in LOCAL_FS_TYPES
+
+
+def _identity_of(path: str) -> Identity | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def close_inotify(inotify: Any) -> None:
@@ -114,7 +125,10 @@ class InotifyHandle(Subscriber):
         self.dir_wd: int | None = None
         # Each generation watched, by identity: its watch descriptor and the generation.
         self.files: dict[Identity, tuple[int, OriginGeneration]] = {}
+        # FILE's directory, and every generation watched, on a local file system (``sees_all``).
         self.local = inotify_sees_every_write(self.directory)
+        # The directory watched (dev, ino): renamed or replaced since, the watch says nothing.
+        self.dir_identity: Identity | None = None
 
     def watch_file(self, gen: OriginGeneration) -> None:
         """Follow ``gen``'s inode even after it is renamed out of the directory."""
@@ -123,6 +137,12 @@ class InotifyHandle(Subscriber):
     def fileno(self) -> int:
         """The shared inotify fd (-1 when polling)."""
         return self.shared.fileno()
+
+    def recheck(self) -> None:
+        """Is FILE's directory still the one watched? Renamed or replaced (a deploy's switched
+        symlink), its watch is dropped and made again on the directory there now."""
+        if self.dir_wd is not None and _identity_of(self.directory) != self.dir_identity:
+            self.shared.drop_directory(self)
 
     def sees_all(self, gens: list[OriginGeneration]) -> bool:
         """Is every change a -t poll could find reported: inotify up, on a local file system,
@@ -154,12 +174,20 @@ class DirectoryWatch(Subscriber):
     def __init__(self, shared: SharedInotify, wake: Callable[[], None]) -> None:
         super().__init__(shared, wake)
         self.dirs: dict[str, int] = {}
+        # The (dev, ino) of each directory as watched.
+        self.identities: dict[str, Identity | None] = {}
         # Directories found on a local file system (asked once each).
         self._local: set[str] = set()
 
     def watch(self, directories: set[str]) -> None:
         """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
         self.shared.watch_directories(self, directories)
+
+    def recheck(self) -> None:
+        """Forget the watch of each directory renamed or replaced since it was watched (it is
+        watched again, there now, at the next ``watch``)."""
+        for directory in [d for d in self.dirs if _identity_of(d) != self.identities.get(d)]:
+            self.shared.unwatch_directory(self, directory)
 
     def sees_all(self, directories: set[str]) -> bool:
         """Is every entry created, moved or deleted in ``directories`` reported (inotify up,
@@ -242,15 +270,31 @@ class SharedInotify:
             return
         handle.files[identity] = (wd, gen)
         self.routes.subscribe_all(wd, handle)
+        if handle.local and not inotify_sees_every_write(gen.fd):
+            handle.local = False  # FILE a link to (or a mount of) a file elsewhere: polled every -t
 
     def watch_directories(self, watch: DirectoryWatch, directories: set[str]) -> None:
         if self._inotify is None or watch.closed:
             return
         for directory in directories - watch.dirs.keys():
+            identity = _identity_of(directory)
             wd = self._add_watch(directory, DIR_MASK)
             if wd is not None:
                 watch.dirs[directory] = wd
+                watch.identities[directory] = identity
                 self.routes.subscribe_all(wd, watch)
+
+    def unwatch_directory(self, watch: DirectoryWatch, directory: str) -> None:
+        wd = watch.dirs.pop(directory, None)
+        watch.identities.pop(directory, None)
+        if wd is not None:
+            self._unsubscribe(wd, watch)
+
+    def drop_directory(self, handle: InotifyHandle) -> None:
+        """Give up ``handle``'s directory watch (watched again at its next ``watch_file``)."""
+        if handle.dir_wd is not None:
+            self._unsubscribe(handle.dir_wd, handle)
+            handle.dir_wd = None
 
     def release(self, subscriber: InotifyHandle | DirectoryWatch) -> None:
         if subscriber.closed:
@@ -265,10 +309,11 @@ class SharedInotify:
     def _watch_directory(self, handle: InotifyHandle) -> None:
         if self._inotify is None:
             return
+        identity = _identity_of(handle.directory)
         wd = self._add_watch(handle.directory, DIR_MASK)
         if wd is None:
             return
-        handle.dir_wd = wd
+        handle.dir_wd, handle.dir_identity = wd, identity
         if handle.any_name:
             self.routes.subscribe_all(wd, handle)
         else:

@@ -285,6 +285,56 @@ def test_a_pipe_and_the_scan_are_told_everything_only_while_every_watch_is_up(tm
     assert asyncio.run(scenario()) == [True, False, True, False, False, False]
 
 
+def test_a_directory_renamed_and_replaced_is_watched_again_where_it_is_now(tmp_path: Path) -> None:
+    """Found by review: a watch stays on the directory inode it was made on. Renamed away and
+    replaced (a deploy's switched release directory), ``recheck`` drops it: until the new one is
+    watched nothing is ``sees_all`` (polled every -t), and then the new one is."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    async def scenario() -> list[bool]:
+        world = World(logs, ["a.log"])
+        scan = world.shared.directory_watch(lambda: None)
+        try:
+            handle = world.handles["a.log"]
+            scan.watch({str(logs)})
+            told = [handle.sees_all(world.gens), scan.sees_all({str(logs)})]
+            logs.rename(tmp_path / "old")
+            logs.mkdir()
+            (logs / "a.log").write_bytes(b"")
+            handle.recheck()
+            scan.recheck()
+            told += [handle.sees_all(world.gens), scan.sees_all({str(logs)})]
+            world.follow("a.log", logs / "a.log")
+            scan.watch({str(logs)})
+            told += [handle.sees_all(world.gens[-1:]), scan.sees_all({str(logs)})]
+            return told
+        finally:
+            scan.close()
+            world.close()
+
+    assert asyncio.run(scenario()) == [True, True, False, False, True, True]
+
+
+def test_a_generation_on_a_file_system_inotify_cannot_see_whole_makes_its_pipe_polled(tmp_path: Path) -> None:
+    """FILE a link to a file elsewhere (here a procfs file standing for NFS or FUSE): its directory
+    is local, the file is not, so the pipe is not ``sees_all`` and its -t tick polls it."""
+
+    async def scenario() -> tuple[bool, bool]:
+        world = World(tmp_path, ["a.log"])
+        try:
+            handle = world.handles["a.log"]
+            before = handle.sees_all(world.gens)
+            elsewhere = OriginGeneration.open("/proc/self/status", 0.0)
+            world.gens.append(elsewhere)
+            handle.watch_file(elsewhere)
+            return before, handle.sees_all(world.gens)
+        finally:
+            world.close()
+
+    assert asyncio.run(scenario()) == (True, False)
+
+
 def test_a_symlinked_file_is_woken_by_its_target_s_rotation(tmp_path: Path) -> None:
     """FILE a symlink to app.log beside it: the re-created app.log (another name) wakes its pipe."""
 
