@@ -14,6 +14,7 @@ import pytest
 from tcppipe.origin import BIRTH_TIME_BASE, birth_time_ns, file_identity_number, inode_generation
 from tests.integration.conftest import Pipes, kill9, same_bytes, sha256, wait_until
 from tests.integration.test_many_files import start_agent
+from tests.unit.test_origin_identity import number_of
 
 # Files created looking for the freed inode number: ext4 hands it out again at once.
 MAX_TRIES_FOR_THE_INODE = 2000
@@ -91,11 +92,6 @@ def test_a_later_file_in_a_reused_inode_number_is_neither_skipped_nor_taken_for_
     expected.write_bytes(first + second)
     assert sha256(dest) == sha256(expected), dest.read_bytes()
     kill9(client)
-
-
-def number_of(path: Path) -> int | None:
-    with open(path, "rb") as f:
-        return file_identity_number(f.fileno())
 
 
 def test_an_overlayfs_file_created_in_the_upper_layer_has_its_birth_time(overlay_dir: Path) -> None:

@@ -29,6 +29,31 @@ def agent(pipes: Pipes, origin_dir: Path) -> subprocess.Popen[bytes]:
     return start_agent(pipes, origin_dir / "a.log*", extra=("-t", "0.2", "--rotate-grace", "600"))
 
 
+def retire_unlanded_and_kill(
+    pipes: Pipes, server: subprocess.Popen[bytes], agent_proc: subprocess.Popen[bytes], origin_dir: Path
+) -> bytes:
+    """With the server stopped (nothing lands), a.log.1 grows and a rotation makes it a.log's old
+    file: a.log.1's pipe retires holding its own file (now a.log.2) unacknowledged, and the agent
+    is killed -9; then a.log.2 grows again while it is down. a.log's old content is returned."""
+    a, one, two = origin_dir / "a.log", origin_dir / "a.log.1", origin_dir / "a.log.2"
+    server.send_signal(signal.SIGSTOP)
+    try:
+        with open(one, "ab") as f:
+            f.write(numbered_lines(6000, 100))  # read and written to the stopped server's socket, never acknowledged
+        old_a = a.read_bytes()
+        one.rename(two)
+        a.rename(one)
+        a.write_bytes(numbered_lines(9000, 40))
+        pipes.syslog.wait_for(RETIRED)
+        assert status_of(pipes, one).get("drained") is None
+        kill9(agent_proc)
+    finally:
+        server.send_signal(signal.SIGCONT)
+    with open(two, "ab") as f:
+        f.write(numbered_lines(7000, 100))  # written while the agent is down: only a drain can send it
+    return old_a
+
+
 def test_a_retired_pipe_killed_before_its_generation_landed_is_drained_after_the_restart(pipes: Pipes) -> None:
     """a.log and a.log.1 are pipes of their own (both there at the start). The server is stopped
     (SIGSTOP: nothing lands), a.log.1 grows, then a rotation makes a.log.1 a.log's old file:
@@ -48,21 +73,7 @@ def test_a_retired_pipe_killed_before_its_generation_landed_is_drained_after_the
     first = agent(pipes, origin_dir)
     wait_until(lambda: same_bytes(a, dest_a) and same_bytes(one, dest_one), what="first copies")
 
-    server.send_signal(signal.SIGSTOP)
-    try:
-        with open(one, "ab") as f:
-            f.write(numbered_lines(6000, 100))  # read and written to the stopped server's socket, never acknowledged
-        old_a = a.read_bytes()
-        one.rename(two)
-        a.rename(one)
-        a.write_bytes(numbered_lines(9000, 40))
-        pipes.syslog.wait_for(RETIRED)
-        assert status_of(pipes, one).get("drained") is None
-        kill9(first)
-    finally:
-        server.send_signal(signal.SIGCONT)
-    with open(two, "ab") as f:
-        f.write(numbered_lines(7000, 100))  # written while the agent is down: only a drain can send it
+    old_a = retire_unlanded_and_kill(pipes, server, first, origin_dir)
 
     second = agent(pipes, origin_dir)
     pipes.syslog.wait_for(DRAIN_STARTED)
@@ -104,20 +115,7 @@ def test_a_drain_only_pipe_the_server_refuses_is_retried_and_drains_once_it_is_t
     first = agent(pipes, origin_dir)
     wait_until(lambda: same_bytes(a, dest_a) and same_bytes(one, dest_one), what="first copies")
 
-    server.send_signal(signal.SIGSTOP)
-    try:
-        with open(one, "ab") as f:
-            f.write(numbered_lines(6000, 100))
-        old_a = a.read_bytes()
-        one.rename(two)
-        a.rename(one)
-        a.write_bytes(numbered_lines(9000, 40))
-        pipes.syslog.wait_for(RETIRED)
-        kill9(first)
-    finally:
-        server.send_signal(signal.SIGCONT)
-    with open(two, "ab") as f:
-        f.write(numbered_lines(7000, 100))
+    old_a = retire_unlanded_and_kill(pipes, server, first, origin_dir)
 
     def reload(*entries: str) -> None:
         loaded = pipes.syslog.count(f"config {pipes.config} loaded")

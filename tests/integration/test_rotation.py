@@ -237,30 +237,6 @@ def shift_rotate(origin: Path, content: bytes, keep: int = 8) -> None:
     origin.write_bytes(content)
 
 
-@pytest.mark.parametrize("keep", [8, 3])
-def test_generations_that_came_and_went_while_tcppipe_was_not_looking_are_sent(pipes: Pipes, keep: int) -> None:
-    """Four numbered rotations while tcppipe cannot run (SIGSTOP: a loaded host, a long pause):
-    when it looks again FILE is the fifth generation, and the one it held is FILE.4 (or, keeping
-    two, deleted: it still holds it open); the ones in between (written after it, oldest at the
-    highest number) are sent too, in order, never skipped."""
-    origin, dest = pipes.pipe("quick.log")
-    first = numbered_lines(0, 100)
-    origin.write_bytes(first)
-    pipes.start_server()
-    client = pipes.start_client(origin, "--rotate-grace", "1")
-    wait_until(lambda: same_bytes(origin, dest), what="first copy")
-    generations = [first]
-    client.send_signal(signal.SIGSTOP)
-    try:
-        for n in range(1, 5):
-            time.sleep(0.01)  # a generation's mtime is after the one before it (a coarse clock)
-            generations.append(numbered_lines(n * 1000, 50))
-            shift_rotate(origin, generations[-1], keep)
-    finally:
-        client.send_signal(signal.SIGCONT)
-    wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")
-
-
 def stamp_rotate(origin: Path, scheme: str, n: int, content: bytes) -> None:
     """Rotation by a stamped name: logrotate's ``dateext`` (FILE-YYYYMMDDHH) or svlogd's
     ``@<TAI64N>.s`` beside ``current``; then a new FILE holding ``content``."""
@@ -272,16 +248,18 @@ def stamp_rotate(origin: Path, scheme: str, n: int, content: bytes) -> None:
     origin.write_bytes(content)
 
 
-@pytest.mark.parametrize("scheme", ["dateext", "svlogd"])
-def test_generations_that_came_and_went_under_stamped_names_are_sent(pipes: Pipes, scheme: str) -> None:
-    """As above with names that carry a date or a stamp instead of a number: the generation held
-    is found by its inode under its new name, and the files of that name's shape written after it
-    are sent in mtime order, never a compressed one (another shape) or an older one."""
-    origin, dest = pipes.pipe("current" if scheme == "svlogd" else "stamped.log")
-    old_rotated = origin.with_name(
-        f"{origin.name}-2026113023" if scheme == "dateext" else "@4000000065aa00000c8a31e2.s"
-    )
-    old_rotated.write_bytes(b"an older generation, never sent\n")
+@pytest.mark.parametrize("scheme", ["numbered", "numbered, 2 kept", "dateext", "svlogd"])
+def test_generations_that_came_and_went_while_tcppipe_was_not_looking_are_sent(pipes: Pipes, scheme: str) -> None:
+    """Four rotations while tcppipe cannot run (SIGSTOP: a loaded host, a long pause): when it
+    looks again FILE is the fifth generation. Numbered, the one it held is FILE.4 (or, keeping
+    two, deleted: it still holds it open); stamped, it is found by its inode under its new name.
+    The ones in between (written after it) are sent too, in order, never skipped; never an older
+    generation, a compressed name (another shape) or one that sorts before the held one."""
+    stamped = scheme in ("dateext", "svlogd")
+    origin, dest = pipes.pipe("current" if scheme == "svlogd" else "quick.log")
+    if stamped:
+        older = f"{origin.name}-2026113023" if scheme == "dateext" else "@4000000065aa00000c8a31e2.s"
+        origin.with_name(older).write_bytes(b"an older generation, never sent\n")
     first = numbered_lines(0, 100)
     origin.write_bytes(first)
     pipes.start_server()
@@ -293,9 +271,13 @@ def test_generations_that_came_and_went_under_stamped_names_are_sent(pipes: Pipe
         for n in range(1, 5):
             time.sleep(0.01)  # a generation's mtime is after the one before it (a coarse clock)
             generations.append(numbered_lines(n * 1000, 50))
-            stamp_rotate(origin, scheme, n, generations[-1])
-        # A compressed copy of a rotated name is another shape: never sent.
-        origin.with_name(f"{origin.name}-2026120101.gz" if scheme == "dateext" else "@x.gz").write_bytes(b"gz")
+            if stamped:
+                stamp_rotate(origin, scheme, n, generations[-1])
+            else:
+                shift_rotate(origin, generations[-1], 3 if "2 kept" in scheme else 8)
+        if stamped:
+            compressed = f"{origin.name}-2026120101.gz" if scheme == "dateext" else "@x.gz"
+            origin.with_name(compressed).write_bytes(b"gz")
     finally:
         client.send_signal(signal.SIGCONT)
     wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")
