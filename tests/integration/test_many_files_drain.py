@@ -29,13 +29,17 @@ def agent(pipes: Pipes, origin_dir: Path) -> subprocess.Popen[bytes]:
     return start_agent(pipes, origin_dir / "a.log*", extra=("-t", "0.2", "--rotate-grace", "600"))
 
 
-def retire_unlanded_and_kill(
-    pipes: Pipes, server: subprocess.Popen[bytes], agent_proc: subprocess.Popen[bytes], origin_dir: Path
-) -> bytes:
-    """With the server stopped (nothing lands), a.log.1 grows and a rotation makes it a.log's old
-    file: a.log.1's pipe retires holding its own file (now a.log.2) unacknowledged, and the agent
-    is killed -9; then a.log.2 grows again while it is down. a.log's old content is returned."""
+def retire_unlanded_and_kill(pipes: Pipes, origin_dir: Path, dest_dir: Path) -> tuple[subprocess.Popen[bytes], bytes]:
+    """a.log and a.log.1 are pipes of their own and land. Then, with the server stopped (nothing
+    lands), a.log.1 grows and a rotation makes it a.log's old file: a.log.1's pipe retires holding
+    its own file (now a.log.2) unacknowledged, and the agent is killed -9; then a.log.2 grows
+    again while it is down. The server, and a.log's content before the rotation."""
     a, one, two = origin_dir / "a.log", origin_dir / "a.log.1", origin_dir / "a.log.2"
+    a.write_bytes(numbered_lines(0, 300))
+    one.write_bytes(numbered_lines(5000, 200))
+    server = pipes.start_server()
+    agent_proc = agent(pipes, origin_dir)
+    wait_until(lambda: same_bytes(a, dest_dir / "a.log") and same_bytes(one, dest_dir / "a.log.1"), what="first copies")
     server.send_signal(signal.SIGSTOP)
     try:
         with open(one, "ab") as f:
@@ -51,7 +55,7 @@ def retire_unlanded_and_kill(
         server.send_signal(signal.SIGCONT)
     with open(two, "ab") as f:
         f.write(numbered_lines(7000, 100))  # written while the agent is down: only a drain can send it
-    return old_a
+    return server, old_a
 
 
 def test_a_retired_pipe_killed_before_its_generation_landed_is_drained_after_the_restart(pipes: Pipes) -> None:
@@ -67,13 +71,7 @@ def test_a_retired_pipe_killed_before_its_generation_landed_is_drained_after_the
     pipes.define(f"127.0.0.1:{origin_dir}/a.log* | {dest_dir}/{{name}}")
     a, one, two = origin_dir / "a.log", origin_dir / "a.log.1", origin_dir / "a.log.2"
     dest_a, dest_one, dest_two = dest_dir / "a.log", dest_dir / "a.log.1", dest_dir / "a.log.2"
-    a.write_bytes(numbered_lines(0, 300))
-    one.write_bytes(numbered_lines(5000, 200))
-    server = pipes.start_server()
-    first = agent(pipes, origin_dir)
-    wait_until(lambda: same_bytes(a, dest_a) and same_bytes(one, dest_one), what="first copies")
-
-    old_a = retire_unlanded_and_kill(pipes, server, first, origin_dir)
+    _server, old_a = retire_unlanded_and_kill(pipes, origin_dir, dest_dir)
 
     second = agent(pipes, origin_dir)
     pipes.syslog.wait_for(DRAIN_STARTED)
@@ -109,13 +107,7 @@ def test_a_drain_only_pipe_the_server_refuses_is_retried_and_drains_once_it_is_t
     dest_a, dest_one = dest_dir / "a.log", dest_dir / "a.log.1"
     entry_a, entry_one = f"127.0.0.1:{a} | {dest_a}", f"127.0.0.1:{one} | {dest_one}"
     pipes.define(entry_a, entry_one)
-    a.write_bytes(numbered_lines(0, 300))
-    one.write_bytes(numbered_lines(5000, 200))
-    server = pipes.start_server()
-    first = agent(pipes, origin_dir)
-    wait_until(lambda: same_bytes(a, dest_a) and same_bytes(one, dest_one), what="first copies")
-
-    old_a = retire_unlanded_and_kill(pipes, server, first, origin_dir)
+    server, old_a = retire_unlanded_and_kill(pipes, origin_dir, dest_dir)
 
     def reload(*entries: str) -> None:
         loaded = pipes.syslog.count(f"config {pipes.config} loaded")
