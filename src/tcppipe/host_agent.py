@@ -69,6 +69,8 @@ from tcppipe.client import Client, ClientOptions
 from tcppipe.discovery import (
     Decision,
     Discovery,
+    Identify,
+    Inode,
     Seen,
     claims_of,
     is_pattern,
@@ -276,10 +278,13 @@ class HostAgent:
         running = {path: pipe.client.held_inodes() for path, pipe in self.pipes.items()}
         self._claim_let_go()
         found = self._found()
-        decision = self.discovery.decide(
-            found, running, now, lambda path, length: read_identity(path, length, found[path].inode)
-        )
+
+        def identify(path: str, length: int) -> tuple[int | None, bytes] | None:
+            return read_identity(path, length, found[path].inode)
+
+        decision = self.discovery.decide(found, running, now, identify)
         self._report_rotated(decision)
+        self._hand_over_drains(found, running, identify)
         for path in decision.gone:
             pipe = self.pipes[path]
             if not pipe.finishing and pipe.client.drained():
@@ -292,6 +297,22 @@ class HostAgent:
             self._start(path, first, now)
         for path in decision.drain:
             self._start(path, first, now, drain_only=True)
+
+    def _hand_over_drains(
+        self, found: dict[str, Seen], running: dict[str, frozenset[Inode]], identify: Identify
+    ) -> None:
+        """A drain-only pipe whose FILE is its path's own file again (the writer made a new one)
+        stops unfinished: its status file still owes, so an ordinary pipe takes the path over,
+        adopts what it lists and follows FILE (Rule 6). Else a generation that keeps growing
+        would hold the path, and FILE's bytes with it, for as long as it grows."""
+        for path, pipe in self.pipes.items():
+            seen = found.get(path)
+            if not pipe.client.core.drain_only or pipe.finishing or seen is None or seen.inode in running[path]:
+                continue
+            if self.discovery.owner_of(path, seen, identify) in (None, path):
+                pipe.finishing = True
+                pipe.client.say(logging.INFO, "FILE is this path's own again: an ordinary pipe takes it over")
+                pipe.client.request_stop()
 
     def _claim_let_go(self) -> None:
         """Claim what each pipe has let go since the last look (Rule 3 of discovery.py)."""

@@ -282,11 +282,19 @@ def rotated_after(
     open), only numbered rotation can still be followed."""
     k, past_the_last = _numbered_place(path, old)
     if k is not None and not past_the_last:
-        return _numbered_after(path, k, False, old_mtime_ns, known)
+        return _numbered_after(path, k, False, old_mtime_ns, known, owners)
     named = _named_after(path, old, old_mtime_ns, known, owners)
     if named is not None:
         return named
-    return _numbered_after(path, k, past_the_last, old_mtime_ns, known) if k is not None else []
+    return _numbered_after(path, k, past_the_last, old_mtime_ns, known, owners) if k is not None else []
+
+
+def _rotated_by_the_same_hand(st: os.stat_result, owners: frozenset[int]) -> bool:
+    """Could this file be a generation of FILE, moved aside by FILE's rotation? Owned by the
+    held generation's or FILE's owner (another user's file, planted in a directory they may
+    write, is not), and one name only (a hard link a user made to a file they cannot read,
+    where the kernel allows it, is not)."""
+    return st.st_uid in owners and st.st_nlink == 1
 
 
 def _numbered_place(path: str, old: tuple[int, int]) -> tuple[int | None, bool]:
@@ -303,7 +311,12 @@ def _numbered_place(path: str, old: tuple[int, int]) -> tuple[int | None, bool]:
 
 
 def _numbered_after(
-    path: str, k: int, past_the_last: bool, floor: int, known: Callable[[int, os.stat_result], bool]
+    path: str,
+    k: int,
+    past_the_last: bool,
+    floor: int,
+    known: Callable[[int, os.stat_result], bool],
+    owners: frozenset[int],
 ) -> list[tuple[str, int]]:
     """FILE.(k-1) .. FILE.1, oldest first, up to the first that fails (an older or known one).
     Found at FILE.k, ``old`` is the proof that numbered rotation happened: a later file may
@@ -317,7 +330,8 @@ def _numbered_after(
         except OriginError:
             break
         st = os.fstat(fd)
-        if st.st_mtime_ns < floor or (past_the_last and st.st_mtime_ns == floor) or known(fd, st):
+        later = st.st_mtime_ns > floor or (st.st_mtime_ns == floor and not past_the_last)
+        if not later or not _rotated_by_the_same_hand(st, owners) or known(fd, st):
             os.close(fd)
             break
         floor = st.st_mtime_ns
@@ -337,6 +351,13 @@ def name_shape(name: str, base: str) -> tuple[bool, str, str] | None:
     return shape if "#" in shape[1] + shape[2] else None
 
 
+def stamp_order(name: str) -> tuple[tuple[int, str], ...]:
+    """A rotated name's stamps, each as (length, text): a counter that is not zero-padded
+    (logback's ``app.2026-12-02.10.log`` after ``.9.``) counts up by length first, a date or
+    a fixed-width stamp (TAI64N's hex) by its text."""
+    return tuple((len(stamp), stamp.lower()) for stamp in _STAMP.findall(name))
+
+
 def _named_after(
     path: str,
     old: tuple[int, int],
@@ -344,15 +365,13 @@ def _named_after(
     known: Callable[[int, os.stat_result], bool],
     owners: frozenset[int],
 ) -> list[tuple[str, int]] | None:
-    """The files beside FILE named as ``old`` is now (``name_shape``) whose names sort after
-    its own (a date or a stamp counts up: an older generation, or a copy of one, sorts
-    before), written no earlier than it (mtime), owned by one of ``owners``; in name order.
-    None when ``old`` is not found beside FILE under a name with a stamp, or when others may
-    write the directory (a planted FILE-20991231 is no generation of FILE)."""
+    """The files beside FILE named as ``old`` is now (``name_shape``) whose stamps count past
+    its own (``stamp_order``: an older generation, or a copy of one, comes before), written
+    no earlier than it (mtime), rotated by the same hand (``_rotated_by_the_same_hand``: a
+    planted FILE-20991231 is not); in stamp order. None when ``old`` is not found beside FILE
+    under a name with a stamp."""
     directory, base = os.path.split(path)
     directory = directory or "/"
-    if others_may_plant(directory):
-        return None
     entries: list[tuple[str, int, int, int]] = []
     old_name = None
     try:
@@ -373,19 +392,20 @@ def _named_after(
     shape = None if old_name is None else name_shape(old_name, base)
     if old_name is None or shape is None:
         return None
+    after = stamp_order(old_name)
     later = sorted(
-        (name, ino)
+        (stamp_order(name), name, ino)
         for name, ino, mtime, uid in entries
-        if name > old_name and mtime >= floor and uid in owners and name_shape(name, base) == shape
+        if mtime >= floor and uid in owners and name_shape(name, base) == shape and stamp_order(name) > after
     )
     found: list[tuple[str, int]] = []
-    for name, ino in later:
+    for _order, name, ino in later:
         try:
             fd = open_origin(os.path.join(directory, name))
         except OriginError:
             continue
         st = os.fstat(fd)
-        if st.st_ino != ino or st.st_uid not in owners or known(fd, st):
+        if st.st_ino != ino or not _rotated_by_the_same_hand(st, owners) or known(fd, st):
             os.close(fd)  # renamed or replaced since the scan, or held or sent already
             continue
         found.append((os.path.join(directory, name), fd))

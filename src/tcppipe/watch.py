@@ -143,6 +143,10 @@ class InotifyHandle(Subscriber):
         symlink), its watch is dropped and made again on the directory there now."""
         if self.dir_wd is not None and _identity_of(self.directory) != self.dir_identity:
             self.shared.drop_directory(self)
+            # The directory there now, perhaps on another file system; its files are watched
+            # at the pipe's next look at them.
+            self.local = inotify_sees_every_write(self.directory)
+            self.shared.rewatch_directory(self)
 
     def sees_all(self, gens: list[OriginGeneration]) -> bool:
         """Is every change a -t poll could find reported: inotify up, on a local file system,
@@ -182,6 +186,10 @@ class DirectoryWatch(Subscriber):
     def watch(self, directories: set[str]) -> None:
         """Watch each of ``directories`` not watched yet (one that does not exist yet is tried again)."""
         self.shared.watch_directories(self, directories)
+
+    def forget_local(self, directory: str) -> None:
+        """Ask again whether ``directory`` is on a local file system (replaced: perhaps not)."""
+        self._local.discard(directory)
 
     def recheck(self) -> None:
         """Forget the watch of each directory renamed or replaced since it was watched (it is
@@ -287,8 +295,14 @@ class SharedInotify:
     def unwatch_directory(self, watch: DirectoryWatch, directory: str) -> None:
         wd = watch.dirs.pop(directory, None)
         watch.identities.pop(directory, None)
+        watch.forget_local(directory)
         if wd is not None:
             self._unsubscribe(wd, watch)
+
+    def rewatch_directory(self, handle: InotifyHandle) -> None:
+        """Watch ``handle``'s directory again (the one at its path now)."""
+        if self._inotify is not None and not handle.closed:
+            self._watch_directory(handle)
 
     def drop_directory(self, handle: InotifyHandle) -> None:
         """Give up ``handle``'s directory watch (watched again at its next ``watch_file``)."""

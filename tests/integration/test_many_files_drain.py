@@ -139,7 +139,9 @@ def test_a_drain_only_pipe_started_mid_rotation_waits_for_a_late_writer(pipes: P
     """Found by review: the agent restarts between logrotate's rename (a.log -> a.log-20261202,
     a name the glob does not match) and the writer's new a.log. The drain-only pipe that sends
     the renamed generation lets it go only once quiet for the grace, so what the writer still
-    appends to it (it has not reopened yet) is sent too, then the new a.log from its first byte."""
+    appends to it (it has not reopened yet) is sent too. When the new a.log appears, an ordinary
+    pipe takes the path over and sends what is still appended to the old one, then a.log from
+    its first byte."""
     origin_dir, dest_dir = pipes.tmp / "origin", pipes.tmp / "dest"
     origin_dir.mkdir()
     pipes.define(f"127.0.0.1:{origin_dir}/*.log | {dest_dir}/{{name}}")
@@ -161,6 +163,12 @@ def test_a_drain_only_pipe_started_mid_rotation_waits_for_a_late_writer(pipes: P
     with open(rotated, "ab") as f:
         f.write(numbered_lines(200, 50))  # the writer, not reopened yet, within the grace
     wait_until(lambda: same_bytes(rotated, dest_a), what="the late lines, within the grace")
-    a.write_bytes(numbered_lines(9000, 30))  # the writer reopens: a new a.log
-    wait_until(lambda: dest_a.read_bytes() == rotated.read_bytes() + a.read_bytes(), what="then the new a.log")
+    # The writer reopens: a new a.log, this path's own file. The drain-only pipe hands the path
+    # over to an ordinary pipe (it would otherwise hold it while the old generation grows).
+    a.write_bytes(numbered_lines(9000, 30))
+    pipes.syslog.wait_for("an ordinary pipe takes it over")
+    with open(rotated, "ab") as f:
+        f.write(numbered_lines(300, 20))  # still within the grace: the ordinary pipe holds it too
+    old = rotated.read_bytes()
+    wait_until(lambda: dest_a.read_bytes() == old + a.read_bytes(), what="then the new a.log")
     assert stop(second) == 0

@@ -244,33 +244,98 @@ def test_a_generation_listed_before_the_record_is_not_sent_again_after_a_restart
     assert drain(tailer, GRACE_S + 2) == b"C new\n"
 
 
-def test_no_stamped_name_is_taken_from_a_directory_others_may_write(tmp_path: Path) -> None:
-    """Found by review: in a sticky, world-writable directory (/var/log of some systems, /tmp)
-    a local user could plant log-20991231 with any mtime; stamped names are not followed there
-    (numbered ones only, which others cannot arrange)."""
+def test_a_hard_link_under_a_stamped_or_numbered_name_is_not_taken(tmp_path: Path) -> None:
+    """A generation rotation moved aside has one name; a hard link under the right name (a user
+    linking a file they cannot read, where the kernel lets them) is no generation of FILE."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not a log\n")
+    for rotated, link in (("log-2026120200", "log-2026120201"), ("log.2", "log.1")):
+        directory = tmp_path / rotated
+        directory.mkdir()
+        log, tailer = following(directory, b"first\n")
+        assert drain(tailer, 0.0) == b"first\n"
+        os.rename(log, directory / rotated)
+        os.link(secret, directory / link)
+        log.write_bytes(b"second\n")
+        tailer.request_hup(1.0)
+        assert drain(tailer, 1.0) == b"second\n", rotated
+
+
+def test_a_rotated_name_owned_by_another_user_is_not_taken(tmp_path: Path) -> None:
+    """Generations between two looks were FILE, created as FILE's were: owned by the held one's
+    owner or the new FILE's. Another user's file of the right name, planted in a sticky shared
+    directory, is not one (stamped or numbered); the writer's own, in a directory it owns, is."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o1777)
     log, tailer = following(shared, b"first\n")
     assert drain(tailer, 0.0) == b"first\n"
     os.rename(log, shared / "log-2026120200")
-    (shared / "log-2026120201").write_bytes(b"planted\n")
+    (shared / "log-2026120201").write_bytes(b"someone else's\n")
+    os.chown(shared / "log-2026120201", 12345, 12345)
+    (shared / "log-2026120202").write_bytes(b"between\n")
+    log.write_bytes(b"third\n")
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"between\nthird\n"
+
+    # Numbered: FILE.1 replaced by another user's file is no generation either.
+    numbered = tmp_path / "numbered"
+    numbered.mkdir()
+    os.chmod(numbered, 0o1777)
+    log, tailer = following(numbered, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    os.rename(log, numbered / "log.2")
+    (numbered / "log.1").write_bytes(b"planted\n")
+    os.chown(numbered / "log.1", 12345, 12345)
     log.write_bytes(b"second\n")
     tailer.request_hup(1.0)
     assert drain(tailer, 1.0) == b"second\n"
 
 
-def test_a_stamped_name_owned_by_another_user_is_not_taken(tmp_path: Path) -> None:
-    """Generations between two looks were FILE, created as FILE's were: owned by the held one's
-    owner or the new FILE's. Another user's file of the right name and shape is not one."""
+@pytest.mark.parametrize(
+    ("base", "held", "between"),
+    [
+        ("log", "log-20261201", "log-20261202"),
+        ("current", "@4000000065ab00010c8a31e2.s", "@4000000065ab00020c8a31e2.s"),
+    ],
+)
+def test_a_stamped_generation_in_a_directory_its_writer_owns_is_sent(
+    tmp_path: Path, base: str, held: str, between: str
+) -> None:
+    """Found by review: svlogd (and mysql, redis, an application's own dateext logs) writes in a
+    directory its own user owns; tcppipe runs as root. The generations between two looks there are
+    the writer's files, and go."""
     if os.geteuid() != 0:
-        pytest.skip("giving a file to another user needs root")
+        pytest.skip("giving files to another user needs root")
+    writer = 12345
+    directory = tmp_path / "svc"
+    directory.mkdir()
+    log = directory / base
+    log.write_bytes(b"first\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, 0.0, first=True)
+    assert drain(tailer, 0.0) == b"first\n"
+    os.chown(directory, writer, writer)
+    os.chown(log, writer, writer)
+    os.rename(log, directory / held)
+    (directory / between).write_bytes(b"second\n")
+    os.chown(directory / between, writer, writer)
+    log.write_bytes(b"third\n")
+    os.chown(log, writer, writer)
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"second\nthird\n"
+
+
+def test_an_unpadded_counter_in_a_stamped_name_counts_by_its_length(tmp_path: Path) -> None:
+    """Found by review: logback's ``app.%d.%i.log`` does not pad ``%i``: ``.10.`` comes after ``.9.``."""
     log, tailer = following(tmp_path, b"first\n")
     assert drain(tailer, 0.0) == b"first\n"
-    os.rename(log, tmp_path / "log-2026120200")
-    (tmp_path / "log-2026120201").write_bytes(b"someone else's\n")
-    os.chown(tmp_path / "log-2026120201", 12345, 12345)
-    (tmp_path / "log-2026120202").write_bytes(b"between\n")
+    os.rename(log, tmp_path / "app.2026-12-02.9.log")
+    (tmp_path / "app.2026-12-02.10.log").write_bytes(b"second\n")
+    (tmp_path / "app.2026-12-02.8.log").write_bytes(b"an older one\n")
     log.write_bytes(b"third\n")
     tailer.request_hup(1.0)
-    assert drain(tailer, 1.0) == b"between\nthird\n"
+    assert drain(tailer, 1.0) == b"second\nthird\n"
