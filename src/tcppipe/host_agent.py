@@ -309,7 +309,9 @@ class HostAgent:
             seen = found.get(path)
             if not pipe.client.core.drain_only or pipe.finishing or seen is None or seen.inode in running[path]:
                 continue
-            if self.discovery.owner_of(path, seen, identify) in (None, path):
+            # Only once FILE can be read: an ordinary pipe that cannot open it would wait out its
+            # back-off while the drain-only pipe could have gone on sending.
+            if identify(path, 0) is not None and self.discovery.owner_of(path, seen, identify) in (None, path):
                 pipe.finishing = True
                 pipe.client.say(logging.INFO, "FILE is this path's own again: an ordinary pipe takes it over")
                 pipe.client.request_stop()

@@ -274,35 +274,52 @@ def rotated_after(
     stat: held, or sent and let go), and each was written no earlier than the one before it
     (mtime), starting from ``old``'s last write: an older generation never passes.
 
-    Numbered rotation (logrotate, RotatingFileHandler) is told by FILE.1; any other naming
-    (dateext's FILE-20261202, svlogd's @4000....s) by the name ``old`` has now, found by its
-    inode beside FILE: the later names of that name's shape are looked at, each owned by
-    one of ``owners`` (``old``'s and FILE's owners: never a file another user planted), and
-    never in a directory others may write. When ``old`` is gone (deleted: we still hold it
-    open), only numbered rotation can still be followed."""
-    k, past_the_last = _numbered_place(path, old)
-    if k is not None and not past_the_last:
-        return _numbered_after(path, k, False, old_mtime_ns, known, owners)
-    named = _named_after(path, old, old_mtime_ns, known, owners)
+    Numbered rotation (logrotate, RotatingFileHandler) is told by FILE.1, or by STEM.1.EXT
+    (logrotate's ``extension``, logback's fixed window: app.log -> app.1.log); any other
+    naming (dateext's FILE-20261202, svlogd's @4000....s) by the name ``old`` has now, found
+    by its inode beside FILE: the later names of that name's shape are looked at. In a
+    directory others may write, only a file rotation could have moved aside is taken
+    (``_rotated_by_the_same_hand``). When ``old`` is gone (deleted: we still hold it open),
+    only numbered rotation can still be followed."""
+    check = owners if others_may_plant(os.path.dirname(path) or "/") else None
+    for numbered in _numbered_names(path):
+        k, past_the_last = _numbered_place(numbered, old)
+        if k is not None and not past_the_last:
+            return _numbered_after(numbered, k, False, old_mtime_ns, known, check)
+    named = _named_after(path, old, old_mtime_ns, known, check)
     if named is not None:
         return named
-    return _numbered_after(path, k, past_the_last, old_mtime_ns, known, owners) if k is not None else []
+    for numbered in _numbered_names(path):
+        k, past_the_last = _numbered_place(numbered, old)
+        if k is not None:
+            return _numbered_after(numbered, k, past_the_last, old_mtime_ns, known, check)
+    return []
 
 
-def _rotated_by_the_same_hand(st: os.stat_result, owners: frozenset[int]) -> bool:
-    """Could this file be a generation of FILE, moved aside by FILE's rotation? Owned by the
-    held generation's or FILE's owner (another user's file, planted in a directory they may
-    write, is not), and one name only (a hard link a user made to a file they cannot read,
+def _numbered_names(path: str) -> list[Callable[[int], str]]:
+    """How numbered rotation may name FILE's n-th generation: FILE.n, and STEM.n.EXT."""
+    names: list[Callable[[int], str]] = [lambda n: f"{path}.{n}"]
+    stem, ext = os.path.splitext(path)
+    if ext and os.path.basename(stem):
+        names.append(lambda n: f"{stem}.{n}{ext}")
+    return names
+
+
+def _rotated_by_the_same_hand(st: os.stat_result, owners: frozenset[int] | None) -> bool:
+    """Could this file be a generation of FILE, moved aside by FILE's rotation? Anywhere only
+    root or FILE's writer may write (``owners`` None): yes. Where others may write too: owned
+    by the held generation's or FILE's owner (another user's file, planted under the right
+    name, is not), and one name only (a hard link a user made to a file they cannot read,
     where the kernel allows it, is not)."""
-    return st.st_uid in owners and st.st_nlink == 1
+    return owners is None or (st.st_uid in owners and st.st_nlink == 1)
 
 
-def _numbered_place(path: str, old: tuple[int, int]) -> tuple[int | None, bool]:
-    """Where numbered rotation has put ``old``: (k, False) at FILE.k; (k, True) past the last
-    number kept (FILE.1 .. FILE.(k-1) exist and none is ``old``); (None, False) when no FILE.1."""
+def _numbered_place(name: Callable[[int], str], old: tuple[int, int]) -> tuple[int | None, bool]:
+    """Where numbered rotation has put ``old``: (k, False) at name(k); (k, True) past the last
+    number kept (name(1) .. name(k-1) exist and none is ``old``); (None, False) when no name(1)."""
     for n in range(1, MAX_NUMBERED + 1):
         try:
-            st = os.lstat(f"{path}.{n}")
+            st = os.lstat(name(n))
         except OSError:
             return (n, True) if n > 1 else (None, False)
         if (st.st_dev, st.st_ino) == old:
@@ -311,31 +328,34 @@ def _numbered_place(path: str, old: tuple[int, int]) -> tuple[int | None, bool]:
 
 
 def _numbered_after(
-    path: str,
+    name: Callable[[int], str],
     k: int,
     past_the_last: bool,
     floor: int,
     known: Callable[[int, os.stat_result], bool],
-    owners: frozenset[int],
+    owners: frozenset[int] | None,
 ) -> list[tuple[str, int]]:
-    """FILE.(k-1) .. FILE.1, oldest first, up to the first that fails (an older or known one).
-    Found at FILE.k, ``old`` is the proof that numbered rotation happened: a later file may
+    """name(k-1) .. name(1), oldest first, up to the first older or known one (a file rotation
+    did not move aside, in a directory others may write, is skipped and said nothing of).
+    Found at name(k), ``old`` is the proof that numbered rotation happened: a later file may
     share its mtime (a coarse clock). Past the last kept number nothing proves it: only a
     file written strictly after ``old`` (never a copy or an older generation) is taken."""
     found: list[tuple[str, int]] = []
     for n in range(k - 1, 0, -1):
-        name = f"{path}.{n}"
         try:
-            fd = open_origin(name)
+            fd = open_origin(name(n))
         except OriginError:
             break
         st = os.fstat(fd)
+        if not _rotated_by_the_same_hand(st, owners):
+            os.close(fd)
+            continue
         later = st.st_mtime_ns > floor or (st.st_mtime_ns == floor and not past_the_last)
-        if not later or not _rotated_by_the_same_hand(st, owners) or known(fd, st):
+        if not later or known(fd, st):
             os.close(fd)
             break
         floor = st.st_mtime_ns
-        found.append((name, fd))
+        found.append((name(n), fd))
     return found
 
 
@@ -363,7 +383,7 @@ def _named_after(
     old: tuple[int, int],
     floor: int,
     known: Callable[[int, os.stat_result], bool],
-    owners: frozenset[int],
+    owners: frozenset[int] | None,
 ) -> list[tuple[str, int]] | None:
     """The files beside FILE named as ``old`` is now (``name_shape``) whose stamps count past
     its own (``stamp_order``: an older generation, or a copy of one, comes before), written
@@ -396,7 +416,10 @@ def _named_after(
     later = sorted(
         (stamp_order(name), name, ino)
         for name, ino, mtime, uid in entries
-        if mtime >= floor and uid in owners and name_shape(name, base) == shape and stamp_order(name) > after
+        if mtime >= floor
+        and (owners is None or uid in owners)
+        and name_shape(name, base) == shape
+        and stamp_order(name) > after
     )
     found: list[tuple[str, int]] = []
     for _order, name, ino in later:

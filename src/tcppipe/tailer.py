@@ -428,7 +428,14 @@ class Tailer:
                     f"generation inode {entry.ident.ino} is gone from {directory}: {what} is lost ({amount})"
                 )
                 continue
-            adopted.append(OriginGeneration.adopt(found[0], found[1], now))
+            gen = OriginGeneration.adopt(found[0], found[1], now)
+            if self.admit is not None and not self.admit(gen):
+                # Held by another pipe of a host agent (a drain-only pipe's, say): it is that
+                # pipe's to send, never this one's too.
+                gen.close()
+                self.notices.append(f"{found[0]} (inode {gen.ino}) is another pipe's file: left to it")
+                continue
+            adopted.append(gen)
             recorded_found = recorded_found or i == 0
         first_held = self.gens[0]
         self.gens = [*adopted, *self.gens]

@@ -145,7 +145,9 @@ class InotifyHandle(Subscriber):
             self.shared.drop_directory(self)
             # The directory there now, perhaps on another file system; its files are watched
             # at the pipe's next look at them.
-            self.local = inotify_sees_every_write(self.directory)
+            self.local = inotify_sees_every_write(self.directory) and all(
+                inotify_sees_every_write(gen.fd) for _wd, gen in self.files.values() if not gen.closed
+            )
             self.shared.rewatch_directory(self)
 
     def sees_all(self, gens: list[OriginGeneration]) -> bool:

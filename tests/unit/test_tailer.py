@@ -244,14 +244,16 @@ def test_a_generation_listed_before_the_record_is_not_sent_again_after_a_restart
     assert drain(tailer, GRACE_S + 2) == b"C new\n"
 
 
-def test_a_hard_link_under_a_stamped_or_numbered_name_is_not_taken(tmp_path: Path) -> None:
-    """A generation rotation moved aside has one name; a hard link under the right name (a user
-    linking a file they cannot read, where the kernel lets them) is no generation of FILE."""
+def test_a_hard_link_under_a_stamped_or_numbered_name_in_a_shared_directory_is_not_taken(tmp_path: Path) -> None:
+    """Where others may write (a sticky shared directory), a generation rotation moved aside has
+    one name; a hard link under the right name (a user linking a file they cannot read, where
+    the kernel lets them) is no generation of FILE."""
     secret = tmp_path / "secret"
     secret.write_bytes(b"not a log\n")
     for rotated, link in (("log-2026120200", "log-2026120201"), ("log.2", "log.1")):
         directory = tmp_path / rotated
         directory.mkdir()
+        os.chmod(directory, 0o1777)
         log, tailer = following(directory, b"first\n")
         assert drain(tailer, 0.0) == b"first\n"
         os.rename(log, directory / rotated)
@@ -339,3 +341,44 @@ def test_an_unpadded_counter_in_a_stamped_name_counts_by_its_length(tmp_path: Pa
     log.write_bytes(b"third\n")
     tailer.request_hup(1.0)
     assert drain(tailer, 1.0) == b"second\nthird\n"
+
+
+def test_numbered_rotation_before_the_extension_is_followed(tmp_path: Path) -> None:
+    """Found by review: logrotate's ``extension .log`` and logback's fixed window number before the
+    extension (app.log -> app.1.log -> app.2.log): numbered rotation, the newest at .1."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"first\n")
+    tailer = Tailer(str(log), GRACE_S)
+    tailer.open(0.0)
+    tailer.resume(None, None, 0.0, first=True)
+    assert drain(tailer, 0.0) == b"first\n"
+    os.rename(log, tmp_path / "app.1.log")
+    log.write_bytes(b"second\n")
+    os.rename(tmp_path / "app.1.log", tmp_path / "app.2.log")
+    os.rename(log, tmp_path / "app.1.log")
+    log.write_bytes(b"third\n")
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"second\nthird\n"
+
+
+@pytest.mark.parametrize("names", [("log.3", "log.2", "log.1"), ("log-20261201", "log-20261202", "log-20261203")])
+def test_a_generation_with_a_second_name_or_a_third_owner_is_still_a_generation(
+    tmp_path: Path, names: tuple[str, str, str]
+) -> None:
+    """Found by review: where only root and the writer may write, a generation between that has a
+    hard-linked backup (``cp -al``), or that a third user created (``create`` changed), is sent;
+    the ones after it too."""
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    log, tailer = following(tmp_path, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    held, linked, plain = names
+    os.rename(log, tmp_path / held)
+    (tmp_path / linked).write_bytes(b"second\n")
+    os.link(tmp_path / linked, backup / linked)
+    (tmp_path / plain).write_bytes(b"third\n")
+    if os.geteuid() == 0:
+        os.chown(tmp_path / plain, 4242, 4242)
+    log.write_bytes(b"fourth\n")
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"second\nthird\nfourth\n"
