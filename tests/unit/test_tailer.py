@@ -244,6 +244,16 @@ def test_a_generation_listed_before_the_record_is_not_sent_again_after_a_restart
     assert drain(tailer, GRACE_S + 2) == b"C new\n"
 
 
+def following_in_a_shared_directory(tmp_path: Path, name: str) -> tuple[Path, Path, Tailer]:
+    """A sticky directory every user may write (as /tmp), and a tailer on its 'log', sent."""
+    shared = tmp_path / name
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    log, tailer = following(shared, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    return shared, log, tailer
+
+
 def test_a_hard_link_under_a_stamped_or_numbered_name_in_a_shared_directory_is_not_taken(tmp_path: Path) -> None:
     """Where others may write (a sticky shared directory), a generation rotation moved aside has
     one name; a hard link under the right name (a user linking a file they cannot read, where
@@ -251,49 +261,34 @@ def test_a_hard_link_under_a_stamped_or_numbered_name_in_a_shared_directory_is_n
     secret = tmp_path / "secret"
     secret.write_bytes(b"not a log\n")
     for rotated, link in (("log-2026120200", "log-2026120201"), ("log.2", "log.1")):
-        directory = tmp_path / rotated
-        directory.mkdir()
-        os.chmod(directory, 0o1777)
-        log, tailer = following(directory, b"first\n")
-        assert drain(tailer, 0.0) == b"first\n"
-        os.rename(log, directory / rotated)
-        os.link(secret, directory / link)
+        shared, log, tailer = following_in_a_shared_directory(tmp_path, rotated)
+        os.rename(log, shared / rotated)
+        os.link(secret, shared / link)
         log.write_bytes(b"second\n")
         tailer.request_hup(1.0)
         assert drain(tailer, 1.0) == b"second\n", rotated
 
 
-def test_a_rotated_name_owned_by_another_user_is_not_taken(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("held", "planted", "between"),
+    [("log-2026120200", "log-2026120201", "log-2026120202"), ("log.3", "log.2", "log.1")],
+)
+def test_a_rotated_name_owned_by_another_user_is_not_taken(
+    tmp_path: Path, held: str, planted: str, between: str
+) -> None:
     """Generations between two looks were FILE, created as FILE's were: owned by the held one's
     owner or the new FILE's. Another user's file of the right name, planted in a sticky shared
-    directory, is not one (stamped or numbered); the writer's own, in a directory it owns, is."""
+    directory, is not one (stamped or numbered), and the ones after it still go."""
     if os.geteuid() != 0:
         pytest.skip("giving a file to another user needs root")
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o1777)
-    log, tailer = following(shared, b"first\n")
-    assert drain(tailer, 0.0) == b"first\n"
-    os.rename(log, shared / "log-2026120200")
-    (shared / "log-2026120201").write_bytes(b"someone else's\n")
-    os.chown(shared / "log-2026120201", 12345, 12345)
-    (shared / "log-2026120202").write_bytes(b"between\n")
+    shared, log, tailer = following_in_a_shared_directory(tmp_path, "shared")
+    os.rename(log, shared / held)
+    (shared / planted).write_bytes(b"someone else's\n")
+    os.chown(shared / planted, 12345, 12345)
+    (shared / between).write_bytes(b"between\n")
     log.write_bytes(b"third\n")
     tailer.request_hup(1.0)
     assert drain(tailer, 1.0) == b"between\nthird\n"
-
-    # Numbered: FILE.1 replaced by another user's file is no generation either.
-    numbered = tmp_path / "numbered"
-    numbered.mkdir()
-    os.chmod(numbered, 0o1777)
-    log, tailer = following(numbered, b"first\n")
-    assert drain(tailer, 0.0) == b"first\n"
-    os.rename(log, numbered / "log.2")
-    (numbered / "log.1").write_bytes(b"planted\n")
-    os.chown(numbered / "log.1", 12345, 12345)
-    log.write_bytes(b"second\n")
-    tailer.request_hup(1.0)
-    assert drain(tailer, 1.0) == b"second\n"
 
 
 @pytest.mark.parametrize(
