@@ -371,6 +371,13 @@ def name_shape(name: str, base: str) -> tuple[bool, str, str] | None:
     return shape if "#" in shape[1] + shape[2] else None
 
 
+def _on_device(entry: os.DirEntry[str], dev: int) -> bool:
+    try:
+        return entry.stat(follow_symlinks=False).st_dev == dev
+    except OSError:
+        return False  # gone since the scan read it
+
+
 def stamp_order(name: str) -> tuple[tuple[int, str], ...]:
     """A rotated name's stamps, each as (length, text): a counter that is not zero-padded
     (logback's ``app.2026-12-02.10.log`` after ``.9.``) counts up by length first, a date or
@@ -392,35 +399,38 @@ def _named_after(
     under a name with a stamp."""
     directory, base = os.path.split(path)
     directory = directory or "/"
-    entries: list[tuple[str, int, int, int]] = []
+    # Names and inode numbers only (scandir's, no system call each): a host agent's directory
+    # of 2,000 logs and their rotated names is scanned at each rotation, so only the names of
+    # the held one's shape are stat'ed.
+    names: list[tuple[str, int]] = []
     old_name = None
     try:
         with os.scandir(directory) as scan:
             for count, entry in enumerate(scan):
                 if count >= MAX_SCAN_ENTRIES:
                     return None
-                with contextlib.suppress(OSError):
-                    if entry.name == base or not entry.is_file(follow_symlinks=False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    if (st.st_dev, st.st_ino) == old:
-                        old_name = entry.name
-                    else:
-                        entries.append((entry.name, st.st_ino, st.st_mtime_ns, st.st_uid))
+                name, ino = entry.name, entry.inode()
+                if name == base:
+                    continue
+                if ino == old[1] and _on_device(entry, old[0]):
+                    old_name = name
+                else:
+                    names.append((name, ino))
     except OSError:
         return None
     shape = None if old_name is None else name_shape(old_name, base)
     if old_name is None or shape is None:
         return None
     after = stamp_order(old_name)
-    later = sorted(
-        (stamp_order(name), name, ino)
-        for name, ino, mtime, uid in entries
-        if mtime >= floor
-        and (owners is None or uid in owners)
-        and name_shape(name, base) == shape
-        and stamp_order(name) > after
-    )
+    later: list[tuple[tuple[tuple[int, str], ...], str, int]] = []
+    for name, ino in names:
+        if (shape[0] and base not in name) or name_shape(name, base) != shape or stamp_order(name) <= after:
+            continue
+        with contextlib.suppress(OSError):
+            st = os.lstat(os.path.join(directory, name))
+            if stat.S_ISREG(st.st_mode) and st.st_mtime_ns >= floor and (owners is None or st.st_uid in owners):
+                later.append((stamp_order(name), name, ino))
+    later.sort()
     found: list[tuple[str, int]] = []
     for _order, name, ino in later:
         try:
