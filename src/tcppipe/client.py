@@ -716,7 +716,7 @@ class Client:
         (``borrowed`` None) goes through its transport."""
         core = self.core
         dead_after = self.opts.heartbeat_s * DEAD_AFTER_HEARTBEATS
-        fd = -1 if borrowed is None else writer.get_extra_info("socket").fileno()
+        fd = -1 if borrowed is None else borrowed.fd
 
         async def room() -> None:
             """Until the socket takes more, the connection ends (the receiver's news), or the peer is dead."""

@@ -17,6 +17,7 @@ import ctypes.util
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import re
 import stat
@@ -404,20 +405,17 @@ def _named_after(
     # the held one's shape are stat'ed.
     names: list[tuple[str, int]] = []
     old_name = None
-    try:
-        with os.scandir(directory) as scan:
-            for count, entry in enumerate(scan):
-                if count >= MAX_SCAN_ENTRIES:
-                    return None
-                name, ino = entry.name, entry.inode()
-                if name == base:
-                    continue
-                if ino == old[1] and _on_device(entry, old[0]):
-                    old_name = name
-                else:
-                    names.append((name, ino))
-    except OSError:
+    listing = _listing(directory)
+    if listing is None:
         return None
+    for entry in listing:
+        name, ino = entry.name, entry.inode()
+        if name == base:
+            continue
+        if ino == old[1] and _on_device(entry, old[0]):
+            old_name = name
+        else:
+            names.append((name, ino))
     shape = None if old_name is None else name_shape(old_name, base)
     if old_name is None or shape is None:
         return None
@@ -449,21 +447,27 @@ def find_generation(directory: str, record: GenerationId, igen: int | None = Non
     """Search ``directory`` for the file that is generation ``record`` (a rotated
     origin after a restart), with inode generation ``igen`` if it is known; its
     path and an open fd, or None."""
+    for entry in _listing(directory) or []:
+        with contextlib.suppress(OSError):
+            if entry.inode() != record.ino or not entry.is_file(follow_symlinks=False):
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            if matches(record, fd) and (igen is None or file_identity_number(fd) in (None, igen)):
+                return entry.path, fd
+            os.close(fd)
+    return None
+
+
+def _listing(directory: str) -> list[os.DirEntry[str]] | None:
+    """The entries of ``directory`` (scandir's: name, inode number and type, no system call
+    each), or None if it cannot be read or holds more than MAX_SCAN_ENTRIES (a search for a
+    generation stays bounded, whatever is put beside FILE)."""
     try:
-        with os.scandir(directory) as entries:
-            for count, entry in enumerate(entries):
-                if count >= MAX_SCAN_ENTRIES:
-                    return None
-                with contextlib.suppress(OSError):
-                    if entry.inode() != record.ino or not entry.is_file(follow_symlinks=False):
-                        continue
-                    fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-                    if matches(record, fd) and (igen is None or file_identity_number(fd) in (None, igen)):
-                        return entry.path, fd
-                    os.close(fd)
+        with os.scandir(directory) as scan:
+            entries = list(itertools.islice(scan, MAX_SCAN_ENTRIES + 1))
     except OSError:
         return None
-    return None
+    return None if len(entries) > MAX_SCAN_ENTRIES else entries
 
 
 @dataclass(eq=False)

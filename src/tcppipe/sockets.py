@@ -80,6 +80,7 @@ class BorrowedSocket:
     ``release`` (detached, never closed here: the transport closes it)."""
 
     def __init__(self, fd: int) -> None:
+        self.fd = fd
         self._sock: socket.socket | None = socket.socket(fileno=fd)
 
     def send_some(self, pending: list[memoryview]) -> None:
