@@ -17,7 +17,7 @@ from typing import Any
 
 from tcppipe import state
 from tcppipe.protocol import GenerationId, ProtocolError
-from tcppipe.tailer import MAX_FINISHED, Finished, History, Recorded
+from tcppipe.tailer import MAX_FINISHED, MAX_ROTATED_INTO, Finished, History, Recorded
 
 STATUS_INTERVAL_S = 1.0
 
@@ -32,14 +32,24 @@ def load_history(path: str) -> History:
             size, igen = _nth_int(sizes, index), _nth_int(igens, index)
             held.append(Recorded(GenerationId.from_json(item), size, igen))
     finished = finished_of(raw.get("finished"))
+    rotated_into = directories_of(raw.get("rotated_into"))
     offset = raw.get("offset")
     try:
         ident = GenerationId.from_json(raw.get("generation"))
     except ProtocolError:
-        return History(None, tuple(held), finished)
+        return History(None, tuple(held), finished, rotated_into)
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**62:
-        return History(None, tuple(held), finished)
-    return History((ident, offset), tuple(held), finished)
+        return History(None, tuple(held), finished, rotated_into)
+    return History((ident, offset), tuple(held), finished, rotated_into)
+
+
+def directories_of(raw: object) -> tuple[str, ...]:
+    """The status file's ``rotated_into``: absolute directory paths, at most MAX_ROTATED_INTO
+    (anything else in the list is dropped)."""
+    if not isinstance(raw, list):
+        return ()
+    found = [d for d in raw if isinstance(d, str) and d.startswith("/") and "\0" not in d and len(d) < 4096]
+    return tuple(found[:MAX_ROTATED_INTO])
 
 
 def finished_of(raw: object) -> tuple[Finished, ...]:

@@ -6,8 +6,9 @@ host agent's pipe whose FILE is gone or another pipe's file, but whose status
 file still lists generations it held: ``discovery.py`` Rule 6).
 
 Rule 2 (only what was ours): at the start each listed generation is looked for
-beside FILE by its own record (``origin.find_generation``: the inode, the
-head, the inode generation where known), the way ``Tailer._adopt_recorded``
+beside FILE, or where rotation was seen to put one, by its own record
+(``origin.find_generation_near``: the inode, the head, the inode generation
+where known), the way ``Tailer._adopt_recorded``
 looks for it, and ``admit`` (the agent's discovery) is asked about each; FILE
 is never opened, so a drain-only pipe cannot send another pipe's file.
 
@@ -31,7 +32,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 
-from tcppipe.origin import OriginGeneration, find_generation
+from tcppipe.origin import OriginGeneration, find_generation_near
 from tcppipe.protocol import GenerationId
 from tcppipe.tailer import MAX_FINISHED, RESUMED_AT_ACKED, Finished, History, Recorded, Resumed, Tailer, same_generation
 
@@ -39,14 +40,15 @@ from tcppipe.tailer import MAX_FINISHED, RESUMED_AT_ACKED, Finished, History, Re
 def open_listed(
     tailer: Tailer, history: History, admit: Callable[[OriginGeneration], bool] | None, now: float
 ) -> list[Recorded]:
-    """Hold every listed generation still beside FILE that ``admit`` allows, oldest first (Rule 2);
-    the entries found nowhere are returned (not those left to another pipe)."""
-    directory = os.path.dirname(tailer.path) or "/"
+    """Hold every listed generation still beside FILE (or where rotation put it) that ``admit``
+    allows, oldest first (Rule 2); the entries found nowhere are returned (not those left to
+    another pipe)."""
+    tailer.note_rotated_into(history.rotated_into)
     missing: list[Recorded] = []
     for entry in history.held:
         if any(entry.names(gen) for gen in tailer.gens):
             continue  # listed twice (an older version's status file)
-        found = find_generation(directory, entry.ident, entry.igen)
+        found = find_generation_near(tailer.path, entry.ident, entry.igen, tailer.rotated_into)
         if found is None:
             missing.append(entry)
             continue

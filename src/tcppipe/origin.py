@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -265,36 +265,78 @@ _STAMP = re.compile(r"[0-9A-Fa-f]*[0-9][0-9A-Fa-f]*")
 def rotated_after(
     path: str,
     old: tuple[int, int],
+    old_fd: int,
     old_mtime_ns: int,
     known: Callable[[int, os.stat_result], bool],
     owners: frozenset[int] = frozenset(),
 ) -> list[tuple[str, int]]:
-    """The generations that lived at ``path`` after ``old`` and were rotated away before
-    anyone looked (a loaded host, a stopped or restarted process, rotations many times a
-    second): their paths and open fds, oldest first. None is ``known`` (asked with its fd and
-    stat: held, or sent and let go), and each was written no earlier than the one before it
-    (mtime), starting from ``old``'s last write: an older generation never passes.
+    """The generations that lived at ``path`` after ``old`` (open as ``old_fd``) and were rotated
+    away before anyone looked (a loaded host, a stopped or restarted process, rotations many
+    times a second): their paths and open fds, oldest first. None is ``known`` (asked with its
+    fd and stat: held, or sent and let go), and each was written no earlier than the one before
+    it (mtime), starting from ``old``'s last write: an older generation never passes.
 
+    Where ``old`` is now, and the name it had last if it was deleted since, is the kernel's
+    account (``current_name``): so rotation into another directory (logrotate's ``olddir``) is
+    followed there, and a generation deleted under a stamped name still names its series.
     Numbered rotation (logrotate, RotatingFileHandler) is told by FILE.1, or by STEM.1.EXT
     (logrotate's ``extension``, logback's fixed window: app.log -> app.1.log); any other
-    naming (dateext's FILE-20261202, svlogd's @4000....s) by the name ``old`` has now, found
-    by its inode beside FILE: the later names of that name's shape are looked at. In a
-    directory others may write, only a file rotation could have moved aside is taken
-    (``_rotated_by_the_same_hand``). When ``old`` is gone (deleted: we still hold it open),
-    only numbered rotation can still be followed."""
-    check = owners if others_may_plant(os.path.dirname(path) or "/") else None
-    for numbered in _numbered_names(path):
+    naming (dateext's FILE-20261202, svlogd's @4000....s) by the name ``old`` has now: the
+    later names of that name's shape are looked at. In a directory others may write, only a
+    file rotation could have moved aside is taken (``_rotated_by_the_same_hand``)."""
+    directory, base = os.path.split(path)
+    old_name = None
+    where = current_name(old_fd, old)
+    if where is not None:
+        directory, old_name = os.path.split(where)
+    directory = directory or "/"
+    check = owners if others_may_plant(directory) else None
+    numbered_names = _numbered_names(os.path.join(directory, base))
+    for numbered in numbered_names:
         k, past_the_last = _numbered_place(numbered, old)
         if k is not None and not past_the_last:
             return _numbered_after(numbered, k, False, old_mtime_ns, known, check)
-    named = _named_after(path, old, old_mtime_ns, known, check)
-    if named is not None:
-        return named
-    for numbered in _numbered_names(path):
+    if old_name is None or not any(_numbered_index(numbered, old_name) for numbered in numbered_names):
+        # A generation deleted under a numbered name is one numbered rotation dropped as the
+        # oldest kept: the numbers count down to the newest, which the stamp order would not.
+        named = _named_after(directory, base, old, old_name, old_mtime_ns, known, check)
+        if named is not None:
+            return named
+    for numbered in numbered_names:
         k, past_the_last = _numbered_place(numbered, old)
         if k is not None:
             return _numbered_after(numbered, k, past_the_last, old_mtime_ns, known, check)
     return []
+
+
+def current_name(fd: int, inode: tuple[int, int]) -> str | None:
+    """The path of the open file ``fd`` (inode ``inode``) now, by the kernel's account
+    (/proc/self/fd): wherever a rotation moved it, and the name it had last if it has been
+    deleted since. None without /proc, or for a name that is neither this file's nor a
+    deleted one's."""
+    try:
+        where = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    if not where.startswith("/"):
+        return None
+    try:
+        st = os.lstat(where)
+        if (st.st_dev, st.st_ino) == inode:
+            return where
+    except OSError:
+        pass
+    # The kernel marks the last name of an unlinked file so (and a file really named so is
+    # another file: its inode did not match above).
+    return where.removesuffix(_DELETED) if where.endswith(_DELETED) else None
+
+
+_DELETED = " (deleted)"
+
+
+def _numbered_index(numbered: Callable[[int], str], name: str) -> int | None:
+    """The n for which ``name`` is the n-th numbered name (its base name), or None."""
+    return next((n for n in range(1, MAX_NUMBERED + 1) if os.path.basename(numbered(n)) == name), None)
 
 
 def _numbered_names(path: str) -> list[Callable[[int], str]]:
@@ -387,32 +429,32 @@ def stamp_order(name: str) -> tuple[tuple[int, str], ...]:
 
 
 def _named_after(
-    path: str,
+    directory: str,
+    base: str,
     old: tuple[int, int],
+    old_name: str | None,
     floor: int,
     known: Callable[[int, os.stat_result], bool],
     owners: frozenset[int] | None,
 ) -> list[tuple[str, int]] | None:
-    """The files beside FILE named as ``old`` is now (``name_shape``) whose stamps count past
-    its own (``stamp_order``: an older generation, or a copy of one, comes before), written
-    no earlier than it (mtime), rotated by the same hand (``_rotated_by_the_same_hand``: a
-    planted FILE-20991231 is not); in stamp order. None when ``old`` is not found beside FILE
-    under a name with a stamp."""
-    directory, base = os.path.split(path)
-    directory = directory or "/"
+    """The files in ``directory`` named as ``old`` is now, or was last (``old_name``; when not
+    known, ``old`` is looked for by its inode), of FILE's base name ``base`` (``name_shape``),
+    whose stamps count past its own (``stamp_order``: an older generation, or a copy of one,
+    comes before), written no earlier than it (mtime), rotated by the same hand
+    (``_rotated_by_the_same_hand``: a planted FILE-20991231 is not); in stamp order. None when
+    ``old``'s name has no stamp, or it is not found."""
     # Names and inode numbers only (scandir's, no system call each): a host agent's directory
     # of 2,000 logs and their rotated names is scanned at each rotation, so only the names of
     # the held one's shape are stat'ed.
     names: list[tuple[str, int]] = []
-    old_name = None
     listing = _listing(directory)
     if listing is None:
         return None
     for entry in listing:
         name, ino = entry.name, entry.inode()
-        if name == base:
+        if name in (base, old_name):
             continue
-        if ino == old[1] and _on_device(entry, old[0]):
+        if old_name is None and ino == old[1] and _on_device(entry, old[0]):
             old_name = name
         else:
             names.append((name, ino))
@@ -456,6 +498,46 @@ def find_generation(directory: str, record: GenerationId, igen: int | None = Non
                 return entry.path, fd
             os.close(fd)
     return None
+
+
+# Subdirectories of FILE's directory looked in for a listed generation found nowhere else.
+MAX_SUBDIRECTORIES = 32
+
+
+def find_generation_near(
+    path: str, record: GenerationId, igen: int | None, elsewhere: Sequence[str] = ()
+) -> tuple[str, int] | None:
+    """``find_generation`` of a generation of FILE (``path``) after a restart: beside FILE, then
+    in the directories its rotation was seen to put generations (``elsewhere``: logrotate's
+    ``olddir``), then in FILE's directory's own subdirectories (an ``olddir`` not seen yet). Only
+    a file of ``record``'s inode, head and inode generation is ever taken, wherever it is."""
+    directory = os.path.dirname(path) or "/"
+    found = find_generation(directory, record, igen)
+    looked = [directory]
+    for other in elsewhere:
+        if found is None and other not in looked:
+            looked.append(other)
+            found = find_generation(other, record, igen)
+    if found is None:
+        subdirectories = sorted(
+            entry.path
+            for entry in _listing(directory) or []
+            if entry.path not in looked and _is_directory_on(entry, record.dev)
+        )
+        for other in subdirectories[:MAX_SUBDIRECTORIES]:
+            found = find_generation(other, record, igen)
+            if found is not None:
+                break
+    return found
+
+
+def _is_directory_on(entry: os.DirEntry[str], dev: int) -> bool:
+    """Is ``entry`` a directory (not a link to one) on device ``dev``? (logrotate moves a
+    generation into ``olddir`` by rename, so only there.)"""
+    try:
+        return entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == dev
+    except OSError:
+        return False
 
 
 def _listing(directory: str) -> list[os.DirEntry[str]] | None:

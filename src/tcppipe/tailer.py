@@ -35,18 +35,28 @@ or one it opened itself as FILE.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tcppipe.errors import OriginError, describe_os_error
-from tcppipe.origin import OriginGeneration, file_identity_number, find_generation, matches, rotated_after
+from tcppipe.origin import (
+    OriginGeneration,
+    current_name,
+    file_identity_number,
+    find_generation_near,
+    matches,
+    rotated_after,
+)
 from tcppipe.protocol import GenerationId
 
 # Resumed.how when the server had no record on a reconnect: at what the last connection acknowledged.
 RESUMED_AT_ACKED = "where the server last acknowledged"
 # Finished generations a status file lists (a rotation a day for a month, and then some).
 MAX_FINISHED = 32
+# Directories other than FILE's remembered as where rotation puts its generations (olddir).
+MAX_ROTATED_INTO = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +107,13 @@ class Recorded:
 @dataclass(frozen=True, slots=True)
 class History:
     """What the previous run's status file says: where it stood, what it held (oldest first),
-    and the generations it had sent to their end and let go."""
+    the generations it had sent to their end and let go, and the directories other than FILE's
+    its generations were seen rotated into (``Tailer.rotated_into``)."""
 
     position: tuple[GenerationId, int] | None = None
     held: tuple[Recorded, ...] = ()
     finished: tuple[Finished, ...] = ()
+    rotated_into: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +151,10 @@ class Tailer:
         # A host agent's say on each generation found between two looks: one another of its
         # pipes holds is left to that pipe (None: every one is this pipe's).
         self.admit: Callable[[OriginGeneration], bool] | None = None
+        # The directories other than FILE's that rotation was seen to put its generations in
+        # (logrotate's olddir), newest first: after a restart, a listed generation is looked
+        # for there too.
+        self.rotated_into: list[str] = []
 
     # -- what is held ------------------------------------------------------------
 
@@ -215,6 +231,7 @@ class Tailer:
             return
         self._reopen_error = None
         if replaced:
+            self._note_where(self.current)
             # After FILE is open: a rotation between our look and our open has put the
             # generation we looked at among those in between, and it is found there.
             self._adopt_unseen(now, gen)
@@ -223,6 +240,22 @@ class Tailer:
         self.current.last_growth = max(self.current.last_growth, now)
         self.gens.append(gen)
         self.notices.append(f"{self.path} {why}: new generation (inode {gen.ino})")
+
+    def _note_where(self, gen: OriginGeneration) -> None:
+        """Note the directory rotation has put ``gen`` in, if it is not FILE's own."""
+        where = current_name(gen.fd, (gen.dev, gen.ino))
+        if where is not None:
+            self.note_rotated_into([os.path.dirname(where)])
+
+    def note_rotated_into(self, directories: Sequence[str]) -> None:
+        """Add ``directories`` (newest first) to ``rotated_into``, but FILE's own."""
+        own = os.path.dirname(self.path) or "/"
+        for directory in reversed(directories):
+            with contextlib.suppress(OSError):
+                if directory in self.rotated_into or os.path.samefile(directory, own):
+                    continue
+                self.rotated_into.insert(0, directory)
+        del self.rotated_into[MAX_ROTATED_INTO:]
 
     def _adopt_unseen(self, now: float, newest: OriginGeneration) -> None:
         """FILE was replaced more than once since the last look: the generations in between,
@@ -273,7 +306,7 @@ class Tailer:
             return False
 
         owners = frozenset({last_st.st_uid, newest_st.st_uid})
-        found = rotated_after(self.path, (last.dev, last.ino), last_st.st_mtime_ns, known, owners)
+        found = rotated_after(self.path, (last.dev, last.ino), last.fd, last_st.st_mtime_ns, known, owners)
         between: list[OriginGeneration] = []
         for index, (name, fd) in enumerate(found):
             try:
@@ -309,6 +342,8 @@ class Tailer:
         """Position every held generation where the destination stands (Rule 2); ``igen``, the
         recorded generation's inode generation as the server knows it, tells a later file in
         its reused inode number from it (a short head proves little)."""
+        if history is not None:
+            self.note_rotated_into(history.rotated_into)
         held = self.gens
         if full:
             for gen in held[:-1]:
@@ -405,7 +440,7 @@ class Tailer:
                 continue
             # Searched by our own record of it, never by what the server says; the recorded
             # generation must also match the server's record, whose head may be longer.
-            found = find_generation(directory, entry.ident, entry.igen)
+            found = find_generation_near(self.path, entry.ident, entry.igen, self.rotated_into)
             if found is not None and i == 0 and not matches(record, found[1]):
                 # Our record of it (a head shorter than the server's) names a file that is not
                 # what landed: the recorded bytes are gone (copytruncate put new ones in the

@@ -225,41 +225,55 @@ def test_rotations_while_disconnected_are_all_delivered(pipes: Pipes) -> None:
     wait_until(lambda: dest.read_bytes() == expected, timeout=40, what="every generation, in order")
 
 
-def shift_rotate(origin: Path, content: bytes, keep: int = 8) -> None:
+def shift_rotate(origin: Path, content: bytes, keep: int = 8, into: Path | None = None) -> None:
     """logrotate's numbered scheme (and RotatingFileHandler's): FILE.keep is deleted, FILE.2 ->
-    FILE.3, FILE.1 -> FILE.2, FILE -> FILE.1, then a new FILE holding ``content``."""
-    origin.with_name(f"{origin.name}.{keep}").unlink(missing_ok=True)
+    FILE.3, FILE.1 -> FILE.2, FILE -> FILE.1, then a new FILE holding ``content``. With ``into``
+    (logrotate's ``olddir``), the numbered names are in that directory."""
+    rotated = (into or origin.parent) / origin.name
+    rotated.with_name(f"{origin.name}.{keep}").unlink(missing_ok=True)
     for n in range(keep - 1, 0, -1):
-        older = origin.with_name(f"{origin.name}.{n}")
+        older = rotated.with_name(f"{origin.name}.{n}")
         if older.exists():
-            older.rename(origin.with_name(f"{origin.name}.{n + 1}"))
-    origin.rename(origin.with_name(f"{origin.name}.1"))
+            older.rename(rotated.with_name(f"{origin.name}.{n + 1}"))
+    origin.rename(rotated.with_name(f"{origin.name}.1"))
     origin.write_bytes(content)
 
 
-def stamp_rotate(origin: Path, scheme: str, n: int, content: bytes) -> None:
+def stamp_rotate(origin: Path, scheme: str, n: int, content: bytes, keep: int = 0, into: Path | None = None) -> None:
     """Rotation by a stamped name: logrotate's ``dateext`` (FILE-YYYYMMDDHH) or svlogd's
-    ``@<TAI64N>.s`` beside ``current``; then a new FILE holding ``content``."""
+    ``@<TAI64N>.s`` beside ``current``; then a new FILE holding ``content``. With ``keep``, the
+    stamped names older than the last ``keep`` are deleted; with ``into`` (``olddir``), the
+    stamped names are in that directory."""
+    rotated = (into or origin.parent) / origin.name
     if scheme == "dateext":
-        rotated = origin.with_name(f"{origin.name}-20261202{n:02d}")
+        rotated = rotated.with_name(f"{origin.name}-20261202{n:02d}")
+        if keep and n > keep:
+            rotated.with_name(f"{origin.name}-20261202{n - keep:02d}").unlink()
     else:
-        rotated = origin.with_name(f"@4000000065ab{n:04x}0c8a31e2.s")
+        rotated = rotated.with_name(f"@4000000065ab{n:04x}0c8a31e2.s")
     origin.rename(rotated)
     origin.write_bytes(content)
 
 
-@pytest.mark.parametrize("scheme", ["numbered", "numbered, 2 kept", "dateext", "svlogd"])
+@pytest.mark.parametrize(
+    "scheme",
+    ["numbered", "numbered, 2 kept", "numbered, olddir", "dateext", "dateext, 3 kept", "dateext, olddir", "svlogd"],
+)
 def test_generations_that_came_and_went_while_tcppipe_was_not_looking_are_sent(pipes: Pipes, scheme: str) -> None:
     """Four rotations while tcppipe cannot run (SIGSTOP: a loaded host, a long pause): when it
     looks again FILE is the fifth generation. Numbered, the one it held is FILE.4 (or, keeping
-    two, deleted: it still holds it open); stamped, it is found by its inode under its new name.
-    The ones in between (written after it) are sent too, in order, never skipped; never an older
-    generation, a compressed name (another shape) or one that sorts before the held one."""
-    stamped = scheme in ("dateext", "svlogd")
+    two, deleted: it still holds it open); stamped, it is under its new name (or, keeping three,
+    deleted under it); with ``olddir``, in another directory. The ones in between (written after
+    it) are sent too, in order, never skipped; never an older generation, a compressed name
+    (another shape) or one that sorts before the held one."""
+    stamped = scheme.startswith(("dateext", "svlogd"))
     origin, dest = pipes.pipe("current" if scheme == "svlogd" else "quick.log")
+    into = origin.parent / "old" if "olddir" in scheme else None
+    if into is not None:
+        into.mkdir()
     if stamped:
-        older = f"{origin.name}-2026113023" if scheme == "dateext" else "@4000000065aa00000c8a31e2.s"
-        origin.with_name(older).write_bytes(b"an older generation, never sent\n")
+        older = "@4000000065aa00000c8a31e2.s" if scheme == "svlogd" else f"{origin.name}-2026113023"
+        ((into or origin.parent) / older).write_bytes(b"an older generation, never sent\n")
     first = numbered_lines(0, 100)
     origin.write_bytes(first)
     pipes.start_server()
@@ -272,38 +286,59 @@ def test_generations_that_came_and_went_while_tcppipe_was_not_looking_are_sent(p
             time.sleep(0.01)  # a generation's mtime is after the one before it (a coarse clock)
             generations.append(numbered_lines(n * 1000, 50))
             if stamped:
-                stamp_rotate(origin, scheme, n, generations[-1])
+                stamp_rotate(origin, scheme.split(",")[0], n, generations[-1], 3 if "3 kept" in scheme else 0, into)
             else:
-                shift_rotate(origin, generations[-1], 3 if "2 kept" in scheme else 8)
+                shift_rotate(origin, generations[-1], 3 if "2 kept" in scheme else 8, into)
         if stamped:
-            compressed = f"{origin.name}-2026120101.gz" if scheme == "dateext" else "@x.gz"
-            origin.with_name(compressed).write_bytes(b"gz")
+            compressed = "@x.gz" if scheme == "svlogd" else f"{origin.name}-2026120101.gz"
+            ((into or origin.parent) / compressed).write_bytes(b"gz")
     finally:
         client.send_signal(signal.SIGCONT)
     wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")
 
 
-@pytest.mark.parametrize("scheme", ["numbered", "dateext"])
+@pytest.mark.parametrize("scheme", ["numbered", "dateext", "numbered, olddir", "dateext, olddir seen before"])
 def test_generations_that_came_and_went_while_tcppipe_was_stopped_are_sent(pipes: Pipes, scheme: str) -> None:
     """kill -9 of tcppipe, three rotations (the last generation it saw rotated away, two that were
     FILE only while it was down), a restart: it finishes the one it saw, then sends the two it never
-    saw, then FILE; nothing twice."""
+    saw, then FILE; nothing twice. With logrotate's ``olddir``: a subdirectory of FILE's is looked
+    in, and so is a directory elsewhere where tcppipe saw an earlier rotation put a generation."""
     origin, dest = pipes.pipe("down.log")
+    into = None
+    if "olddir seen before" in scheme:
+        into = pipes.tmp / "archive"
+    elif "olddir" in scheme:
+        into = origin.parent / "old"
+    if into is not None:
+        into.mkdir()
     first = numbered_lines(0, 100)
     origin.write_bytes(first)
     pipes.start_server()
     client = pipes.start_client(origin, "--rotate-grace", "1")
     wait_until(lambda: same_bytes(origin, dest), what="first copy")
+    generations = [first]
+    stamped = scheme.startswith("dateext")
+    if "seen before" in scheme:
+        # One rotation while tcppipe runs: it sees where the generation went.
+        generations.append(numbered_lines(500, 50))
+        stamp_rotate(origin, "dateext", 0, generations[-1], into=into)
+        wait_until(lambda: dest.read_bytes() == b"".join(generations), what="the rotation seen")
+        wait_until(lambda: "rotated_into" in _status(pipes), what="the directory noted in the status file")
     kill9(client)
     with open(origin, "ab") as f:
         f.write(numbered_lines(100, 20))  # unsent when it died
-    generations = [origin.read_bytes()]
+    generations[-1] = origin.read_bytes()
     for n in range(1, 4):
         time.sleep(0.01)  # a generation's mtime is after the one before it (a coarse clock)
         generations.append(numbered_lines(n * 1000, 50))
-        if scheme == "numbered":
-            shift_rotate(origin, generations[-1])
+        if stamped:
+            stamp_rotate(origin, "dateext", n, generations[-1], into=into)
         else:
-            stamp_rotate(origin, "dateext", n, generations[-1])
+            shift_rotate(origin, generations[-1], into=into)
     pipes.start_client(origin, "--rotate-grace", "1")
     wait_until(lambda: dest.read_bytes() == b"".join(generations), what="every generation, in order")
+
+
+def _status(pipes: Pipes) -> dict[str, object]:
+    statuses = list(pipes.client_state.glob("*.status"))
+    return json.loads(statuses[0].read_text()) if statuses else {}

@@ -58,10 +58,16 @@ def _write(rng: random.Random, t: float) -> Action:
     return Action(t, "write", args)
 
 
+# How the world's rotation names generations (``World.naming``).
+NAMINGS = ("numbered", "numbered olddir", "dateext", "dateext olddir")
+
+
 def generate(seed: int, faults: int) -> tuple[list[Action], dict[str, Any]]:
     """The actions of schedule ``seed`` and its world options."""
     rng = random.Random(seed)
     opts: dict[str, Any] = {"backups": rng.randint(1, 5), "disk_origin": rng.random() < 0.25}
+    # Drawn apart, so each seed's actions stay what they were before namings were added.
+    opts["naming"] = random.Random(seed * 31 + 7).choice(NAMINGS)
     duration = 2.0 + faults * 1.2
     actions: list[Action] = []
     t = 0.0

@@ -639,6 +639,13 @@ class World:
         for d in (self.origin, self.dest_dir, self.server_state, os.path.dirname(self.status_path)):
             os.makedirs(d)
         self.keep = int(self.opts.get("backups", 3))
+        # How rotation names the generations it moves aside (``NAMINGS``): numbered
+        # (app.log.1 ..) or dateext (app.log-0000000001 ..), beside FILE or in old/ (olddir).
+        self.naming = str(self.opts.get("naming", "numbered"))
+        self.rotated_prefix = "old/" if self.naming.endswith("olddir") else ""
+        if self.rotated_prefix:
+            os.makedirs(os.path.join(self.origin, "old"))
+        self.stamps = 0
         self.gens: list[Gen] = []
         self.names: dict[str, int] = {}  # origin file name -> generation index (-1: not a stream file)
         self.ever_held: set[int] = set()  # generations some running tcppipe held open
@@ -790,19 +797,37 @@ class World:
         os.rename(self._path(a), self._path(b))
         self.names[b] = self.names.pop(a)
 
+    def _rotated_name(self, n: int) -> str:
+        """Numbered naming's n-th rotated name."""
+        return f"{self.rotated_prefix}app.log.{n}"
+
     def _shift_backups(self) -> None:
-        last = f"app.log.{self.keep}"
+        """Make room for one more rotated generation: numbered, the last is deleted and the
+        others shift up; dateext, the oldest stamps beyond the backups kept are deleted."""
+        if self.naming.startswith("dateext"):
+            stamped = sorted(name for name in self.names if name.startswith(f"{self.rotated_prefix}app.log-"))
+            for name in stamped[: max(0, len(stamped) - self.keep + 1)]:
+                self._unlink(name, "deleted beyond the backups")
+            return
+        last = self._rotated_name(self.keep)
         if last in self.names:
             self._unlink(last, "deleted beyond the backups")
         for n in range(self.keep - 1, 0, -1):
-            if f"app.log.{n}" in self.names:
-                self._rename(f"app.log.{n}", f"app.log.{n + 1}")
+            if self._rotated_name(n) in self.names:
+                self._rename(self._rotated_name(n), self._rotated_name(n + 1))
+
+    def _newest_rotated_name(self) -> str:
+        """The name rotation gives FILE now (after ``_shift_backups``)."""
+        if self.naming.startswith("dateext"):
+            self.stamps += 1
+            return f"{self.rotated_prefix}app.log-{self.stamps:010d}"
+        return self._rotated_name(1)
 
     def rotate(self, hup: float | None, create: bool = True) -> None:
-        """logrotate (or RotatingFileHandler): shift backups, FILE -> FILE.1, a new FILE."""
+        """logrotate (or RotatingFileHandler): shift backups, FILE -> its rotated name, a new FILE."""
         self._shift_backups()
         if "app.log" in self.names:
-            self._rename("app.log", "app.log.1")
+            self._rename("app.log", self._newest_rotated_name())
         if create:
             self._create_file()
         self._origin_event()
@@ -820,9 +845,12 @@ class World:
             self.rotate(None)
             made.append(self.gens[self.names["app.log"]])
         named = set(self.names.values())
-        if not alive or held is None or held not in named:
-            # The one it held went past the last backup: only files written strictly after it
-            # are taken, and these were written within one tick of a coarse clock.
+        if not alive or held is None:
+            return
+        if held not in named and not self.naming.startswith("dateext"):
+            # The one it held went past the last numbered backup: only files written strictly
+            # after it are taken, and these were written within one tick of a coarse clock.
+            # (Deleted under a stamped name, the name it had last still leads to the later ones.)
             return
         for g in made[:-1]:
             if g.index in named and g.tail_ok == ROTATED_UNSEEN:
@@ -836,8 +864,9 @@ class World:
         if "app.log" not in self.names:
             return
         self._shift_backups()
-        shutil.copyfile(self.file, self._path("app.log.1"))
-        self.names["app.log.1"] = -1
+        copy = self._newest_rotated_name()
+        shutil.copyfile(self.file, self._path(copy))
+        self.names[copy] = -1
         old = self.gens[self.names["app.log"]]
         old.sealed = True
         old.tail_ok = old.tail_ok or "copytruncate"

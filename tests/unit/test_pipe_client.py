@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -224,3 +225,13 @@ def test_reading_into_a_reused_buffer_lands_the_same_bytes(tmp_path: Path) -> No
             world.now += 0.01
         assert world.landed() == body
         assert (views > 0) == reuse
+
+
+def test_the_directories_rotation_was_seen_to_use_survive_a_restart_and_damage_is_dropped(tmp_path: Path) -> None:
+    """The status file's ``rotated_into`` (logrotate's olddir, seen once) is read back; a
+    relative path, a non-string or a path with NUL is no directory to look in."""
+    status = tmp_path / "status.json"
+    status.write_text(json.dumps({"rotated_into": ["/var/log/old", "relative", 7, "/a\u0000b", "/srv/archive"]}))
+    assert load_history(str(status)).rotated_into == ("/var/log/old", "/srv/archive")
+    status.write_text(json.dumps({"rotated_into": "/var/log/old"}))
+    assert load_history(str(status)).rotated_into == ()

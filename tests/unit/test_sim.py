@@ -58,6 +58,14 @@ def test_generations_between_two_looks_all_arrive() -> None:
     assert run_actions(1, _burst_schedule(), {"backups": 5}).ok
 
 
+def test_generations_rotated_into_another_directory_arrive_after_a_restart() -> None:
+    """Seed 6: logrotate's ``olddir`` with dateext names, kill -9 of tcppipe while a dozen
+    generations wait in old/: the restart finds them there. Before, each was "gone" and lost."""
+    assert generate(6, 15)[1]["naming"] == "dateext olddir"
+    result = run_schedule(6, 15)
+    assert result.ok, result.message
+
+
 def test_the_simulator_catches_generations_skipped_between_two_looks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the rule that finds them (Tailer._adopt_unseen), the same schedule fails."""
     monkeypatch.setattr(Tailer, "_adopt_unseen", lambda self, now, newest: None)

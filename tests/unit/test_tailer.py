@@ -377,3 +377,42 @@ def test_a_generation_with_a_second_name_or_a_third_owner_is_still_a_generation(
     log.write_bytes(b"fourth\n")
     tailer.request_hup(1.0)
     assert drain(tailer, 1.0) == b"second\nthird\nfourth\n"
+
+
+@pytest.mark.parametrize("scheme", ["numbered", "dateext"])
+def test_generations_rotated_into_another_directory_are_followed(tmp_path: Path, scheme: str) -> None:
+    """logrotate's ``olddir``: FILE goes to old/FILE.1 (or old/FILE-20261202), not beside FILE.
+    The held generation is found where the kernel says it is now, and the ones that came after
+    it there are sent in their turn."""
+    old = tmp_path / "old"
+    old.mkdir()
+    log, tailer = following(tmp_path, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    if scheme == "numbered":
+        os.rename(log, old / "log.1")
+        log.write_bytes(b"second\n")
+        os.rename(old / "log.1", old / "log.2")
+        os.rename(log, old / "log.1")
+    else:
+        os.rename(log, old / "log-20261201")
+        log.write_bytes(b"second\n")
+        os.rename(log, old / "log-20261202")
+    log.write_bytes(b"third\n")
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"second\nthird\n"
+
+
+def test_a_held_generation_deleted_under_its_stamped_name_still_leads_to_the_later_ones(tmp_path: Path) -> None:
+    """Three rotations by dateext keeping two, all between two looks: the held generation was
+    renamed to log-20261201 and deleted (tcppipe holds it open). The name it had last, by the
+    kernel's account, leads to those after it."""
+    log, tailer = following(tmp_path, b"first\n")
+    assert drain(tailer, 0.0) == b"first\n"
+    os.rename(log, tmp_path / "log-20261201")
+    for day, content in ((2, b"second\n"), (3, b"third\n")):
+        log.write_bytes(content)
+        os.rename(log, tmp_path / f"log-2026120{day}")
+    (tmp_path / "log-20261201").unlink()
+    log.write_bytes(b"fourth\n")
+    tailer.request_hup(1.0)
+    assert drain(tailer, 1.0) == b"second\nthird\nfourth\n"
