@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -141,3 +142,44 @@ def test_logrotate_copytruncate_mode(pipes: Pipes) -> None:
     )
     assert writer.written > 50
     assert all(f.stat().st_size > 0 for f in files[:-1]), "each rotated generation holds lines"
+
+
+@pytest.mark.parametrize("naming", ["numbered", "dateext"])
+def test_logrotate_olddir_rotations_while_tcppipe_cannot_look(pipes: Pipes, naming: str) -> None:
+    """``olddir``: logrotate moves each generation into another directory. Three rotations while
+    tcppipe is stopped (SIGSTOP: a loaded host); when it runs again, the one it held is found
+    where logrotate put it and the two after it follow, then FILE: all generations, in order."""
+    origin, dest = pipes.pipe("od.log")
+    old = origin.parent / "old"
+    old.mkdir()
+    lock = pipes.tmp / "writer.lock"
+    lock.touch()
+    pipes.start_server()
+    client = pipes.start_client(origin, "--rotate-grace", "1")
+    stamps = "dateext\n    dateformat -%s\n" if naming == "dateext" else ""
+    conf = pipes.tmp / "logrotate.conf"
+    conf.write_text(f"{origin} {{\n    rotate 10\n    olddir {old}\n    {stamps}create 0644\n    nocompress\n}}\n")
+    writer = ReopeningWriter(origin, lock)
+    writer.start()
+    try:
+        wait_until(lambda: size(dest) > 5000, what="first lines sent")
+        client.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                start = int(time.time())
+                wait_until(lambda: size(origin) > 2000, what="lines in this generation")
+                # dateext's stamp is the second: one rotation a second, as logrotate requires.
+                wait_until(lambda: int(time.time()) > start, what="the next second")  # noqa: B023
+                with open(lock, "a") as held:
+                    fcntl.flock(held, fcntl.LOCK_EX)  # no write in flight to the old name
+                    logrotate(pipes, conf)
+        finally:
+            client.send_signal(signal.SIGCONT)
+    finally:
+        writer.finish()
+    rotated = sorted(old.iterdir(), key=lambda p: p.name if naming == "dateext" else -int(p.suffix[1:]))
+    assert len(rotated) == 3 and not list(origin.parent.glob("od.log?*"))
+    wait_until(
+        lambda: dest.read_bytes() == b"".join(f.read_bytes() for f in [*rotated, origin]),
+        what="destination equals the concatenation of all generations",
+    )
