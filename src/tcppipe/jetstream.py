@@ -52,7 +52,7 @@ from tcppipe.config import Entry, JetStreamTarget
 from tcppipe.destination import DestinationError
 from tcppipe.errors import EXIT_TEMPFAIL, TcppipeError, escape
 from tcppipe.ledger import Contended, Continuity, LedgerError, MessageRecord, message_limit, parse_headers
-from tcppipe.protocol import GenerationId
+from tcppipe.protocol import FINGERPRINT_BYTES, GenerationId
 from tcppipe.stats import PipeStats
 
 # JetStream's error codes for "wrong last sequence": another receiver appended first (10071), or
@@ -318,9 +318,22 @@ class JetStreamHub:
                 gen = held[-1]
                 gen.ident, gen.end = record.ident, record.end  # a longer fingerprint as the generation grew
                 gen.messages.append((seq, record.start, record.end))
+            for gen in held[:-1]:
+                await self._name_by_held_head(target, gen)
         except (nats.errors.Error, TimeoutError) as exc:
             raise DestinationError(f"{target}: cannot read the subject: {_describe(exc)}") from None
         return held
+
+    async def _name_by_held_head(self, target: JetStreamTarget, gen: HeldGeneration) -> None:
+        """Name an earlier generation by the head the subject holds of it, as a file destination
+        names its journal's spans (``destination.py`` Rule 3b): its messages carry the client's
+        head as the client last saw it, bytes that may never have landed (a tail deleted while
+        both ends were down). Not where the subject lacks the head (the span starts later)."""
+        want = min(gen.end, FINGERPRINT_BYTES)
+        if gen.first > 0 or want == gen.ident.fp_len:
+            return
+        (digest,) = await self.digest_ranges(target, gen, [(0, want)])
+        gen.ident = GenerationId(gen.ident.dev, gen.ident.ino, want, digest)
 
     async def digest_ranges(
         self, target: JetStreamTarget, gen: HeldGeneration, ranges: Sequence[tuple[int, int]]

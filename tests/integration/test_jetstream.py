@@ -427,6 +427,46 @@ def test_export_stops_at_a_duplicate_offset_naming_the_message(cluster: NatsClus
     )
 
 
+def test_an_earlier_generation_is_named_by_the_head_the_subject_holds(cluster: NatsCluster, request) -> None:
+    """A generation whose tail never landed (deleted while both ends were down): its messages name
+    it by the client's longer head (ten bytes), the subject holds four. ``tcppipe verify`` is told
+    the head the subject holds, as a file destination's journal does; the current generation
+    keeps the client's name (READY's: it tells the client's file apart best)."""
+    import asyncio
+    import logging
+
+    import nats
+    from nats.js.api import StreamConfig
+
+    from tcppipe.config import JetStreamTarget
+    from tcppipe.jetstream import JetStreamHub, NatsOptions
+    from tcppipe.ledger import MessageRecord
+    from tcppipe.protocol import GenerationId
+
+    stream = stream_name(request)
+    target = JetStreamTarget(stream, "short.pipe")
+    lost = GenerationId(1, 2, 10, hashlib.sha256(b"0123456789").hexdigest())
+    current = GenerationId(1, 3, 10, hashlib.sha256(b"abcdefghij").hexdigest())
+
+    async def forge_and_read() -> list[GenerationId]:
+        nc = await nats.connect(cluster.urls.split(","))
+        try:
+            js = nc.jetstream()
+            await js.add_stream(StreamConfig(name=stream, subjects=["short.>"], allow_direct=True))
+            for seq, (ident, data) in enumerate(((lost, b"0123"), (current, b"abcd"))):
+                await js.publish("short.pipe", data, headers=MessageRecord(ident, None, 0, 4).headers(seq))
+        finally:
+            await nc.close()
+        hub = JetStreamHub(NatsOptions(tuple(cluster.urls.split(","))), logging.getLogger("test"))
+        await hub.connect()
+        try:
+            return [g.ident for g in await hub.held_generations(target)]
+        finally:
+            await hub.close()
+
+    assert asyncio.run(forge_and_read()) == [GenerationId(1, 2, 4, hashlib.sha256(b"0123").hexdigest()), current]
+
+
 def test_tls_to_nats_with_a_ca_of_its_own(pipes: Pipes) -> None:
     """--nats tls://... --nats-tls-ca PEM: tcppiped and export verify the NATS server's certificate."""
     from tests.integration.certs import Authority

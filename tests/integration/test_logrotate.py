@@ -177,8 +177,12 @@ def test_logrotate_olddir_rotations_while_tcppipe_cannot_look(pipes: Pipes, nami
             client.send_signal(signal.SIGCONT)
     finally:
         writer.finish()
-    rotated = sorted(old.iterdir(), key=lambda p: p.name if naming == "dateext" else -int(p.suffix[1:]))
-    assert len(rotated) == 3 and not list(origin.parent.glob("od.log?*"))
+    if naming == "dateext":
+        rotated = sorted(old.iterdir(), key=lambda p: p.name)
+    else:
+        rotated = sorted(old.iterdir(), key=lambda p: -int(p.suffix[1:]))
+    assert len(rotated) == 3
+    assert not list(origin.parent.glob("od.log?*")), "every generation went into olddir"
     wait_until(
         lambda: dest.read_bytes() == b"".join(f.read_bytes() for f in [*rotated, origin]),
         what="destination equals the concatenation of all generations",
