@@ -276,6 +276,11 @@ class Discovery:
         self.claims.pop(seen.inode, None)
         return None
 
+    def hands_over(self, path: str, seen: Seen, identify: Identify) -> bool:
+        """Should ``path``'s drain-only pipe stop so an ordinary pipe takes FILE (``seen``) over
+        (Rule 6)? Yes once FILE is this path's own file again: nobody's, or claimed by ``path``."""
+        return self.owner_of(path, seen, identify) in (None, path)
+
     def admits(self, path: str, seen: Seen, identify: Identify) -> bool:
         """May ``path``'s pipe take the file ``seen`` (a new generation at its FILE)? Held if so."""
         owner = self.owner_of(path, seen, identify)

@@ -311,7 +311,7 @@ class HostAgent:
                 continue
             # Only once FILE can be read: an ordinary pipe that cannot open it would wait out its
             # back-off while the drain-only pipe could have gone on sending.
-            if identify(path, 0) is not None and self.discovery.owner_of(path, seen, identify) in (None, path):
+            if identify(path, 0) is not None and self.discovery.hands_over(path, seen, identify):
                 pipe.finishing = True
                 pipe.client.say(logging.INFO, "FILE is this path's own again: an ordinary pipe takes it over")
                 pipe.client.request_stop()
