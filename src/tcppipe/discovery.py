@@ -53,7 +53,10 @@ retired) it gets a *drain-only* pipe (``Decision.drain``), which holds only the
 listed generations still on disk, never opens FILE, and ends once they have
 landed; a failed one is retried by Rule 5 like any pipe. Without it, a
 retiring pipe that crashed or failed before its generations were drained left
-their bytes unsent for good: its path never got a pipe again.
+their bytes unsent for good: its path never got a pipe again. A drain-only
+pipe stops unfinished once FILE is a file an ordinary pipe resumes after the
+listed generations (``hands_over``: a new one, or one the status file lists),
+never for a generation the path let go, which is older than them.
 """
 
 from __future__ import annotations
@@ -275,6 +278,24 @@ class Discovery:
             del claims[0]
         self.claims.pop(seen.inode, None)
         return None
+
+    def hands_over(self, path: str, seen: Seen, identify: Identify) -> bool:
+        """Should ``path``'s drain-only pipe stop so an ordinary pipe takes FILE (``seen``) over
+        (Rule 6)? Only for a file the ordinary pipe resumes after what the status file lists:
+        one nobody holds or claims (new), or one the list itself claims."""
+        if seen.inode in self.held:
+            return False  # its own (nothing to take over) or another pipe's
+        named = self._claim_naming(path, seen, identify)
+        if named is None:
+            return True
+        claim = named[0]
+        # Not a generation ``path`` let go (``mv access.log.1 access.log``): the ordinary pipe's
+        # resume takes FILE for the newest of what the path has, and a let-go one is older than
+        # what the status file lists. Were the server's record on it (nothing listed landed yet),
+        # the resume would stand at FILE and drop the listed generations unsent. The drain-only
+        # pipe goes on to its end instead; then FILE gets a pipe as any path's FILE does. (A later
+        # file that reuses a let-go inode number and its head only waits for that end.)
+        return claim.owner == path and not claim.let_go
 
     def admits(self, path: str, seen: Seen, identify: Identify) -> bool:
         """May ``path``'s pipe take the file ``seen`` (a new generation at its FILE)? Held if so."""

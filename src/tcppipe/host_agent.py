@@ -37,7 +37,8 @@ Rule 6 (drain-only pipes): a path whose status file still lists generations
 its pipe held, with no pipe running (after a restart, or once its pipe ended
 without everything landed: failed, or retiring with FILE another pipe's file),
 gets a pipe again: an ordinary one if its FILE is its own, else a drain-only
-one (``discovery.py`` Rule 6) that sends only those generations and ends. A
+one (``discovery.py`` Rule 6) that sends only those generations and ends, or
+hands the path over once FILE is a new file or one the status file lists. A
 pipe that ends with everything landed (retired, gone, drained) lets every
 generation go (let-go claims: one let go empty that grows is a new pipe) and
 its status file says "drained", so it owes nothing.
@@ -301,17 +302,18 @@ class HostAgent:
     def _hand_over_drains(
         self, found: dict[str, Seen], running: dict[str, frozenset[Inode]], identify: Identify
     ) -> None:
-        """A drain-only pipe whose FILE is its path's own file again (the writer made a new one)
-        stops unfinished: its status file still owes, so an ordinary pipe takes the path over,
-        adopts what it lists and follows FILE (Rule 6). Else a generation that keeps growing
-        would hold the path, and FILE's bytes with it, for as long as it grows."""
+        """A drain-only pipe whose FILE is its path's own file again (the writer made a new one;
+        ``Discovery.hands_over``, never a generation the path let go) stops unfinished: its
+        status file still owes, so an ordinary pipe takes the path over, adopts what it lists
+        and follows FILE (Rule 6). Else a generation that keeps growing would hold the path,
+        and FILE's bytes with it, for as long as it grows."""
         for path, pipe in self.pipes.items():
             seen = found.get(path)
             if not pipe.client.core.drain_only or pipe.finishing or seen is None or seen.inode in running[path]:
                 continue
             # Only once FILE can be read: an ordinary pipe that cannot open it would wait out its
             # back-off while the drain-only pipe could have gone on sending.
-            if identify(path, 0) is not None and self.discovery.owner_of(path, seen, identify) in (None, path):
+            if identify(path, 0) is not None and self.discovery.hands_over(path, seen, identify):
                 pipe.finishing = True
                 pipe.client.say(logging.INFO, "FILE is this path's own again: an ordinary pipe takes it over")
                 pipe.client.request_stop()

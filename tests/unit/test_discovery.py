@@ -454,3 +454,23 @@ def test_a_pipe_that_ended_holds_nothing_open() -> None:
     decide(d, fs, {"/l/c.log": [C]}, 0.0)
     d.ended("/l/c.log")
     assert d.admits("/l/a.log", Seen(C), fs.identify)
+
+
+def test_a_drain_only_pipe_hands_over_only_for_a_file_resumed_after_its_list() -> None:
+    """hands_over: a new file at FILE, or one the status file lists, is taken over by an ordinary
+    pipe; a generation the path let go (older than the list), another pipe's file, or one held, is not."""
+    d, fs = Discovery(GRACE_S), Files()
+    fs.put("/l/a.log", A, b"let go\n", mtime_ns=5)
+    fs.put("/l/b.log", B, b"b's\n")
+    d.claim(*fs.let_go("/l/a.log", "/l/a.log"))
+    listed = fs.let_go("/l/b.log", "/l/a.log")
+    listed[1].let_go = False
+    d.claim(*listed)
+    decide(d, fs, {"/l/a.log": [], "/l/c.log": [C]}, 0.0)
+    assert not d.hands_over("/l/a.log", Seen(A, 7, 5), fs.identify)
+    assert d.hands_over("/l/a.log", Seen(B, 4, 1), fs.identify)
+    assert not d.hands_over("/l/a.log", Seen(C, 1, 1), fs.identify)
+    fs.put("/l/a.log", (1, 13), b"new\n")
+    assert d.hands_over("/l/a.log", Seen((1, 13), 4, 1), fs.identify)
+    d.claim((1, 13), Claim("/l/c.log", None, None, 4, 1))
+    assert not d.hands_over("/l/a.log", Seen((1, 13), 4, 1), fs.identify)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tcppipe.checkpoint import load_history
+from tcppipe.discovery import Discovery, Identify, Seen, claims_of, owes
+from tcppipe.origin import read_identity
 from tcppipe.pipe_client import PipeClient
 from tests.unit.test_pipe_client import GRACE_S, World
 
@@ -91,3 +93,67 @@ def test_a_drain_only_pipe_that_finds_nothing_says_drained_and_keeps_the_list(tm
     assert snapshot is not None
     assert snapshot["drained"] is True
     assert len(snapshot["queue"]) == 1
+
+
+def test_a_generation_let_go_back_at_file_does_not_take_the_path_from_its_drain(tmp_path: Path) -> None:
+    """FILE is a generation its path let go (put back by ``mv``) while a drain-only pipe holds one
+    that never landed, and the server's record names the let-go one: the drain-only pipe is not
+    handed over (an ordinary pipe would resume at FILE, the record's, and drop the listed one
+    unsent); it sends its generation, then FILE goes as any new inode at FILE does."""
+    world = World(tmp_path)
+    file, one, two = str(world.origin), world.origin.parent / "app.log.1", world.origin.parent / "app.log.2"
+    world.write(b"one\n")
+    world.connect()
+    world.send()
+    world.client.end_drained()  # its path went away for the grace period: ended, everything let go
+    world.save_status()
+    world.client.close()
+    world.cut()
+    world.rotate("app.log.1")  # the old one was renamed away; a new FILE, written ...
+    world.write(b"two\n")
+    world.client = world.new_client()
+    world.save_status()  # ... and listed by the next pipe, killed before its first READY
+    world.client.close()
+    world.origin.rename(two)  # while the agent is down: FILE renamed away, none made yet
+
+    discovery = Discovery(GRACE_S)
+    history = load_history(str(world.status))
+    for inode, claim in claims_of(file, history):
+        discovery.claim(inode, claim)
+    assert owes(history, drained=False)
+    discovery.left_undrained(file)
+    found = {str(p): _seen(p) for p in (one, two)}
+    assert discovery.decide(found, {}, world.now, _identify(found)).drain == (file,)
+    world.client = drain_only(world)
+    assert [gen.path for gen in world.client.tailer.gens] == [str(two)]
+
+    one.rename(world.origin)  # the let-go generation put back at FILE
+    found = {str(p): _seen(p) for p in (world.origin, two)}
+    running = {file: world.client.open_inodes()}
+    discovery.decide(found, running, world.now, _identify(found))
+    if discovery.hands_over(file, found[file], _identify(found)):
+        world.save_status()  # stopped unfinished: its status file still lists what it holds
+        world.client.close()
+    else:
+        world.connect()
+        world.send()
+        world.client.end_drained()
+        world.save_status()
+        world.client.close()
+        world.cut()
+    world.client = world.new_client()  # the ordinary pipe of the path, FILE the let-go generation
+    world.connect()
+    for _ in range(3):
+        world.send()
+    # Nothing listed is lost; FILE, an inode put back at FILE, goes from its first byte as any
+    # pipe sends one (a single-file pipe too): its bytes land again after "two".
+    assert world.landed() == b"one\ntwo\none\n"
+
+
+def _seen(path: Path) -> Seen:
+    st = path.stat()
+    return Seen((st.st_dev, st.st_ino), st.st_size, st.st_mtime_ns)
+
+
+def _identify(found: dict[str, Seen]) -> Identify:
+    return lambda path, length: read_identity(path, length, found[path].inode)
