@@ -331,7 +331,7 @@ class PipeClient:
             "sizes": [r.size for r in listed],
             "igens": [r.igen for r in listed],
             "finished": [f.to_json() for f in self.tailer.finished],
-            "rotated_into": self.tailer.rotated_into,
+            "rotated_into": list(self.tailer.rotated_into),  # a copy: the last snapshot is compared
             "state": self.state,
             "origin_end": self.origin_end(),
             "generations": len(self.generations_sent),
@@ -356,7 +356,7 @@ class PipeClient:
             "sizes": [r.size for r in listed],
             "igens": [r.igen for r in listed],
             "finished": [f.to_json() for f in self.tailer.finished],
-            "rotated_into": self.tailer.rotated_into,
+            "rotated_into": list(self.tailer.rotated_into),  # a copy: the last snapshot is compared
             "state": self.state,
             "drained": True,
             "origin_end": 0,
