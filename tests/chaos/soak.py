@@ -42,6 +42,8 @@ NOBODY = 65534
 SETTLE_TIMEOUT_S = 180.0
 # Longest wait for a reconnect to fall into a black hole: tcppipe's back-off cap (10 s) and a margin.
 RECONNECT_WAIT_S = 12.0
+# How long each tcppipe may take to open its file at the start before faults begin.
+START_WAIT_S = 60.0
 
 
 def record(seq: int, rng: random.Random) -> bytes:
@@ -89,6 +91,19 @@ class Pipe:
 
     def client_alive(self) -> bool:
         return self.client is not None and self.client.poll() is None
+
+    def client_holds_origin(self) -> bool:
+        """Has the running tcppipe opened FILE yet (a link to it among /proc/PID/fd)?"""
+        if self.client is None or not self.client_alive():
+            return False
+        fds = f"/proc/{self.client.pid}/fd"
+        want = os.path.realpath(self.origin)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(fds):
+                with contextlib.suppress(OSError):
+                    if os.readlink(os.path.join(fds, name)) == want:
+                        return True
+        return False
 
     def origin_files(self) -> list[Path]:
         return [*self.origin_gens, self.origin]
@@ -467,6 +482,13 @@ class Soak:
         self.start_server()
         for pipe in self.pipes:
             self.start_client(pipe)
+        # A new pipe starts at FILE as it finds it: a rotation before a slow start-up opened FILE
+        # would rotate away bytes no tcppipe could know of. Faults begin once each holds FILE.
+        deadline = time.monotonic() + START_WAIT_S
+        while not all(p.client_holds_origin() for p in self.pipes) and time.monotonic() < deadline:
+            self.stop_flag.wait(0.05)
+        if not all(p.client_holds_origin() for p in self.pipes):
+            self.problems.append(f"a tcppipe had not opened its file {START_WAIT_S:.0f} s after it started")
         for writer in self.writers:
             writer.start()
         helpers = [
