@@ -65,7 +65,9 @@ def test_generations_rotated_into_another_directory_arrive_after_a_restart() -> 
     assert result.ok, result.message
 
 
-@pytest.mark.xfail(strict=True, reason="open in issue 12: seed 5286 under dateext names diverges (suspected: a copytruncate copy sent)")
+@pytest.mark.xfail(
+    strict=True, reason="open in issue 12: seed 5286 under dateext names diverges (suspected: a copytruncate copy sent)"
+)
 def test_a_copytruncate_copy_under_a_stamped_name_is_not_a_generation_between() -> None:
     """Seed 5286 with dateext names: copytruncate's copy (FILE-stamp) is taken for a generation
     between two looks and its bytes land twice (suspected from the trace). Open bug."""
