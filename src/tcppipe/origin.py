@@ -269,8 +269,10 @@ def rotated_after(
     old_mtime_ns: int,
     known: Callable[[int, os.stat_result], bool],
     owners: frozenset[int] = frozenset(),
+    until: tuple[int, int] | None = None,
 ) -> list[tuple[str, int]]:
-    """The generations that lived at ``path`` after ``old`` (open as ``old_fd``) and were rotated
+    """The generations that lived at ``path`` after ``old`` (open as ``old_fd``), and before
+    ``until`` (the newest end of the range, itself rotated away after a restart), and were rotated
     away before anyone looked (a loaded host, a stopped or restarted process, rotations many
     times a second): their paths and open fds, oldest first. None is ``known`` (asked with its
     fd and stat: held, or sent and let go), and each was written no earlier than the one before
@@ -299,7 +301,7 @@ def rotated_after(
     if old_name is None or not any(_numbered_index(numbered, old_name) for numbered in numbered_names):
         # A generation deleted under a numbered name is one numbered rotation dropped as the
         # oldest kept: the numbers count down to the newest, which the stamp order would not.
-        named = _named_after(directory, base, old, old_name, old_mtime_ns, known, check)
+        named = _named_after(directory, base, old, old_name, old_mtime_ns, known, check, until)
         if named is not None:
             return named
     for numbered in numbered_names:
@@ -436,13 +438,15 @@ def _named_after(
     floor: int,
     known: Callable[[int, os.stat_result], bool],
     owners: frozenset[int] | None,
+    until: tuple[int, int] | None = None,
 ) -> list[tuple[str, int]] | None:
     """The files in ``directory`` named as ``old`` is now, or was last (``old_name``; when not
     known, ``old`` is looked for by its inode), of FILE's base name ``base`` (``name_shape``),
     whose stamps count past its own (``stamp_order``: an older generation, or a copy of one,
     comes before), written no earlier than it (mtime), rotated by the same hand
-    (``_rotated_by_the_same_hand``: a planted FILE-20991231 is not); in stamp order. None when
-    ``old``'s name has no stamp, or it is not found."""
+    (``_rotated_by_the_same_hand``: a planted FILE-20991231 is not); in stamp order, up to
+    ``until`` (what sorts past it came later: a copytruncate copy of a later generation is no
+    generation between). None when ``old``'s name has no stamp, or it is not found."""
     # Names and inode numbers only (scandir's, no system call each): a host agent's directory
     # of 2,000 logs and their rotated names is scanned at each rotation, so only the names of
     # the held one's shape are stat'ed.
@@ -478,6 +482,9 @@ def _named_after(
         except OriginError:
             continue
         st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == until:
+            os.close(fd)
+            break
         if st.st_ino != ino or not _rotated_by_the_same_hand(st, owners) or known(fd, st):
             os.close(fd)  # renamed or replaced since the scan, or held or sent already
             continue

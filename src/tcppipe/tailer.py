@@ -306,7 +306,9 @@ class Tailer:
             return False
 
         owners = frozenset({last_st.st_uid, newest_st.st_uid})
-        found = rotated_after(self.path, (last.dev, last.ino), last.fd, last_st.st_mtime_ns, known, owners)
+        found = rotated_after(
+            self.path, (last.dev, last.ino), last.fd, last_st.st_mtime_ns, known, owners, (newest.dev, newest.ino)
+        )
         between: list[OriginGeneration] = []
         for index, (name, fd) in enumerate(found):
             try:

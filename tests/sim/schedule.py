@@ -58,10 +58,8 @@ def _write(rng: random.Random, t: float) -> Action:
     return Action(t, "write", args)
 
 
-# How the world's rotation names generations (``World.naming``). The random schedules draw the
-# numbered ones only for now: dateext with copytruncate copies fails seed 5286 (a copy taken for
-# a generation between two looks: open in issue 12, see test_sim's xfail).
-NAMINGS = ("numbered", "numbered olddir")
+# How the world's rotation names generations (``World.naming``).
+NAMINGS = ("numbered", "numbered olddir", "dateext", "dateext olddir")
 
 
 def generate(seed: int, faults: int) -> tuple[list[Action], dict[str, Any]]:
